@@ -1,0 +1,26 @@
+"""Sequence mixers as pure functions of arrays, each with parallel / chunked / recurrent forms and a
+``*_reference`` twin. Layout: [batch, time, heads, head_dim]; gates [batch, time, heads] float32 (log)."""
+
+from scaling.ops.attention import KVCache, attention, attention_reference, init_kv_cache
+from scaling.ops.power_retention import (
+    RetentionState,
+    power_retention,
+    power_retention_reference,
+    sympow_dim,
+    sympow_features,
+)
+from scaling.ops.ssd import ssd, ssd_reference
+
+__all__ = [
+    "KVCache",
+    "RetentionState",
+    "attention",
+    "attention_reference",
+    "init_kv_cache",
+    "power_retention",
+    "power_retention_reference",
+    "ssd",
+    "ssd_reference",
+    "sympow_dim",
+    "sympow_features",
+]

@@ -1,0 +1,190 @@
+"""Causal softmax attention with grouped-query heads and an optional sliding window.
+
+Layout: q [batch, time, hq, d], k and v [batch, time, hk, d] / [batch, time, hk, e], with hq a multiple
+of hk; q head i reads kv head i // (hq // hk).
+
+Forms:
+- ``"parallel"``: the quadratic form, one masked softmax over all key positions.
+- ``"recurrent"``: token by token over a KV cache. The cache is the attention's state: a
+  :class:`KVCache` of fixed capacity, a ring that keeps the latest ``capacity`` tokens. With a window
+  w the capacity need only be w (the state stays bounded however long the context); without one it
+  must hold the whole context (``init_kv_cache(..., max_len)``), else the oldest tokens drop out.
+  ``initial_state`` continues from a cache (e.g. after a prefill), ``return_state`` hands it back,
+  so prefill then step equals one long call, as for the other mixers.
+
+Both forms accept ``initial_state`` (a KVCache holding earlier tokens) and ``return_state``. The window
+``w`` means query i sees keys j with i - w < j <= i (w tokens, itself included).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+FORMS = ("parallel", "recurrent")
+BACKENDS = ("xla",)
+
+_NEG = -1e30  # finite "minus infinity": a fully masked row stays NaN-free
+
+
+class KVCache(NamedTuple):
+    """Keys and values of earlier tokens.
+
+    k: [batch, capacity, hk, d]; v: [batch, capacity, hk, e] (a ring, see slot_positions);
+    pos: int32 scalar, the number of tokens written so far.
+    """
+
+    k: jax.Array
+    v: jax.Array
+    pos: jax.Array
+
+
+def init_kv_cache(batch: int, max_len: int, kv_heads: int, head_dim: int, v_dim: int | None = None,
+                  dtype=jnp.float32, window: int | None = None) -> KVCache:
+    """An empty cache for up to ``max_len`` tokens; with a window, only min(max_len, window) slots."""
+    v_dim = head_dim if v_dim is None else v_dim
+    max_len = min(max_len, window) if window else max_len
+    return KVCache(
+        k=jnp.zeros((batch, max_len, kv_heads, head_dim), dtype),
+        v=jnp.zeros((batch, max_len, kv_heads, v_dim), dtype),
+        pos=jnp.zeros((), jnp.int32),
+    )
+
+
+def slot_positions(n_written, capacity: int):
+    """Absolute position held by each cache slot after ``n_written`` tokens; -1 where a slot is empty.
+
+    The cache is a ring: slot s holds the latest position congruent to s modulo the capacity.
+    """
+    last = n_written - 1
+    pos = last - jnp.mod(last - jnp.arange(capacity), capacity)
+    return jnp.where(pos >= 0, pos, -1)
+
+
+def _write(cache: KVCache, k, v) -> KVCache:
+    """Append k, v [batch, t, hk, *] to the ring, keeping the latest ``capacity`` tokens."""
+    t, cap = k.shape[1], cache.k.shape[1]
+    n = cache.pos + t
+    want = slot_positions(n, cap)  # the position each slot must hold after the write
+    from_new = want >= cache.pos
+    idx = jnp.clip(want - cache.pos, 0, t - 1)
+    sel = from_new[None, :, None, None]
+    new_k = jnp.where(sel, jnp.take(k.astype(cache.k.dtype), idx, axis=1), cache.k)
+    new_v = jnp.where(sel, jnp.take(v.astype(cache.v.dtype), idx, axis=1), cache.v)
+    return KVCache(new_k, new_v, n)
+
+
+def _validate(q, k, v, causal, window, form, backend, initial_state):
+    if form not in FORMS:
+        raise ValueError(f"form = {form!r}: must be one of {', '.join(FORMS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend = {backend!r}: must be one of {', '.join(BACKENDS)} "
+                         "(attention has no Pallas kernel; use jax.nn.dot_product_attention on GPU)")
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if a.ndim != 4:
+            raise ValueError(f"{name} has shape {a.shape}: must be [batch, time, heads, head_dim]")
+    if q.shape[:2] != k.shape[:2] or k.shape[:3] != v.shape[:3]:
+        raise ValueError(f"q {q.shape}, k {k.shape}, v {v.shape}: batch and time must match, and k, v heads")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q head_dim {q.shape[-1]} != k head_dim {k.shape[-1]}")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"q heads {q.shape[2]} must be a multiple of kv heads {k.shape[2]}")
+    if window is not None and (not isinstance(window, int) or window <= 0):
+        raise ValueError(f"window = {window!r}: must be a positive int or None")
+    if not causal and (form == "recurrent" or initial_state is not None or window is not None):
+        raise ValueError("causal=False is only supported by form='parallel' without window or initial_state")
+    if form == "recurrent" and initial_state is None:
+        raise ValueError("form='recurrent' needs initial_state=KVCache (see init_kv_cache) to write into")
+
+
+def _scores_mask(q_pos, k_pos, causal, window):
+    """Boolean [tq, tk] mask of allowed (query, key) pairs from absolute positions (-1: empty slot)."""
+    allowed = jnp.broadcast_to(k_pos[None, :] >= 0, (q_pos.shape[0], k_pos.shape[0]))
+    if causal:
+        allowed &= k_pos[None, :] <= q_pos[:, None]
+    if window is not None:
+        allowed &= k_pos[None, :] > q_pos[:, None] - window
+    return allowed
+
+
+def _masked_softmax_attend(q, k, v, allowed, scale):
+    """q [b,tq,hq,d], k [b,tk,hk,d], v [b,tk,hk,e], allowed [tq,tk] or [b,tq,tk] -> [b,tq,hq,e] fp32."""
+    b, tq, hq, d = q.shape
+    hk = k.shape[2]
+    qg = q.reshape(b, tq, hk, hq // hk, d).astype(jnp.float32)
+    s = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k.astype(jnp.float32)) * scale
+    mask = allowed[:, None, None] if allowed.ndim == 3 else allowed
+    s = jnp.where(mask, s, _NEG)
+    w = jax.nn.softmax(s, axis=-1)
+    w = jnp.where(mask, w, 0.0)
+    y = jnp.einsum("bhgqk,bkhe->bqhge", w, v.astype(jnp.float32))
+    return y.reshape(b, tq, hq, v.shape[-1])
+
+
+def attention(q, k, v, *, causal: bool = True, window: int | None = None, scale: float | None = None,
+              form: str = "parallel", initial_state: KVCache | None = None, return_state: bool = False,
+              backend: str = "xla"):
+    """Softmax attention.
+
+    Args:
+      q: [batch, time, hq, d]; k: [batch, time, hk, d]; v: [batch, time, hk, e].
+      causal: mask future keys. window: sliding window length in tokens (itself included), or None.
+      scale: score scale, default 1/sqrt(d).
+      form: "parallel" or "recurrent" (token by token over the KV cache in ``initial_state``).
+      initial_state: a KVCache of earlier tokens (``pos`` of them); the new ones are appended to its ring.
+      return_state: also return the updated KVCache (needs initial_state).
+    Returns:
+      y [batch, time, hq, e] in q.dtype, and the KVCache if return_state.
+    """
+    _validate(q, k, v, causal, window, form, backend, initial_state)
+    if return_state and initial_state is None:
+        raise ValueError("return_state=True needs initial_state=KVCache (see init_kv_cache)")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    t = q.shape[1]
+
+    if initial_state is None:
+        pos = jnp.arange(t)
+        y = _masked_softmax_attend(q, k, v, _scores_mask(pos, pos, causal, window), scale)
+        return y.astype(q.dtype)
+
+    cache = initial_state
+    q_pos = cache.pos + jnp.arange(t)
+    if form == "parallel":
+        # Keys: the cache's slots, then the new tokens, each with its absolute position.
+        k_all = jnp.concatenate([cache.k, k.astype(cache.k.dtype)], axis=1)
+        v_all = jnp.concatenate([cache.v, v.astype(cache.v.dtype)], axis=1)
+        k_pos = jnp.concatenate([slot_positions(cache.pos, cache.k.shape[1]), q_pos])
+        y = _masked_softmax_attend(q, k_all, v_all, _scores_mask(q_pos, k_pos, True, window), scale)
+        new = _write(cache, k, v)
+    else:
+        def step(c: KVCache, qkv):
+            q_t, k_t, v_t = qkv  # [b, h, d]
+            c = _write(c, k_t[:, None], v_t[:, None])
+            allowed = _scores_mask(c.pos[None] - 1, slot_positions(c.pos, c.k.shape[1]), True, window)
+            y_t = _masked_softmax_attend(q_t[:, None], c.k, c.v, allowed, scale)[:, 0]
+            return c, y_t
+
+        xs = (jnp.moveaxis(q, 1, 0), jnp.moveaxis(k, 1, 0), jnp.moveaxis(v, 1, 0))
+        new, y = jax.lax.scan(step, cache, xs)
+        y = jnp.moveaxis(y, 0, 1)
+    y = y.astype(q.dtype)
+    return (y, new) if return_state else y
+
+
+def attention_reference(q, k, v, *, causal: bool = True, window: int | None = None,
+                        scale: float | None = None):
+    """Attention written for clarity: a loop over queries, each a softmax over its allowed keys."""
+    b, t, hq, d = q.shape
+    scale = d ** -0.5 if scale is None else scale
+    group = hq // k.shape[2]
+    k_full = jnp.repeat(k, group, axis=2).astype(jnp.float32)  # q head h reads kv head h // group
+    v_full = jnp.repeat(v, group, axis=2).astype(jnp.float32)
+    rows = []
+    for i in range(t):
+        lo = 0 if window is None else max(0, i - window + 1)
+        hi = i + 1 if causal else t
+        s = jnp.einsum("bhd,bjhd->bhj", q[:, i].astype(jnp.float32), k_full[:, lo:hi]) * scale
+        rows.append(jnp.einsum("bhj,bjhe->bhe", jax.nn.softmax(s, axis=-1), v_full[:, lo:hi]))
+    return jnp.stack(rows, axis=1).astype(q.dtype)

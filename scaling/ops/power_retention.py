@@ -1,0 +1,526 @@
+"""Power retention: symmetric-power linear attention with a per-head gate.
+
+Power retention (Gelada, Buckman et al., "Scaling Context Requires Rethinking Attention", Manifest AI, 2025)
+replaces the softmax weight of attention by an even power of the scaled dot product, times a decay:
+
+    s_ij = scale * <q_i, k_j>,        G_t = sum_{u<=t} log g_u     (per kv head, log g_u <= 0)
+    w_ij = s_ij^p * e^{G_i - G_j}     for j <= i, else 0
+    y_i  = sum_j w_ij v_j / sum_j w_ij                            (normalize="sum")
+
+Because s_ij^p = <phi(scale q_i), phi(k_j)> for the symmetric power feature map phi (one feature per
+multi-index i_1 <= ... <= i_p, weighted by sqrt(multinomial coefficient), D = C(d+p-1, p) features),
+the same output is a linear recurrence over a fixed-size state per kv head:
+
+    S_t = g_t S_{t-1} + phi(k_t) v_t^T    [D, e]        z_t = g_t z_{t-1} + phi(k_t)    [D]
+    num_t = phi(scale q_t)^T S_t          den_t = phi(scale q_t)^T z_t
+
+The state is independent of ``scale`` (it is applied on the query side only). With an initial state
+(S_0, z_0) from an earlier call, every output gains e^{G_i} phi(scale q_i)^T S_0 (resp. z_0), where G
+restarts at 0 at the start of the call; so a call over the first half, whose final state is handed to a
+call over the second half, equals one call over the whole.
+
+Chunked form (the default). Split time into chunks of c tokens. In chunk n (tokens nc .. nc+c-1) let
+b_t = sum_{u=nc}^{t} log g_u be the *local* cumulative log gate (<= 0, non-increasing) and a_n = b_{nc+c-1}
+the chunk's total log decay. For token i of chunk n, with (S_n, z_n) the state before the chunk:
+
+    num_i = sum_{nc <= j <= i} s_ij^p e^{b_i - b_j} v_j        intra-chunk, attention-like (masked c x c)
+          + e^{b_i} phi(scale q_i)^T S_n                         inter-chunk, query the carried state
+    den_i = sum_{nc <= j <= i} s_ij^p e^{b_i - b_j}  +  e^{b_i} phi(scale q_i)^T z_n
+    S_{n+1} = e^{a_n} S_n + sum_{j in chunk n} e^{a_n - b_j} phi(k_j) v_j^T
+    z_{n+1} = e^{a_n} z_n + sum_{j in chunk n} e^{a_n - b_j} phi(k_j)
+
+and lax.scan carries (S, z) across chunks. The gate stays in log space: every exponent above is a sum of
+log gates over a stretch of at most c tokens, so it lies in [c * min(log g), 0] and nothing can overflow
+whatever the sequence length; the global cumulative sum G (which reaches -600 and below at long T) and
+e^{-G_j} are never formed. Masked (j > i) entries are set to -inf *before* the exponential, so neither
+values nor gradients see an overflow. T need not be a multiple of c: time is padded with k = v = q = 0 and
+log g = 0, so padded tokens add phi(0) = 0 to the state and do not decay it, and are sliced off.
+
+Cost per chunk, counted in multiply-adds (2 FLOPs each), per batch element; c = chunk length, d = head_dim,
+e = value head_dim, D = C(d+p-1, p), hq query heads, hk kv heads:
+
+    scores      q k^T                      c^2 d   per q head   (dense c x c; half of it is masked)
+    weights     s^p * decay                ~ (p+1) c^2 elementwise per q head
+    values      w v   (+ row sums for den) c^2 e   (+ c^2)  per q head
+    features    phi(q), phi(k)             p c D multiplies per q head and per kv head (incl. decay/weight)
+    state query phi(q)^T S  (+ phi(q)^T z) c D e   (+ c D)  per q head
+    state update phi(k)^T v (+ sum phi(k)) c D e   (+ c D)  per kv head, plus D e for decaying S
+
+so per token, leading terms: c (d + e) + D e per q head plus D e per kv head, linear in T for fixed c.
+The parallel form costs T^2 (d + e) per q head for the whole call (T^2 / 2 useful). The recurrent form
+costs, per token, D e (+ D) per q head for the query, D e (+ D) per kv head for the update and d per q
+head for the token's own score (see _recurrent), but runs sequentially over tokens.
+
+All forms compute in float32 (inputs are upcast) and return y in q.dtype; the state is float32.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import numbers
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "RetentionState",
+    "power_retention",
+    "power_retention_reference",
+    "sympow_dim",
+    "sympow_features",
+]
+
+_PS = (1, 2, 3, 4)
+_FORMS = ("parallel", "chunked", "recurrent")
+_NORMALIZE = ("sum", "rmsnorm")
+_BACKENDS = ("xla", "pallas")
+
+
+class RetentionState(NamedTuple):
+    """Recurrent state of power retention, per sequence and kv head (a pytree), always float32.
+
+    S: [batch, kv_heads, D, e]  sum_j e^{G_t - G_j} phi(k_j) v_j^T, D = sympow_dim(head_dim, p).
+    z: [batch, kv_heads, D]     sum_j e^{G_t - G_j} phi(k_j), the normaliser's state.
+
+    G_t - G_j is the summed log gate over tokens j+1..t, so S and z are exact (no hidden log-scale).
+    """
+
+    S: jax.Array
+    z: jax.Array
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Symmetric power feature map
+# ---------------------------------------------------------------------------------------------------------
+
+
+def sympow_dim(d: int, p: int) -> int:
+    """Number of features of the degree-p symmetric power of a d-vector: C(d+p-1, p)."""
+    if not isinstance(d, int | np.integer) or isinstance(d, bool) or d < 1:
+        raise ValueError(f"sympow_dim: d = {d!r}: must be an integer >= 1")
+    if not isinstance(p, int | np.integer) or isinstance(p, bool) or p < 1:
+        raise ValueError(f"sympow_dim: p = {p!r}: must be an integer >= 1")
+    return math.comb(int(d) + int(p) - 1, int(p))
+
+
+@functools.lru_cache(maxsize=64)
+def _sympow_table(d: int, p: int) -> tuple[np.ndarray, np.ndarray]:
+    """Static index table: idx [D, p] int32 (sorted multi-indices), weight [D] float64.
+
+    weight = sqrt(p! / prod_m count_m!), so sum over multi-indices of weight^2 * prod x_i * prod y_i
+    equals the sum over all d^p ordered index tuples, i.e. <x, y>^p.
+    """
+    idx = np.array(list(itertools.combinations_with_replacement(range(d), p)), dtype=np.int32)
+    idx = idx.reshape(-1, p)
+    weight = np.empty(idx.shape[0], dtype=np.float64)
+    for r, row in enumerate(idx):
+        _, counts = np.unique(row, return_counts=True)
+        weight[r] = math.factorial(p) / math.prod(math.factorial(int(c)) for c in counts)
+    return idx, np.sqrt(weight)
+
+
+def sympow_features(x: jax.Array, p: int) -> jax.Array:
+    """Exact symmetric power feature map: x [..., d] -> phi(x) [..., D], D = sympow_dim(d, p).
+
+    <phi(x), phi(y)> = <x, y>^p exactly (up to round-off). Computed in x.dtype by gathering the p factors
+    of each multi-index and multiplying them (no [..., D, p] intermediate). phi is homogeneous of degree
+    p: phi(a x) = a^p phi(x), which the chunked form uses to apply decays to d-vectors instead of D-vectors.
+    """
+    if not isinstance(p, int | np.integer) or isinstance(p, bool) or p < 1:
+        raise ValueError(f"sympow_features: p = {p!r}: must be an integer >= 1")
+    x = jnp.asarray(x)
+    if x.ndim < 1:
+        raise ValueError(f"sympow_features: x must have a feature axis (rank >= 1), got shape {x.shape}")
+    return _sympow(x, int(p))
+
+
+@functools.lru_cache(maxsize=64)
+def _sympow_full_index(d: int, p: int) -> np.ndarray:
+    """[d]*p int32: the feature index of each ordered index tuple (its sorted multi-index)."""
+    idx, _ = _sympow_table(d, p)
+    lut = {tuple(row): i for i, row in enumerate(idx.tolist())}
+    full = [lut[tuple(sorted(t))] for t in itertools.product(range(d), repeat=p)]
+    return np.asarray(full, np.int32).reshape((d,) * p)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _sympow(x, p):
+    idx, weight = _sympow_table(int(x.shape[-1]), p)
+    out = x[..., idx[:, 0]]
+    for m in range(1, p):
+        out = out * x[..., idx[:, m]]
+    return out * jnp.asarray(weight, dtype=x.dtype)
+
+
+def _sympow_fwd(x, p):
+    return _sympow(x, p), x
+
+
+def _sympow_bwd(p, x, g):
+    # sum_a g_a phi_a(x) = sum over ordered tuples t of T[t] x_t1...x_tp with T[t] = g_a(t) / w_a(t) (each
+    # multi-index a has w_a^2 orderings). Its gradient is p * T contracted with x on p - 1 axes. Gathering
+    # g into T avoids the scatter-add that autodiff of the forward gather makes (slow on CPU).
+    d = x.shape[-1]
+    _, weight = _sympow_table(d, p)
+    t = (g / jnp.asarray(weight, g.dtype))[..., _sympow_full_index(d, p)]  # [..., d, ..., d]
+    for _ in range(p - 1):
+        t = jnp.einsum("...ij,...j->...i", t, x.reshape(x.shape[:-1] + (1,) * (t.ndim - x.ndim - 1) + (d,)))
+    return (p * t,)
+
+
+_sympow.defvjp(_sympow_fwd, _sympow_bwd)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _check_choice(fn: str, name: str, value, accepted: tuple) -> None:
+    kind = (int, np.integer) if isinstance(accepted[0], int) else str  # 2.0 or True is not a valid p
+    if isinstance(value, bool) or not isinstance(value, kind) or value not in accepted:
+        raise ValueError(f"{fn}: {name} = {value!r}: must be one of {', '.join(repr(a) for a in accepted)}")
+
+
+def _validate(q, k, v, log_g, *, p, normalize, eps, scale, initial_state, fn: str):
+    """Checks everything that does not depend on the form; returns (b, T, hq, hk, d, e, D)."""
+    _check_choice(fn, "p", p, _PS)
+    _check_choice(fn, "normalize", normalize, _NORMALIZE)
+    if normalize == "sum" and p % 2 == 1:
+        raise ValueError(
+            f"{fn}: p = {p} with normalize='sum': an odd power makes the weights s^p negative, so the "
+            "denominator can vanish or change sign; use an even p (2 or 4) or normalize='rmsnorm'"
+        )
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if jnp.ndim(x) != 4:
+            raise ValueError(
+                f"{fn}: {name} must be [batch, time, heads, head_dim] (rank 4), got shape {jnp.shape(x)}"
+            )
+    b, T, hq, d = q.shape
+    bk, Tk, hk, dk = k.shape
+    bv, Tv, hv, e = v.shape
+    if not (b == bk == bv):
+        raise ValueError(f"{fn}: batch sizes differ: q {b}, k {bk}, v {bv}")
+    if not (T == Tk == Tv):
+        raise ValueError(f"{fn}: time lengths differ: q {T}, k {Tk}, v {Tv}")
+    if dk != d:
+        raise ValueError(f"{fn}: q and k head_dim differ: q {d}, k {dk}")
+    if hv != hk:
+        raise ValueError(f"{fn}: k and v must have the same number of kv heads, got k {hk}, v {hv}")
+    if hk < 1 or d < 1 or e < 1:
+        raise ValueError(f"{fn}: heads and head dims must be >= 1, got q {q.shape}, k {k.shape}, v {v.shape}")
+    if hq % hk != 0:
+        raise ValueError(
+            f"{fn}: q heads ({hq}) must be a multiple of kv heads ({hk}) for grouped-query attention"
+        )
+    if log_g is not None and tuple(jnp.shape(log_g)) != (b, T, hk):
+        raise ValueError(
+            f"{fn}: log_g must be [batch, time, kv_heads] = {(b, T, hk)}, got shape {tuple(jnp.shape(log_g))}"
+        )
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
+        raise ValueError(f"{fn}: eps = {eps!r}: must be a float >= 0")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
+        raise ValueError(f"{fn}: scale = {scale!r}: must be a Python float, or None for 1/sqrt(head_dim)")
+    D = sympow_dim(d, p)
+    if initial_state is not None:
+        if not (isinstance(initial_state, tuple) and len(initial_state) == 2):
+            raise ValueError(
+                f"{fn}: initial_state must be a RetentionState(S, z), got {type(initial_state).__name__}"
+            )
+        S0, z0 = initial_state
+        if tuple(jnp.shape(S0)) != (b, hk, D, e) or tuple(jnp.shape(z0)) != (b, hk, D):
+            raise ValueError(
+                f"{fn}: initial_state must have S [batch, kv_heads, D, e] = {(b, hk, D, e)} and "
+                f"z [batch, kv_heads, D] = {(b, hk, D)} (D = sympow_dim({d}, {p})), got S "
+                f"{tuple(jnp.shape(S0))} and z {tuple(jnp.shape(z0))}"
+            )
+    return b, T, hq, hk, d, e, D
+
+
+def _prepare(q, k, v, log_g, initial_state, *, scale, hk, D, e):
+    """Upcasts to float32, folds the scale into q, splits q heads into [kv_heads, group]."""
+    b, T, hq, d = q.shape
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    q_bthgd = (q.astype(jnp.float32) * scale).reshape(b, T, hk, hq // hk, d)
+    k_bthd = k.astype(jnp.float32)
+    v_bthe = v.astype(jnp.float32)
+    lg_bth = jnp.zeros((b, T, hk), jnp.float32) if log_g is None else jnp.asarray(log_g, jnp.float32)
+    if initial_state is None:
+        S0 = jnp.zeros((b, hk, D, e), jnp.float32)
+        z0 = jnp.zeros((b, hk, D), jnp.float32)
+    else:
+        S0 = jnp.asarray(initial_state[0], jnp.float32)
+        z0 = jnp.asarray(initial_state[1], jnp.float32)
+    return q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0
+
+
+def _finish(num_bthge, den_bthg, *, normalize, eps, out_dtype):
+    """Normalises and merges [kv_heads, group] back into q heads: -> [b, T, hq, e] in out_dtype."""
+    if normalize == "sum":
+        y = num_bthge / (den_bthg[..., None] + eps)
+    else:
+        y = num_bthge / jnp.sqrt(jnp.mean(jnp.square(num_bthge), axis=-1, keepdims=True) + eps)
+    b, T, hk, g, e = y.shape
+    return y.reshape(b, T, hk * g, e).astype(out_dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Forms
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _parallel(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p, has_state, return_state):
+    """Quadratic form: the definition with an explicit causal mask over the whole call."""
+    T = q_bthgd.shape[1]
+    G_bth = jnp.cumsum(lg_bth, axis=1)
+    s_bhgij = jnp.einsum("bihgd,bjhd->bhgij", q_bthgd, k_bthd)
+    causal = jnp.tril(jnp.ones((T, T), bool))
+    # Differences of cumulative log gates, masked before exp: e^{G_i - G_j} <= 1 where kept.
+    dG_bhij = G_bth.transpose(0, 2, 1)[:, :, :, None] - G_bth.transpose(0, 2, 1)[:, :, None, :]
+    decay_bhij = jnp.exp(jnp.where(causal, dG_bhij, -jnp.inf))
+    w_bhgij = s_bhgij**p * decay_bhij[:, :, None]
+    num = jnp.einsum("bhgij,bjhe->bihge", w_bhgij, v_bthe)
+    den = jnp.einsum("bhgij->bihg", w_bhgij)
+    if has_state:
+        # e^{G_i} <= 1 (it may underflow to 0, which is the right answer); S0 was built before this call.
+        fq_bthgD = sympow_features(q_bthgd, p) * jnp.exp(G_bth)[..., None, None]
+        num = num + jnp.einsum("bthgD,bhDe->bthge", fq_bthgD, S0)
+        den = den + jnp.einsum("bthgD,bhD->bthg", fq_bthgD, z0)
+    state = None
+    if return_state:
+        G_T = G_bth[:, -1]  # [b, h]
+        fk_bthD = sympow_features(k_bthd, p) * jnp.exp(G_T[:, None] - G_bth)[..., None]
+        S = jnp.exp(G_T)[..., None, None] * S0 + jnp.einsum("bthD,bthe->bhDe", fk_bthD, v_bthe)
+        z = jnp.exp(G_T)[..., None] * z0 + jnp.sum(fk_bthD, axis=1)
+        state = RetentionState(S, z)
+    return num, den, state
+
+
+def _recurrent(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p):
+    """Token-by-token form: lax.scan over time; the output at t reads the state including token t.
+
+    phi(q_t)^T S_t is evaluated as g_t phi(q_t)^T S_{t-1} + s_tt^p v_t: the same number, but the token's
+    own term comes from its score, so it does not carry the feature map's cancellation round-off (which is
+    relative to (|q||k| scale)^p rather than to s^p). This is the chunked form with one-token chunks.
+    """
+
+    def step(carry, xs):
+        S, z = carry
+        q_bhgd, k_bhd, v_bhe, lg_bh = xs
+        g_bh = jnp.exp(lg_bh)
+        fq_bhgD = sympow_features(q_bhgd, p)
+        w_bhg = jnp.einsum("bhgd,bhd->bhg", q_bhgd, k_bhd) ** p
+        num = g_bh[..., None, None] * jnp.einsum("bhgD,bhDe->bhge", fq_bhgD, S)
+        num = num + w_bhg[..., None] * v_bhe[:, :, None]
+        den = g_bh[..., None] * jnp.einsum("bhgD,bhD->bhg", fq_bhgD, z) + w_bhg
+        fk_bhD = sympow_features(k_bhd, p)
+        S = g_bh[..., None, None] * S + fk_bhD[..., :, None] * v_bhe[..., None, :]
+        z = g_bh[..., None] * z + fk_bhD
+        return (S, z), (num, den)
+
+    xs = tuple(jnp.moveaxis(x, 1, 0) for x in (q_bthgd, k_bthd, v_bthe, lg_bth))
+    (S, z), (num_t, den_t) = jax.lax.scan(step, (S0, z0), xs)
+    return jnp.moveaxis(num_t, 0, 1), jnp.moveaxis(den_t, 0, 1), RetentionState(S, z)
+
+
+def _chunked(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p, chunk_size):
+    """Chunked form in three stages: intra-chunk attention and chunk-local states for all chunks at once
+    (batched matmuls), then a scan of the cheap elementwise state recurrence across chunks, then every
+    chunk's query of the state it starts from (batched matmuls). The states before each chunk are held,
+    [batch, chunks, kv_heads, D, e]: the XLA baseline trades that memory for matmul-shaped work."""
+    b, T, hk, g, d = q_bthgd.shape
+    e = v_bthe.shape[-1]
+    c = min(chunk_size, T)  # a chunk longer than the call only adds padding
+    n = -(-T // c)
+    pad = n * c - T
+    if pad:
+        # Zero k and zero log-gate: padded tokens add phi(0) = 0 to the state and leave its decay alone.
+        def pad_t(x):
+            return jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+
+        q_bthgd, k_bthd, v_bthe, lg_bth = map(pad_t, (q_bthgd, k_bthd, v_bthe, lg_bth))
+    q_bncgd = q_bthgd.reshape(b, n, c, hk, g, d)
+    k_bnchd = k_bthd.reshape(b, n, c, hk, d)
+    v_bnche = v_bthe.reshape(b, n, c, hk, e)
+    lb_bnch = jnp.cumsum(lg_bth.reshape(b, n, c, hk), axis=2)  # local cumulative log gate, <= 0
+    a_bnh = lb_bnch[:, :, -1]  # each chunk's total log decay
+
+    # 1. Intra-chunk: all chunks at once, attention-like.
+    s_bnhgij = jnp.einsum("bnihgd,bnjhd->bnhgij", q_bncgd, k_bnchd)
+    lb_bnhc = lb_bnch.transpose(0, 1, 3, 2)
+    causal = jnp.tril(jnp.ones((c, c), bool))
+    dlb_bnhij = lb_bnhc[..., :, None] - lb_bnhc[..., None, :]
+    decay_bnhij = jnp.exp(jnp.where(causal, dlb_bnhij, -jnp.inf))
+    w_bnhgij = s_bnhgij**p * decay_bnhij[:, :, :, None]
+    num = jnp.einsum("bnhgij,bnjhe->bnihge", w_bnhgij, v_bnche)
+    den = jnp.einsum("bnhgij->bnihg", w_bnhgij)
+
+    # 2. Chunk-local states, then the recurrence across chunks. phi is homogeneous of degree p, so the
+    # decay e^{a - b_j} <= 1 is applied to k as e^{(a - b_j)/p}: d-sized work instead of D-sized.
+    fk_bnchD = sympow_features(k_bnchd * jnp.exp((a_bnh[:, :, None] - lb_bnch) / p)[..., None], p)
+    dS_bnhDe = jnp.einsum("bnchD,bnche->bnhDe", fk_bnchD, v_bnche)
+    dz_bnhD = jnp.sum(fk_bnchD, axis=2)
+
+    def step(carry, xs):
+        S, z = carry
+        dS, dz, a_bh = xs
+        decay = jnp.exp(a_bh)
+        return (decay[..., None, None] * S + dS, decay[..., None] * z + dz), (S, z)
+
+    xs = tuple(jnp.moveaxis(x, 1, 0) for x in (dS_bnhDe, dz_bnhD, a_bnh))
+    (S, z), (S_before, z_before) = jax.lax.scan(step, (S0, z0), xs)
+
+    # 3. Each chunk queries the state it starts from, decayed to each token: e^{b_i} phi(q_i) = phi(e^{b_i/p} q_i).
+    fq_bncgD = sympow_features(q_bncgd * jnp.exp(lb_bnch / p)[..., None, None], p)
+    num = num + jnp.einsum("bnchgD,nbhDe->bnchge", fq_bncgD, S_before)
+    den = den + jnp.einsum("bnchgD,nbhD->bnchg", fq_bncgD, z_before)
+    num = num.reshape(b, n * c, hk, g, e)[:, :T]
+    den = den.reshape(b, n * c, hk, g)[:, :T]
+    return num, den, RetentionState(S, z)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public entry points
+# ---------------------------------------------------------------------------------------------------------
+
+
+def power_retention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    log_g: jax.Array | None = None,
+    *,
+    p: int = 2,
+    scale: float | None = None,
+    chunk_size: int = 64,
+    form: str = "chunked",
+    normalize: str = "sum",
+    eps: float = 1e-6,
+    initial_state: RetentionState | None = None,
+    return_state: bool = False,
+    backend: str = "xla",
+):
+    """Causal power retention (gated symmetric-power linear attention).
+
+    Args:
+      q: [batch, time, hq, d] queries.
+      k: [batch, time, hk, d] keys; hq must be a multiple of hk (q head i reads kv head i // (hq // hk)).
+      v: [batch, time, hk, e] values (e may differ from d).
+      log_g: [batch, time, hk] float32 log of the per-kv-head gate, <= 0 (not checked: traced values);
+        None means no decay (g = 1).
+      p: power, one of 1, 2, 3, 4. Odd p requires normalize="rmsnorm".
+      scale: multiplies <q, k> before the power; None means 1/sqrt(d).
+      chunk_size: tokens per chunk for form="chunked" (>= 1; capped at the call's length).
+      form: "chunked" (O(T), default), "parallel" (O(T^2), masked) or "recurrent" (token by token).
+      normalize: "sum" -> y = num / (den + eps); "rmsnorm" -> y = num / sqrt(mean_e(num^2) + eps).
+      eps: see normalize.
+      initial_state: RetentionState from an earlier call (float32), or None for an empty state.
+      return_state: also return the RetentionState after the last token.
+      backend: "xla" (implemented) or "pallas" (not yet).
+
+    Returns:
+      y [batch, time, hq, e] in q.dtype, or (y, RetentionState) when return_state is True.
+    """
+    fn = "power_retention"
+    _check_choice(fn, "backend", backend, _BACKENDS)
+    _check_choice(fn, "form", form, _FORMS)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
+        raise ValueError(f"{fn}: chunk_size = {chunk_size!r}: must be an integer >= 1")
+    b, T, hq, hk, d, e, D = _validate(
+        q, k, v, log_g, p=p, normalize=normalize, eps=eps, scale=scale, initial_state=initial_state, fn=fn
+    )
+    if backend == "pallas":
+        raise NotImplementedError(
+            "backend='pallas' is not implemented yet for power_retention; it arrives with the Pallas kernels "
+            "(pallas_kernels.power_retention). Use backend='xla'."
+        )
+    q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0 = _prepare(
+        q, k, v, log_g, initial_state, scale=scale, hk=hk, D=D, e=e
+    )
+    if T == 0:
+        y = jnp.zeros((b, 0, hq, e), q.dtype)
+        return (y, RetentionState(S0, z0)) if return_state else y
+    p = int(p)
+    if form == "parallel":
+        num, den, state = _parallel(
+            q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, p=p,
+            has_state=initial_state is not None, return_state=return_state,
+        )
+    elif form == "recurrent":
+        num, den, state = _recurrent(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, p=p)
+    else:
+        num, den, state = _chunked(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, p=p, chunk_size=int(chunk_size))
+    y = _finish(num, den, normalize=normalize, eps=eps, out_dtype=q.dtype)
+    return (y, state) if return_state else y
+
+
+def power_retention_reference(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    log_g: jax.Array | None = None,
+    *,
+    p: int = 2,
+    scale: float | None = None,
+    normalize: str = "sum",
+    eps: float = 1e-6,
+    initial_state: RetentionState | None = None,
+    return_state: bool = False,
+):
+    """The definition, one output token at a time (for tests; slow: O(T^2), a sequential loop over tokens).
+
+    Same arguments, shapes and return values as ``power_retention``. For each i:
+        w_ij  = (scale <q_i, k_j>)^p * exp(G_i - G_j),  j = 0..i,  G = cumsum(log_g) over this call
+        num_i = sum_j w_ij v_j + exp(G_i) phi(scale q_i)^T S0
+        den_i = sum_j w_ij     + exp(G_i) phi(scale q_i)^T z0
+    and the final state is S_T = exp(G_T) S0 + sum_j exp(G_T - G_j) phi(k_j) v_j^T (z_T likewise).
+    """
+    fn = "power_retention_reference"
+    b, T, hq, hk, d, e, D = _validate(
+        q, k, v, log_g, p=p, normalize=normalize, eps=eps, scale=scale, initial_state=initial_state, fn=fn
+    )
+    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    p, group = int(p), hq // hk
+    f32 = jnp.float32
+    q32, k32, v32 = q.astype(f32), k.astype(f32), v.astype(f32)
+    lg = jnp.zeros((b, T, hk), f32) if log_g is None else jnp.asarray(log_g, f32)
+    G = jnp.cumsum(lg, axis=1)  # [b, T, hk]
+    kv_of_q = np.arange(hq) // group  # q head -> its kv head
+    k_q, v_q, G_q = k32[:, :, kv_of_q], v32[:, :, kv_of_q], G[:, :, kv_of_q]  # per q head
+    if initial_state is not None:
+        S0 = jnp.asarray(initial_state[0], f32)
+        z0 = jnp.asarray(initial_state[1], f32)
+    def one_token(i):
+        # Weights over every key j, kept only for j <= i (masked before exp: G_i - G_j > 0 for j > i).
+        keep_j = (jnp.arange(T) <= i)[None, :, None]
+        s = scale * jnp.einsum("bhd,bjhd->bjh", q32[:, i], k_q)  # [b, T, hq]
+        w = jnp.where(keep_j, s**p * jnp.exp(jnp.where(keep_j, G_q[:, i][:, None] - G_q, 0.0)), 0.0)
+        num = jnp.einsum("bjh,bjhe->bhe", w, v_q)
+        den = jnp.sum(w, axis=1)
+        if initial_state is not None:
+            fq = sympow_features(scale * q32[:, i], p)  # [b, hq, D]
+            decay = jnp.exp(G_q[:, i])  # [b, hq]
+            num = num + decay[..., None] * jnp.einsum("bhD,bhDe->bhe", fq, S0[:, kv_of_q])
+            den = den + decay * jnp.einsum("bhD,bhD->bh", fq, z0[:, kv_of_q])
+        if normalize == "sum":
+            return num / (den[..., None] + eps)
+        return num / jnp.sqrt(jnp.mean(num**2, axis=-1, keepdims=True) + eps)
+
+    # A loop over output tokens (lax.map, not a Python loop, so that compile time does not grow with T).
+    y_tbhe = jax.lax.map(one_token, jnp.arange(T)) if T else jnp.zeros((0, b, hq, e), f32)
+    y = jnp.moveaxis(y_tbhe, 0, 1).astype(q.dtype)
+    if not return_state:
+        return y
+    fk = sympow_features(k32, p)  # [b, T, hk, D]
+    G_T = G[:, -1] if T else jnp.zeros((b, hk), f32)
+    wT = jnp.exp(G_T[:, None] - G)  # [b, T, hk]
+    S = jnp.einsum("bjh,bjhD,bjhe->bhDe", wT, fk, v32)
+    z = jnp.einsum("bjh,bjhD->bhD", wT, fk)
+    if initial_state is not None:
+        S = S + jnp.exp(G_T)[..., None, None] * S0
+        z = z + jnp.exp(G_T)[..., None] * z0
+    return y, RetentionState(S, z)
