@@ -1,0 +1,141 @@
+"""Accounting: parameter counts and state sizes, per mixer, from the config alone.
+
+One table keyed like the model registry (pattern letters). ``state_size(cfg, context)`` is the only place
+state size is computed; sweeps, plots and fits read it from here.
+
+State size is counted per sequence, in elements, summed over layers:
+- attention (A): the KV cache, 2 * T * kv_heads * head_dim, with T bounded by the window if there is one;
+- power retention (R): kv_heads * (D * head_dim + D), D = C(head_dim + p - 1, p): the state S [D, head_dim]
+  and the normaliser z [D] of each kv head (the gate is per kv head, so query heads of a group share it);
+- Mamba-2 (M): heads * head_dim * d_state (the SSD state) plus the conv state (d_conv - 1) * conv_dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from scaling import config as _config
+from scaling.ops.power_retention import sympow_dim
+
+_BYTES = {"float32": 4, "bfloat16": 2}
+
+
+def _cfg_model(cfg):
+    """Accept a run config (with .model) or a model config."""
+    return cfg.model if "model" in cfg else cfg
+
+
+# --- attention ----------------------------------------------------------------------------------------
+
+def _attention_dims(m):
+    a = m.attention
+    return a.n_heads, a.n_kv_heads, m.d_model // a.n_heads
+
+
+def attention_params(m) -> int:
+    hq, hk, hd = _attention_dims(m)
+    return m.d_model * hd * (2 * hq + 2 * hk)  # q, o: d x hq hd; k, v: d x hk hd
+
+
+def attention_state(m, context: int) -> dict[str, int]:
+    _, hk, hd = _attention_dims(m)
+    t = min(context, m.attention.window) if m.attention.window else context
+    return {m.dtype: 2 * t * hk * hd}
+
+
+# --- power retention ------------------------------------------------------------------------------------
+
+def _retention_dims(m):
+    r = m.retention
+    return r.n_heads, r.n_kv_heads, m.d_model // r.n_heads
+
+
+def retention_params(m) -> int:
+    hq, hk, hd = _retention_dims(m)
+    gate = (m.d_model + 1) * hk if m.retention.gate else 0
+    return m.d_model * hd * (2 * hq + 2 * hk) + gate
+
+
+def retention_state(m, context: int) -> dict[str, int]:
+    del context  # constant in context: that is the point
+    _, hk, hd = _retention_dims(m)
+    dim = sympow_dim(hd, m.retention.p)
+    return {"float32": hk * (dim * hd + dim)}
+
+
+# --- Mamba-2 -----------------------------------------------------------------------------------------------
+
+def mamba_dims(m):
+    """(d_inner, heads, conv_dim) of the Mamba-2 mixer."""
+    s = m.mamba
+    d_inner = s.expand * m.d_model
+    return d_inner, d_inner // s.head_dim, d_inner + 2 * s.n_groups * s.d_state
+
+
+def mamba_params(m) -> int:
+    s = m.mamba
+    d_inner, nh, conv_dim = mamba_dims(m)
+    in_proj = m.d_model * (d_inner + conv_dim + nh)
+    conv = (s.d_conv + 1) * conv_dim
+    return in_proj + conv + 3 * nh + d_inner + d_inner * m.d_model  # dt_bias, A_log, D; norm; out_proj
+
+
+def mamba_state(m, context: int) -> dict[str, int]:
+    del context
+    s = m.mamba
+    _, nh, conv_dim = mamba_dims(m)
+    ssm, conv = nh * s.head_dim * s.d_state, (s.d_conv - 1) * conv_dim
+    return {"float32": ssm + conv} if m.dtype == "float32" else {"float32": ssm, m.dtype: conv}
+
+
+@dataclass(frozen=True)
+class MixerAccounting:
+    params: Callable  # model_cfg -> int
+    state: Callable  # (model_cfg, context) -> {dtype name: elements}
+
+
+ACCOUNTING: dict[str, MixerAccounting] = {
+    "A": MixerAccounting(attention_params, attention_state),
+    "R": MixerAccounting(retention_params, retention_state),
+    "M": MixerAccounting(mamba_params, mamba_state),
+}
+
+
+def params(cfg) -> dict[str, int]:
+    """Parameter counts: {"total", "embedding", "non_embedding"}.
+
+    Embedding counts the token table and, when untied, the output head.
+    """
+    m = _cfg_model(cfg)
+    per_block = 2 * m.d_model + 3 * m.d_model * _config.d_ff(m)  # two norms, SwiGLU
+    blocks = sum(per_block + ACCOUNTING[letter].params(m) for letter in _config.layer_pattern(m))
+    embedding = m.vocab_size * m.d_model * (1 if m.tie_embeddings else 2)
+    non_embedding = blocks + m.d_model  # + final norm
+    return {"total": embedding + non_embedding, "embedding": embedding, "non_embedding": non_embedding}
+
+
+def _state_by_dtype(m, context: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for letter in _config.layer_pattern(m):
+        for dtype, n in ACCOUNTING[letter].state(m, context).items():
+            out[dtype] = out.get(dtype, 0) + n
+    return out
+
+
+def state_size(cfg, context: int) -> int:
+    """Decode state per sequence at ``context`` tokens, in elements, summed over layers."""
+    return int(sum(_state_by_dtype(_cfg_model(cfg), int(context)).values()))
+
+
+def state_bytes(cfg, context: int) -> int:
+    """The same state in bytes: recurrent states are float32, caches use the compute dtype."""
+    by = _state_by_dtype(_cfg_model(cfg), int(context))
+    return int(sum(n * _BYTES[dtype] for dtype, n in by.items()))
+
+
+def state_size_per_layer(cfg, context: int) -> np.ndarray:
+    m = _cfg_model(cfg)
+    return np.array([sum(ACCOUNTING[x].state(m, context).values()) for x in _config.layer_pattern(m)])

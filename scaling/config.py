@@ -1,0 +1,337 @@
+"""Run configuration: loading config files, command-line overrides and validation.
+
+A run config is an ``ml_collections.ConfigDict`` with three sections: ``model``, ``train`` and ``data``.
+Config files are Python files with ``get_config()``. A file may define only some sections (a model
+preset defines ``model``); :func:`load` fills the rest from the defaults here, applies overrides of the
+form ``"model.retention.p=4"`` and validates the result. Every error is a :class:`ConfigError` that
+names the field and the accepted values, raised before any compute starts.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import math
+from pathlib import Path
+
+import ml_collections
+from ml_collections import ConfigDict
+
+
+class ConfigError(ValueError):
+    """A config field has a bad value. The message names the field and what it accepts."""
+
+
+def _fail(field: str, value, accepted: str):
+    raise ConfigError(f"{field} = {value!r}: {accepted}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Defaults
+
+
+def default_mixer_configs() -> dict[str, ConfigDict]:
+    """Defaults for each mixer's section of the model config."""
+    return {
+        "attention": ConfigDict({
+            "n_heads": 4, "n_kv_heads": 4, "window": None, "rope": True, "rope_theta": 10_000.0,
+        }),
+        "retention": ConfigDict({
+            "n_heads": 4, "n_kv_heads": 4, "p": 2, "chunk_size": 64, "rope": True,
+            "rope_theta": 10_000.0, "normalize": "sum", "gate": True, "gate_init": 0.999,
+        }),
+        "mamba": ConfigDict({
+            "d_state": 64, "expand": 2, "head_dim": 32, "n_groups": 1, "d_conv": 4, "chunk_size": 64,
+            "dt_min": 1e-3, "dt_max": 1e-1, "a_init_range": (1.0, 16.0),
+        }),
+    }
+
+
+def default_model_config() -> ConfigDict:
+    cfg = ConfigDict({
+        "name": "model",
+        "vocab_size": 259,  # bytes + PAD, BOS, EOS (scaling.data.tokenizer)
+        "d_model": 128,
+        "n_layers": 2,
+        "pattern": "A",
+        "d_ff": 0,  # 0: SwiGLU hidden = 8/3 d_model rounded up to a multiple of 32
+        "tie_embeddings": True,
+        "dtype": "float32",  # compute dtype
+        "param_dtype": "float32",
+        "kernel": "xla",
+        "norm_eps": 1e-6,
+        "init_std": 0.02,
+    })
+    for key, sub in default_mixer_configs().items():
+        cfg[key] = sub
+    return cfg
+
+
+def default_train_config() -> ConfigDict:
+    return ConfigDict({
+        "steps": 200,  # optimizer steps; ignored when tokens > 0
+        "tokens": 0,  # token budget: steps = ceil(tokens / (batch_size * context))
+        "batch_size": 16,
+        "context": 256,
+        "lr": 3e-3,  # peak learning rate
+        "min_lr_ratio": 0.1,  # cosine decays to lr * min_lr_ratio
+        "warmup_steps": 20,
+        "weight_decay": 0.1,  # AdamW; norms, biases and gains are not decayed
+        "b1": 0.9,
+        "b2": 0.95,
+        "grad_clip": 1.0,  # global norm
+        "eval_every": 50,
+        "checkpoint_every": 50,
+        "keep_checkpoints": 3,
+        "log_every": 10,
+        "seed": 0,
+    })
+
+
+def default_config() -> ConfigDict:
+    """A complete run config with every section at its default."""
+    from scaling.data.corpus import DATA_DEFAULTS
+
+    cfg = ConfigDict()
+    cfg.model = default_model_config()
+    cfg.train = default_train_config()
+    cfg.data = ConfigDict(dict(DATA_DEFAULTS))
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _load_file(path: str | Path) -> ConfigDict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_statescale_cfg_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {str(path)!r} has no get_config()")
+    return module.get_config()
+
+
+def merge(base: ConfigDict, update: ConfigDict | dict, prefix: str = "") -> ConfigDict:
+    """Recursively overlay ``update`` on ``base``; unknown keys are a ConfigError."""
+    for key, value in update.items():
+        field = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(f"{field}: unknown field; known fields here: {', '.join(sorted(base.keys()))}")
+        if isinstance(base[key], ConfigDict) and isinstance(value, (ConfigDict, dict)):
+            merge(base[key], value, prefix=f"{field}.")
+        else:
+            base[key] = value
+    return base
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``"model.retention.p=4"`` -> ("model.retention.p", 4). Values are Python literals or bare strings."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: must look like key=value, e.g. model.retention.p=4")
+    key, raw = text.split("=", 1)
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key.strip(), value
+
+
+def apply_overrides(cfg: ConfigDict, overrides) -> ConfigDict:
+    for item in overrides or ():
+        key, value = parse_override(item) if isinstance(item, str) else item
+        *parents, leaf = key.split(".")
+        node = cfg
+        for i, part in enumerate(parents):
+            if part not in node or not isinstance(node[part], ConfigDict):
+                raise ConfigError(f"{'.'.join(parents[: i + 1])}: unknown config section in override {key!r}")
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"{key}: unknown field; known fields here: {', '.join(sorted(node.keys()))}")
+        old = node[leaf]
+        if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise ConfigError(f"{key} = {value!r}: expected a {type(old).__name__}") from e
+    return cfg
+
+
+def load(path: str | Path | None = None, overrides=None) -> ConfigDict:
+    """Load a config file, fill missing sections with defaults, apply overrides, validate.
+
+    Args:
+      path: a Python file with ``get_config()``, or None for the defaults alone.
+      overrides: strings ``"a.b=value"`` or (key, value) pairs, applied in order.
+    Raises:
+      ConfigError naming the first bad field.
+    """
+    cfg = default_config()
+    if path is not None:
+        merge(cfg, _load_file(path))
+    apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation
+
+DTYPES = ("float32", "bfloat16")
+KERNELS = ("xla",)  # "pallas" joins when pallas_kernels has the chunked kernels (issue 5)
+
+
+def _check_int(field, value, lo=1):
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+        _fail(field, value, f"must be an integer >= {lo}")
+
+
+def _check_choice(field, value, choices):
+    if value not in choices:
+        _fail(field, value, f"must be one of {', '.join(map(str, choices))}")
+
+
+def validate_model(m: ConfigDict, prefix: str = "model") -> None:
+    from scaling.models.registry import MIXERS
+
+    _check_int(f"{prefix}.vocab_size", m.vocab_size)
+    _check_int(f"{prefix}.d_model", m.d_model)
+    _check_int(f"{prefix}.n_layers", m.n_layers)
+    _check_int(f"{prefix}.d_ff", m.d_ff, lo=0)
+    _check_choice(f"{prefix}.dtype", m.dtype, DTYPES)
+    _check_choice(f"{prefix}.param_dtype", m.param_dtype, DTYPES)
+    _check_choice(f"{prefix}.kernel", m.kernel, KERNELS)
+    if not isinstance(m.pattern, str) or not m.pattern:
+        _fail(f"{prefix}.pattern", m.pattern, f"must be a non-empty string of letters {', '.join(MIXERS)}")
+    for letter in m.pattern:
+        if letter not in MIXERS:
+            accepted = ", ".join(f"{k} ({v.key})" for k, v in MIXERS.items())
+            _fail(f"{prefix}.pattern", m.pattern, f"unknown letter {letter!r}; letters are {accepted}")
+    if m.norm_eps <= 0:
+        _fail(f"{prefix}.norm_eps", m.norm_eps, "must be > 0")
+    for letter in sorted(set(m.pattern)):
+        spec = MIXERS[letter]
+        spec.validate(m, m[spec.key], f"{prefix}.{spec.key}")
+
+
+def validate_attention(m, a, prefix):
+    _check_int(f"{prefix}.n_heads", a.n_heads)
+    _check_int(f"{prefix}.n_kv_heads", a.n_kv_heads)
+    if m.d_model % a.n_heads:
+        _fail(f"{prefix}.n_heads", a.n_heads, f"must divide model.d_model = {m.d_model}")
+    if a.n_heads % a.n_kv_heads:
+        _fail(f"{prefix}.n_kv_heads", a.n_kv_heads, f"must divide {prefix}.n_heads = {a.n_heads}")
+    if a.window is not None and (not isinstance(a.window, int) or isinstance(a.window, bool) or a.window <= 0):
+        _fail(f"{prefix}.window", a.window, "must be a positive number of tokens, or None for no window")
+    if a.rope and (m.d_model // a.n_heads) % 2:
+        _fail(f"{prefix}.n_heads", a.n_heads, "RoPE needs an even head_dim = d_model / n_heads")
+
+
+def validate_retention(m, r, prefix):
+    _check_int(f"{prefix}.n_heads", r.n_heads)
+    _check_int(f"{prefix}.n_kv_heads", r.n_kv_heads)
+    if m.d_model % r.n_heads:
+        _fail(f"{prefix}.n_heads", r.n_heads, f"must divide model.d_model = {m.d_model}")
+    if r.n_heads % r.n_kv_heads:
+        _fail(f"{prefix}.n_kv_heads", r.n_kv_heads, f"must divide {prefix}.n_heads = {r.n_heads}")
+    _check_choice(f"{prefix}.p", r.p, (1, 2, 3, 4))
+    _check_int(f"{prefix}.chunk_size", r.chunk_size)
+    _check_choice(f"{prefix}.normalize", r.normalize, ("sum", "rmsnorm"))
+    if r.normalize == "sum" and r.p % 2:
+        _fail(f"{prefix}.normalize", r.normalize,
+              f"sum normalisation needs an even p (p = {r.p}); use normalize = 'rmsnorm'")
+    if r.rope and (m.d_model // r.n_heads) % 2:
+        _fail(f"{prefix}.n_heads", r.n_heads, "RoPE needs an even head_dim = d_model / n_heads")
+    if not 0.0 < r.gate_init < 1.0:
+        _fail(f"{prefix}.gate_init", r.gate_init, "must be in (0, 1): the gate's initial value")
+
+
+def validate_mamba(m, s, prefix):
+    for name in ("d_state", "expand", "head_dim", "n_groups", "d_conv", "chunk_size"):
+        _check_int(f"{prefix}.{name}", s[name])
+    d_inner = s.expand * m.d_model
+    if d_inner % s.head_dim:
+        _fail(f"{prefix}.head_dim", s.head_dim, f"must divide expand * d_model = {d_inner}")
+    n_heads = d_inner // s.head_dim
+    if n_heads % s.n_groups:
+        _fail(f"{prefix}.n_groups", s.n_groups, f"must divide the number of heads = {n_heads}")
+    if not 0 < s.dt_min <= s.dt_max:
+        _fail(f"{prefix}.dt_min", s.dt_min, f"must satisfy 0 < dt_min <= dt_max = {s.dt_max}")
+    lo, hi = s.a_init_range
+    if not 0 < lo <= hi:
+        _fail(f"{prefix}.a_init_range", tuple(s.a_init_range), "must satisfy 0 < low <= high")
+
+
+def validate_train(t: ConfigDict, prefix: str = "train") -> None:
+    for name in ("steps", "tokens", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every",
+                 "warmup_steps", "seed"):
+        _check_int(f"{prefix}.{name}", t[name], lo=0)
+    for name in ("batch_size", "context"):
+        _check_int(f"{prefix}.{name}", t[name])
+    if t.steps == 0 and t.tokens == 0:
+        _fail(f"{prefix}.steps", t.steps, "must be >= 1 unless train.tokens sets a token budget")
+    for name in ("eval_every", "checkpoint_every", "log_every", "keep_checkpoints"):
+        if t[name] < 1:
+            _fail(f"{prefix}.{name}", t[name], "must be an integer >= 1")
+    if not t.lr > 0:
+        _fail(f"{prefix}.lr", t.lr, "must be > 0")
+    if not 0 <= t.min_lr_ratio <= 1:
+        _fail(f"{prefix}.min_lr_ratio", t.min_lr_ratio, "must be in [0, 1]")
+    if t.weight_decay < 0:
+        _fail(f"{prefix}.weight_decay", t.weight_decay, "must be >= 0")
+    for name in ("b1", "b2"):
+        if not 0 <= t[name] < 1:
+            _fail(f"{prefix}.{name}", t[name], "must be in [0, 1)")
+    if not t.grad_clip > 0:
+        _fail(f"{prefix}.grad_clip", t.grad_clip, "must be > 0")
+
+
+def validate(cfg: ConfigDict) -> None:
+    """Check every section of a run config; raise ConfigError naming the first bad field."""
+    from scaling.data.corpus import validate_data_config
+
+    validate_model(cfg.model)
+    validate_train(cfg.train)
+    try:
+        validate_data_config(cfg.data)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def total_steps(t: ConfigDict) -> int:
+    """Optimizer steps of a run: train.steps, or the token budget in whole steps (rounded up)."""
+    return -(-t.tokens // (t.batch_size * t.context)) if t.tokens else t.steps
+
+
+def d_ff(m: ConfigDict) -> int:
+    """SwiGLU hidden width: explicit, or 8/3 d_model rounded up to a multiple of 32."""
+    return m.d_ff if m.d_ff else int(math.ceil(8 * m.d_model / 3 / 32) * 32)
+
+
+def layer_pattern(m: ConfigDict) -> str:
+    """The pattern repeated (and cut) to n_layers letters: "MMMA" with 8 layers -> "MMMAMMMA"."""
+    reps = -(-m.n_layers // len(m.pattern))
+    return (m.pattern * reps)[: m.n_layers]
+
+
+def from_dict(d: dict) -> ConfigDict:
+    """A run config from its JSON form (config.json): defaults overlaid with it, then validated."""
+    cfg = default_config()
+    merge(cfg, _tuples(d))
+    validate(cfg)
+    return cfg
+
+
+def _tuples(d):
+    """JSON turns tuples into lists; ConfigDict fields typed as tuples want them back."""
+    if isinstance(d, dict):
+        return {k: _tuples(v) for k, v in d.items()}
+    return tuple(d) if isinstance(d, list) else d
+
+
+def to_dict(cfg: ConfigDict) -> dict:
+    return cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)

@@ -1,0 +1,71 @@
+"""Building blocks shared by every model: RMSNorm, SwiGLU MLP, rotary embeddings, projections."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def dtypes(m) -> tuple:
+    """(compute dtype, param dtype) of a model config."""
+    return DTYPES[m.dtype], DTYPES[m.param_dtype]
+
+
+def dense(m, d_in: int, d_out: int, rngs: nnx.Rngs, *, std: float | None = None,
+          use_bias: bool = False) -> nnx.Linear:
+    """A bias-free projection initialised N(0, std^2) with std = model.init_std by default."""
+    dtype, param_dtype = dtypes(m)
+    return nnx.Linear(d_in, d_out, use_bias=use_bias, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                      kernel_init=nnx.initializers.normal(m.init_std if std is None else std))
+
+
+def rms_norm(x, eps: float):
+    """x / rms(x) over the last axis, computed in fp32."""
+    x32 = x.astype(jnp.float32)
+    return x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+
+
+class RMSNorm(nnx.Module):
+    """RMS norm with a learned scale (initialised to 1); computes in fp32, returns the input dtype."""
+
+    def __init__(self, dim: int, eps: float, param_dtype=jnp.float32):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
+
+    def __call__(self, x):
+        return (rms_norm(x, self.eps) * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class SwiGLU(nnx.Module):
+    """MLP(x) = W_down (silu(W_gate x) * W_up x)."""
+
+    def __init__(self, m, hidden: int, rngs: nnx.Rngs):
+        # Output projection scaled down with depth, as in GPT-2, so the residual stream starts O(1).
+        out_std = m.init_std / (2 * m.n_layers) ** 0.5
+        self.gate = dense(m, m.d_model, hidden, rngs)
+        self.up = dense(m, m.d_model, hidden, rngs)
+        self.down = dense(m, hidden, m.d_model, rngs, std=out_std)
+
+    def __call__(self, x):
+        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+def rope(x, positions, theta: float = 10_000.0):
+    """Rotary position embedding (rotate-half convention).
+
+    x: [batch, time, heads, head_dim] with even head_dim; positions: [time] or [batch, time] int.
+    Returns x rotated, in x.dtype; the angles are computed in fp32.
+    """
+    d = x.shape[-1]
+    inv_freq = theta ** (-jnp.arange(0, d // 2, dtype=jnp.float32) * 2 / d)
+    pos = positions.astype(jnp.float32)
+    if pos.ndim == 1:
+        pos = pos[None]
+    ang = pos[..., None] * inv_freq  # [b|1, t, d/2]
+    cos, sin = jnp.cos(ang)[:, :, None], jnp.sin(ang)[:, :, None]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = x32[..., : d // 2], x32[..., d // 2:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)

@@ -1,0 +1,100 @@
+"""LanguageModel: embed -> blocks (mixer, then SwiGLU MLP; pre-norm residual) -> norm -> head.
+
+Decode API (every pattern):
+    state = model.init_state(batch, max_len)
+    logits, state = model.prefill(tokens, state)   # tokens [batch, time]
+    logits, state = model.step(token, state)       # token [batch] or [batch, 1]
+The state is a pytree: {"pos": int32 scalar, "layers": tuple of per-layer mixer states}.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from scaling import config as _config
+from scaling.models.layers import RMSNorm, SwiGLU, dense, dtypes
+from scaling.models.registry import MIXERS
+
+
+class Block(nnx.Module):
+    def __init__(self, m, letter: str, rngs: nnx.Rngs):
+        _, param_dtype = dtypes(m)
+        self.letter = letter
+        self.norm1 = RMSNorm(m.d_model, m.norm_eps, param_dtype)
+        self.mixer = MIXERS[letter].module(m, rngs)
+        self.norm2 = RMSNorm(m.d_model, m.norm_eps, param_dtype)
+        self.mlp = SwiGLU(m, _config.d_ff(m), rngs)
+
+    def __call__(self, x, positions, state=None, *, decode: bool = False):
+        if state is None:
+            x = x + self.mixer(self.norm1(x), positions)
+            return x + self.mlp(self.norm2(x))
+        h, state = self.mixer(self.norm1(x), positions, state, decode=decode)
+        x = x + h
+        return x + self.mlp(self.norm2(x)), state
+
+
+class LanguageModel(nnx.Module):
+    """A decoder-only language model whose layer types follow ``cfg.pattern`` (A, R, M)."""
+
+    def __init__(self, m, rngs: nnx.Rngs):
+        self.dtype, param_dtype = dtypes(m)
+        self.pattern = _config.layer_pattern(m)
+        self.embed = nnx.Embed(m.vocab_size, m.d_model, rngs=rngs, dtype=self.dtype, param_dtype=param_dtype,
+                               embedding_init=nnx.initializers.normal(m.init_std))
+        self.blocks = nnx.List([Block(m, letter, rngs) for letter in self.pattern])
+        self.norm = RMSNorm(m.d_model, m.norm_eps, param_dtype)
+        self.head = nnx.data(None if m.tie_embeddings else dense(m, m.d_model, m.vocab_size, rngs))
+
+    def logits(self, x):
+        x = self.norm(x)
+        out = self.embed.attend(x) if self.head is None else self.head(x)
+        return out.astype(jnp.float32)
+
+    def __call__(self, tokens):
+        """tokens [batch, time] int -> logits [batch, time, vocab] float32."""
+        positions = jnp.arange(tokens.shape[1])
+        x = self.embed(tokens)
+        for block in self.blocks:
+            x = block(x, positions)
+        return self.logits(x)
+
+    def init_state(self, batch: int, max_len: int):
+        """Decode state for ``batch`` sequences of up to ``max_len`` tokens (attention's cache size)."""
+        return {
+            "pos": jnp.zeros((), jnp.int32),
+            "layers": tuple(b.mixer.init_state(batch, max_len) for b in self.blocks),
+        }
+
+    def _run(self, tokens, state, decode: bool):
+        positions = state["pos"] + jnp.arange(tokens.shape[1])
+        x = self.embed(tokens)
+        new_layers = []
+        for block, s in zip(self.blocks, state["layers"], strict=True):
+            x, s = block(x, positions, s, decode=decode)
+            new_layers.append(s)
+        state = {"pos": state["pos"] + tokens.shape[1], "layers": tuple(new_layers)}
+        return self.logits(x), state
+
+    def prefill(self, tokens, state):
+        """Process a prompt [batch, time] with the chunked forms; returns (logits [b, t, V], state)."""
+        return self._run(tokens, state, decode=False)
+
+    def step(self, token, state):
+        """One token [batch] (or [batch, 1]) with the recurrent forms; returns (logits [b, V], state)."""
+        token = jnp.asarray(token)
+        token = token[:, None] if token.ndim == 1 else token
+        logits, state = self._run(token, state, decode=True)
+        return logits[:, -1], state
+
+
+def build(model_cfg, *, seed: int = 0) -> LanguageModel:
+    """Validate ``model_cfg`` and build its LanguageModel with parameters from ``seed``."""
+    _config.validate_model(model_cfg)
+    return LanguageModel(model_cfg, nnx.Rngs(params=seed))
+
+
+def count_params(model: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
