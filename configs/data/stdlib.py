@@ -1,0 +1,21 @@
+"""Data preset stdlib: the running Python's standard library as a byte-level corpus (no download).
+
+The ``data`` section (formats in scaling/data/corpus.py and scaling/data/pipeline.py):
+  source        one of stdlib, text_dir, jsonl, tokens
+  path          None for stdlib; a directory (text_dir), a .jsonl file (jsonl), a .npy / .bin file (tokens)
+  glob          files read by text_dir, relative to path
+  text_field    the string field of each jsonl record
+  token_dtype   dtype of a raw .bin token file (a .npy carries its own)
+  val_fraction  share of documents in validation, by a stable hash of the document key
+  packing       True: concatenate documents and split into windows; False: windows within documents, padded
+  eval_batches  batches of the unshuffled validation stream used for evaluation
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config():
+    return ConfigDict({"data": {
+        "source": "stdlib", "path": None, "glob": "**/*.txt", "text_field": "text",
+        "token_dtype": "uint16", "val_fraction": 0.02, "packing": True, "eval_batches": 8,
+    }})

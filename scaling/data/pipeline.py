@@ -1,0 +1,350 @@
+"""grain pipelines: documents -> fixed-length windows -> batches.
+
+Stream
+------
+Each document (see :mod:`scaling.data.corpus`) enters the stream as ``[BOS, *ids, EOS]`` (int32). The
+stream is cut into *windows* of ``context + 1`` tokens; a window ``w`` gives ``inputs = w[:-1]`` and
+``targets = w[1:]``.
+
+- ``packing=True`` (default): documents are concatenated and the concatenation is split every
+  ``context + 1`` tokens (grain's ``ConcatThenSplitIterDataset``), so a window may hold the tail of one
+  document, whole documents and the head of another; a long document continues in the next window.
+  Nothing is padded except the very end of a finite (validation) stream.
+- ``packing=False``: windows never cross documents. A document of ``L`` tokens (with BOS/EOS) gives the
+  windows starting at ``0, context, 2*context, ...`` (consecutive windows share one token, so every
+  next-token pair of the document is a target exactly once); the last one is padded with PAD.
+
+Batch format
+------------
+A batch is a dict of numpy arrays, ``B = batch_size``, ``T = context``:
+
+==============  ==========  =======================================================================
+``inputs``      [B, T] i32  token ids fed to the model (PAD = 256 where padded)
+``targets``     [B, T] i32  next token of each input (``targets[:, t] == inputs[:, t + 1]``)
+``segment_ids`` [B, T] i32  of each input: 1, 2, ... per document within the row; 0 = padding
+``positions``   [B, T] i32  of each input: its index within its own document (BOS = 0), so a document
+                            continued from the previous window does not restart at 0
+``loss_mask``   [B, T] f32  1.0 where the target is a real token, 0.0 where it is padding
+==============  ==========  =======================================================================
+
+A new document starts exactly after an EOS: there ``segment_ids`` steps up by one and ``positions``
+restarts at 0, which lets a model reset its recurrent state or mask attention across documents.
+
+Iterators
+---------
+``make_train_iterator`` returns a :class:`DataIterator` over an infinite stream: documents (packing) or
+windows (no packing) are shuffled by ``seed`` and every epoch is reshuffled with ``seed + epoch``
+(grain's index shuffle). ``get_state()`` returns a JSON-serialisable dict and ``set_state`` restores it in a
+fresh iterator, so a resumed run sees exactly the batches of an uninterrupted one. All work happens in the
+calling thread (no grain worker processes or threads).
+
+``make_eval_batches`` returns the first ``num_batches`` batches of the unshuffled validation stream (fewer
+if the stream is shorter; a last partial batch is filled with padding rows, loss_mask 0).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from scaling.data.corpus import Document, corpus_stats, load_corpus, validate_data_config
+from scaling.data.tokenizer import BOS, EOS, PAD, wrap_document
+
+__all__ = [
+    "BATCH_KEYS",
+    "DataIterator",
+    "corpus_stats",
+    "make_eval_batches",
+    "make_train_iterator",
+    "packed_windows_reference",
+    "unpacked_windows_reference",
+]
+
+BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
+
+# Documents are already in memory: reading threads would only contend for the GIL, and threads or worker
+# processes would make the per-process cost depend on the machine.
+_READ = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Argument checks
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
+    ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if not ok or value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name} = {value!r}: must be an integer {bound}")
+    return int(value)
+
+
+def _check_fits(docs: Sequence[Document], context: int, split: str) -> None:
+    longest = max(len(d) for d in docs) + 2
+    if longest < context + 1:
+        raise ValueError(
+            f"context = {context}: longer than every document of the {split} split (the longest has "
+            f"{longest} tokens with BOS/EOS, a window needs context + 1 = {context + 1}) while "
+            "data.packing = False; set data.packing = True or a context <= "
+            f"{longest - 1}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Windows -> rows
+
+
+def _row(window: np.ndarray, seg: np.ndarray, pos: np.ndarray) -> dict[str, np.ndarray]:
+    """One row of a batch from a window of ``context + 1`` tokens and its segment ids / positions."""
+    return {
+        "inputs": window[:-1],
+        "targets": window[1:],
+        "segment_ids": seg[:-1],
+        "positions": pos[:-1],
+        "loss_mask": (seg[1:] != 0).astype(np.float32),
+    }
+
+
+def _doc_features(ids: np.ndarray) -> dict[str, np.ndarray]:
+    tokens = wrap_document(ids)
+    # Packed alongside the tokens so that a split document keeps its true positions (grain's own
+    # *_positions restart at 0 in every window).
+    return {"tokens": tokens, "pos": np.arange(tokens.size, dtype=np.int32)}
+
+
+def _packed_row(el: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    seg = el["tokens_segment_ids"].astype(np.int32)
+    pad = seg == 0
+    window = np.where(pad, PAD, el["tokens"]).astype(np.int32)
+    pos = np.where(pad, 0, el["pos"]).astype(np.int32)
+    return _row(window, seg, pos)
+
+
+def _window_index(lengths: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
+    """(document index, start) of every unpacked window; ``lengths`` are document lengths with BOS/EOS."""
+    counts = -(-(lengths - 1) // context)  # ceil((L - 1) / context): windows with at least one target
+    doc = np.repeat(np.arange(lengths.size), counts)
+    first = np.cumsum(counts) - counts
+    start = (np.arange(doc.size) - first[doc]) * context
+    return doc.astype(np.int64), start.astype(np.int64)
+
+
+def _unpacked_row(ids: np.ndarray, start: int, context: int) -> dict[str, np.ndarray]:
+    """The window ``[start, start + context + 1)`` of ``[BOS, *ids, EOS]``, PAD-filled past its end."""
+    n_total = ids.size + 2
+    stop = min(start + context + 1, n_total)
+    window = np.full(context + 1, PAD, dtype=np.int32)
+    # Slicing ids directly avoids materialising the wrapped document for every window of a long file.
+    if start == 0:
+        window[0] = BOS
+    a, b = max(start, 1), min(stop, n_total - 1)
+    if a < b:
+        window[a - start : b - start] = ids[a - 1 : b - 1]
+    if stop == n_total:
+        window[n_total - 1 - start] = EOS
+    seg = np.zeros(context + 1, dtype=np.int32)
+    seg[: stop - start] = 1
+    pos = np.where(seg > 0, start + np.arange(context + 1, dtype=np.int32), 0).astype(np.int32)
+    return _row(window, seg, pos)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Naive references (clarity over speed; the tests hold the grain pipelines to them)
+
+
+def packed_windows_reference(docs: Sequence[np.ndarray], context: int) -> dict[str, np.ndarray]:
+    """Rows ``[N, context]`` of the packed stream of ``docs`` in the given order, the last row PAD-filled."""
+    tokens, seg_doc, pos = [], [], []
+    for d, ids in enumerate(docs):
+        wrapped = [BOS, *[int(x) for x in ids], EOS]
+        tokens += wrapped
+        seg_doc += [d] * len(wrapped)
+        pos += list(range(len(wrapped)))
+    rows = []
+    for s in range(0, len(tokens), context + 1):
+        w = tokens[s : s + context + 1]
+        dw = seg_doc[s : s + context + 1]
+        pw = pos[s : s + context + 1]
+        # Segment ids count documents within the row, from 1.
+        seg = [1 + sorted(set(dw)).index(x) for x in dw]
+        n_pad = context + 1 - len(w)
+        w, seg, pw = w + [PAD] * n_pad, seg + [0] * n_pad, pw + [0] * n_pad
+        rows.append(_row(np.array(w, np.int32), np.array(seg, np.int32), np.array(pw, np.int32)))
+    return {k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS}
+
+
+def unpacked_windows_reference(docs: Sequence[np.ndarray], context: int) -> dict[str, np.ndarray]:
+    """Rows ``[N, context]`` of the unpacked windows of ``docs`` in order (see the module docstring)."""
+    rows = []
+    for ids in docs:
+        wrapped = [BOS, *[int(x) for x in ids], EOS]
+        start = 0
+        while start < len(wrapped) - 1:
+            w = wrapped[start : start + context + 1]
+            n_pad = context + 1 - len(w)
+            seg = [1] * len(w) + [0] * n_pad
+            pw = list(range(start, start + len(w))) + [0] * n_pad
+            rows.append(_row(np.array(w + [PAD] * n_pad, np.int32), np.array(seg, np.int32),
+                             np.array(pw, np.int32)))
+            start += context
+    return {k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Datasets
+
+
+def _packed_rows(ds: grain.MapDataset, context: int) -> grain.IterDataset:
+    packed = grain.experimental.ConcatThenSplitIterDataset(
+        ds.map(_doc_features).to_iter_dataset(_READ),
+        length_struct={"tokens": context + 1, "pos": context + 1},
+    )
+    return packed.map(_packed_row)
+
+
+def _unpacked_rows(docs: Sequence[Document], context: int, *, seed: int | None) -> grain.IterDataset:
+    lengths = np.array([len(d) + 2 for d in docs], dtype=np.int64)
+    doc_idx, starts = _window_index(lengths, context)
+    ids = [d.ids for d in docs]
+    ds = grain.MapDataset.range(doc_idx.size)
+    if seed is not None:
+        ds = ds.shuffle(seed=seed).repeat()
+    return ds.map(lambda i: _unpacked_row(ids[doc_idx[i]], int(starts[i]), context)).to_iter_dataset(_READ)
+
+
+def _rows(docs: Sequence[Document], context: int, *, packing: bool, seed: int | None) -> grain.IterDataset:
+    """Rows of ``docs``: shuffled and infinite if ``seed`` is given, else in order and finite."""
+    if not packing:
+        return _unpacked_rows(docs, context, seed=seed)
+    ds = grain.MapDataset.source([d.ids for d in docs])
+    if seed is not None:
+        # shuffle before repeat: grain reseeds the shuffle with seed + epoch for every pass.
+        ds = ds.shuffle(seed=seed).repeat()
+    return _packed_rows(ds, context)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Iterator with a JSON-safe state
+
+
+def _restore_tuples(state: Any) -> Any:
+    # grain's ConcatThenSplit compares remainder slices with a tuple sentinel, so the lists a JSON round
+    # trip makes of its tuples would read as "has a remainder" and shift the stream.
+    if isinstance(state, dict):
+        return {
+            k: ({s: tuple(v) for s, v in sub.items()} if k == "remainder_slices" else _restore_tuples(sub))
+            for k, sub in state.items()
+        }
+    if isinstance(state, list):
+        return [_restore_tuples(x) for x in state]
+    return state
+
+
+class DataIterator(grain.DatasetIterator):
+    """A grain iterator of training batches whose state survives ``json.dumps`` / ``json.loads``.
+
+    ``get_state()`` -> ``{"pipeline": {...what the stream was built from...}, "grain": {...}}``;
+    ``set_state`` refuses (ValueError) a state saved from a pipeline with other settings.
+    """
+
+    def __init__(self, parent: grain.DatasetIterator, pipeline: dict[str, Any]):
+        super().__init__(parent)
+        self._pipeline = pipeline
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self._parent)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"pipeline": dict(self._pipeline), "grain": json.loads(json.dumps(self._parent.get_state()))}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or set(state) != {"pipeline", "grain"}:
+            raise ValueError("state: must be a dict returned by DataIterator.get_state()")
+        saved = state["pipeline"]
+        diff = sorted(k for k in set(saved) | set(self._pipeline) if saved.get(k) != self._pipeline.get(k))
+        if diff:
+            k = diff[0]
+            raise ValueError(
+                f"state: saved for a pipeline with {k} = {saved.get(k)!r}, this one has "
+                f"{k} = {self._pipeline.get(k)!r}; build the iterator with the saved settings"
+            )
+        self._parent.set_state(_restore_tuples(state["grain"]))
+
+
+def _pipeline_id(c: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    fields = {"source": c["source"], "val_fraction": c["val_fraction"], "packing": c["packing"]}
+    extra = {"text_dir": "glob", "jsonl": "text_field", "tokens": "token_dtype"}.get(c["source"])
+    if extra:
+        fields[extra] = c[extra]
+    return {**fields, **kw}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def make_train_iterator(data_cfg: Any, *, batch_size: int, context: int, seed: int) -> DataIterator:
+    """The infinite, shuffled training stream as batches (see the module docstring for the format).
+
+    Args:
+      data_cfg: the data config (``configs/data/stdlib.py``); validated first.
+      batch_size: rows per batch, B >= 1.
+      context: tokens per row, T >= 1 (windows hold T + 1 tokens).
+      seed: shuffle seed in [0, 2**32 - 1]; epoch e is shuffled with ``seed + e``.
+
+    Returns:
+      A :class:`DataIterator` (a ``grain.DatasetIterator``) of dicts of ``[B, T]`` arrays, with
+      ``get_state`` / ``set_state``.
+    """
+    c = validate_data_config(data_cfg)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    context = _check_int("context", context, 1)
+    seed = _check_int("seed", seed, 0, 2**32 - 1)
+    docs = load_corpus(data_cfg).train
+    if not c["packing"]:
+        _check_fits(docs, context, "train")
+    ds = _rows(docs, context, packing=c["packing"], seed=seed).batch(batch_size, drop_remainder=True)
+    pipeline = _pipeline_id(c, batch_size=batch_size, context=context, seed=seed)
+    return DataIterator(iter(ds), pipeline)
+
+
+def _padding_rows(n: int, context: int) -> dict[str, np.ndarray]:
+    return {
+        "inputs": np.full((n, context), PAD, np.int32),
+        "targets": np.full((n, context), PAD, np.int32),
+        "segment_ids": np.zeros((n, context), np.int32),
+        "positions": np.zeros((n, context), np.int32),
+        "loss_mask": np.zeros((n, context), np.float32),
+    }
+
+
+def make_eval_batches(
+    data_cfg: Any, *, batch_size: int, context: int, num_batches: int | None = None
+) -> list[dict[str, np.ndarray]]:
+    """The first ``num_batches`` (default ``data.eval_batches``) batches of the unshuffled validation stream.
+
+    Deterministic and the same on every call. Every batch has shape ``[batch_size, context]``; if the stream
+    runs out, the list is shorter and its last batch is filled with padding rows (loss_mask 0).
+    """
+    c = validate_data_config(data_cfg)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    context = _check_int("context", context, 1)
+    num_batches = c["eval_batches"] if num_batches is None else _check_int("num_batches", num_batches, 1)
+    docs = load_corpus(data_cfg).validation
+    if not c["packing"]:
+        _check_fits(docs, context, "validation")
+    it = iter(_rows(docs, context, packing=c["packing"], seed=None).batch(batch_size, drop_remainder=False))
+    batches = []
+    for batch in it:
+        n = batch["inputs"].shape[0]
+        if n < batch_size:
+            fill = _padding_rows(batch_size - n, context)
+            batch = {k: np.concatenate([batch[k], fill[k]]) for k in BATCH_KEYS}
+        batches.append({k: batch[k] for k in BATCH_KEYS})
+        if len(batches) == num_batches:
+            break
+    return batches
