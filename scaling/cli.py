@@ -1,0 +1,109 @@
+"""The ``scaling`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EPILOG = "Configs are Python files with get_config() (see configs/). Overrides: --set model.retention.p=4"
+
+
+def _train(args) -> int:
+    from scaling import accounting, config
+    from scaling.train import run_id, train
+
+    cfg = config.load(args.config, args.set)
+    workdir = args.workdir or str(Path("runs") / f"{cfg.model.name}-{run_id(cfg)}")
+    n = accounting.params(cfg)
+    print(f"run {run_id(cfg)}  model {cfg.model.name} (pattern {cfg.model.pattern} x {cfg.model.n_layers})  "
+          f"params {n['total']:,} ({n['non_embedding']:,} non-embedding)  workdir {workdir}")
+    result = train(cfg, workdir, progress=not args.no_progress)
+    s = result.summary
+    _print_table("run summary", [
+        ("status", result.status), ("steps", f"{result.step:,} / {s['total_steps']:,}"),
+        ("params", f"{s['params']:,}"), ("non-embedding params", f"{s['non_embedding_params']:,}"),
+        ("state size (elements / sequence)", f"{s['state_size']:,} at context {s['context']:,}"),
+        ("tokens", f"{s['tokens']:,}"), ("training FLOPs", f"{s['flops']:.3e}"),
+        ("final train loss (nats/token)", _fmt(s.get("final_loss"))),
+        ("validation loss (nats/token)", _fmt(s.get("val_loss"))),
+        ("validation bits per byte", _fmt(s.get("val_bpb"))),
+        ("workdir", workdir),
+    ])
+    return 0 if result.status == "done" else 3
+
+
+def _generate(args) -> int:
+    from scaling.inference import generate
+    from scaling.train import load_run
+
+    _, model, step = load_run(args.workdir)
+    print(f"[checkpoint step {step}]", file=sys.stderr)
+    sys.stdout.write(args.prompt)
+    generate(model, args.prompt, args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+             top_p=args.top_p, seed=args.seed, on_text=lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    sys.stdout.write("\n")
+    return 0
+
+
+def _fmt(x):
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _print_table(title: str, rows) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for k, v in rows:
+        table.add_row(k, str(v))
+    Console().print(table)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scaling", description="statescale: scaling-law experiments over "
+                                "parameters, state size and context length.", epilog=EPILOG)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model from a config file; resumes in an existing workdir",
+                       description="Train one run. Restarting with the same workdir resumes from its newest "
+                       "checkpoint. Exit code 3 when the run diverges (NaN/inf loss).", epilog=EPILOG)
+    t.add_argument("config", help="config file, e.g. configs/models/power_retention_tiny.py")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable), e.g. --set train.steps=200")
+    t.add_argument("--workdir", help="run directory (default: runs/<model name>-<run id>)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    t.set_defaults(func=_train)
+
+    g = sub.add_parser("generate", help="sample text from a trained run's newest checkpoint",
+                       description="Prefill the prompt, then decode token by token with the recurrent state "
+                       "(attention with its KV cache), streaming the text.")
+    g.add_argument("workdir", help="a run directory written by `scaling train`")
+    g.add_argument("--prompt", default="def ", help="prompt text (default: 'def ')")
+    g.add_argument("--max-tokens", type=int, default=200, help="bytes to generate (default 200)")
+    g.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(func=_generate)
+    return p
+
+
+def main(argv=None) -> int:
+    from scaling.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

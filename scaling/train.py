@@ -1,0 +1,321 @@
+"""The training loop: ``train(cfg, workdir)``.
+
+A run's workdir holds ``config.json`` (the resolved config and its run id), ``status.json``
+(running / done / diverged / failed), ``metrics.jsonl`` (one JSON row per logged step or evaluation),
+TensorBoard event files under ``tb/`` and ``checkpoints/`` (orbax, atomic, the last K kept).
+
+Starting ``train`` again on the same workdir resumes from the newest readable checkpoint: parameters,
+optimizer state and the data iterator's position, so the resumed run is bit-for-bit the run that was not
+interrupted (on one CPU). Metrics rows past the checkpoint are dropped and rewritten.
+
+A NaN or inf loss stops the run with status "diverged"; the last good checkpoint stays.
+The batch is sharded over every local device along a "data" mesh axis; parameters are replicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from scaling import accounting
+from scaling import config as _config
+from scaling.checkpoint import Checkpointer
+from scaling.data import make_eval_batches, make_train_iterator
+from scaling.data.tokenizer import N_BYTES
+from scaling.models import build
+
+log = logging.getLogger("scaling.train")
+
+LN2 = math.log(2.0)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    status: str  # "done" | "diverged"
+    step: int
+    workdir: str
+    run_id: str
+    summary: dict
+
+
+def run_id(cfg) -> str:
+    """A stable id: the hash of the resolved config (sorted JSON)."""
+    blob = json.dumps(_config.to_dict(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def maybe_initialize_distributed() -> None:
+    """Join a multi-host job when the environment describes one (coordinator address set)."""
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") and jax.process_count() == 1:
+        jax.distributed.initialize()
+
+
+def make_optimizer(t, total: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with linear warmup then cosine decay, global-norm clipping, and no decay on vectors
+    (norm gains, biases, per-head scalars): only matrices (ndim >= 2) are decayed."""
+    warmup = min(t.warmup_steps, max(total - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=t.lr, warmup_steps=warmup, decay_steps=max(total, warmup + 1),
+        end_value=t.lr * t.min_lr_ratio)
+    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+    tx = optax.chain(
+        optax.clip_by_global_norm(t.grad_clip),
+        optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask),
+    )
+    return tx, schedule
+
+
+def _loss_terms(graphdef, params, batch):
+    """Sum of masked cross-entropy (nats), number of loss tokens, number of byte targets."""
+    model = nnx.merge(graphdef, params)
+    logits = model(batch["inputs"])
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    mask = batch["loss_mask"]
+    n_bytes = jnp.sum(mask * (batch["targets"] < N_BYTES))
+    return jnp.sum(ce * mask), jnp.sum(mask), n_bytes
+
+
+def make_steps(graphdef, tx):
+    def loss_fn(params, batch):
+        total, count, _ = _loss_terms(graphdef, params, batch)
+        return total / jnp.maximum(count, 1.0)
+
+    @jax.jit
+    def train_step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    @jax.jit
+    def eval_step(params, batch):
+        return _loss_terms(graphdef, params, batch)
+
+    return train_step, eval_step
+
+
+class MetricsLog:
+    """metrics.jsonl (rows past a resume point are dropped) and TensorBoard scalars."""
+
+    def __init__(self, workdir: Path, resume_step: int):
+        self.path = workdir / "metrics.jsonl"
+        rows = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill
+                    continue
+                if row["step"] <= resume_step:
+                    rows.append(line)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(r + "\n" for r in rows))
+        os.replace(tmp, self.path)
+        self.file = self.path.open("a")
+        from tensorboardX import SummaryWriter
+
+        self.tb = SummaryWriter(str(workdir / "tb"), purge_step=resume_step + 1 if resume_step else None)
+
+    def write(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        prefix = row["kind"]
+        for key, value in row.items():
+            if key not in ("kind", "step") and isinstance(value, (int, float)):
+                self.tb.add_scalar(f"{prefix}/{key}", value, row["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        self.tb.close()
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _flat(tree) -> dict:
+    """A pytree as {path string: leaf}: string keys that every checkpoint format takes."""
+    return {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _unflat(flat: dict, like):
+    paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+    return jax.tree.unflatten(treedef, [flat[jax.tree_util.keystr(p)] for p, _ in paths])
+
+
+def init_train_state(cfg):
+    """(graphdef, {"params", "opt"}, optimizer, schedule) of a fresh run of ``cfg``."""
+    model = build(cfg.model, seed=cfg.train.seed)
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx, schedule = make_optimizer(cfg.train, _config.total_steps(cfg.train))
+    return graphdef, {"params": params, "opt": tx.init(params)}, tx, schedule
+
+
+def load_run(workdir, *, step: int | None = None):
+    """(cfg, model, step) of a run's workdir, with the parameters of its newest readable checkpoint."""
+    workdir = Path(workdir)
+    cfg_path = workdir / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{str(workdir)!r} is not a run workdir: it has no config.json")
+    cfg = _config.from_dict(json.loads(cfg_path.read_text())["config"])
+    graphdef, train_state, _, _ = init_train_state(cfg)
+    with Checkpointer(workdir / "checkpoints") as ckpt:
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"{str(workdir)!r} has no checkpoint yet")
+        restored = ckpt.restore(_flat(train_state), step=step)
+    train_state = _unflat(restored.state, train_state)
+    return cfg, nnx.merge(graphdef, train_state["params"]), restored.step
+
+
+def evaluate(eval_step, params, batches, shard) -> dict:
+    total = count = n_bytes = 0.0
+    for batch in batches:
+        t, c, nb = eval_step(params, shard(batch))
+        total, count, n_bytes = total + float(t), count + float(c), n_bytes + float(nb)
+    return {"val_loss": total / max(count, 1.0), "val_bpb": total / max(n_bytes, 1.0) / LN2}
+
+
+def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
+    """Train ``cfg`` (a validated run config) in ``workdir``; resume if it holds a checkpoint.
+
+    Returns a TrainResult with status "done" or "diverged".
+    """
+    _config.validate(cfg)
+    maybe_initialize_distributed()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    rid = run_id(cfg)
+    cfg_path = workdir / "config.json"
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        if old.get("run_id") != rid:
+            raise _config.ConfigError(
+                f"workdir {str(workdir)!r} holds run {old.get('run_id')} with a different config; "
+                "use a new --workdir (or delete it) to start a different run")
+    else:
+        _write_json(cfg_path, {"run_id": rid, "config": _config.to_dict(cfg)})
+
+    m, t = cfg.model, cfg.train
+    total = _config.total_steps(t)
+    n_dev = jax.device_count()
+    if t.batch_size % n_dev:
+        raise _config.ConfigError(f"train.batch_size = {t.batch_size}: must be a multiple of the "
+                                  f"{n_dev} devices the batch is sharded over")
+    mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    data_sharding = NamedSharding(mesh, P("data"))
+    replicated = NamedSharding(mesh, P())
+
+    def shard(batch):
+        return {k: jax.device_put(np.asarray(v), data_sharding) for k, v in batch.items()}
+
+    graphdef, train_state, tx, schedule = init_train_state(cfg)
+    train_state = jax.device_put(train_state, replicated)
+
+    data_iter = make_train_iterator(cfg.data, batch_size=t.batch_size, context=t.context, seed=t.seed)
+    eval_batches = make_eval_batches(cfg.data, batch_size=t.batch_size, context=t.context)
+
+    ckpt = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints)
+    step = 0
+    if ckpt.latest_step() is not None:
+        restored = ckpt.restore(_flat(train_state))
+        train_state = jax.device_put(_unflat(restored.state, train_state), replicated)
+        data_iter.set_state(restored.data_state)
+        step = restored.step
+        log.info("resumed %s from step %d", workdir, step)
+
+    counts = accounting.params(cfg)
+    tokens_per_step = t.batch_size * t.context
+    flops_per_token = 6 * counts["non_embedding"]  # 6N; the mixer-aware count arrives with the accounting
+    summary = {
+        "run_id": rid, "params": counts["total"], "non_embedding_params": counts["non_embedding"],
+        "state_size": accounting.state_size(cfg, t.context), "context": t.context,
+        "total_steps": total, "tokens": total * tokens_per_step, "flops": total * tokens_per_step * flops_per_token,
+    }
+    _write_json(workdir / "status.json", {"status": "running", "step": step, **summary})
+    metrics = MetricsLog(workdir, step)
+    train_step, eval_step = make_steps(graphdef, tx)
+
+    status, last = "done", {}
+    bar = _Progress(total, step, enabled=progress, title=m.name)
+    try:
+        t_last, tok_since = time.perf_counter(), 0
+        while step < total:
+            batch = shard(next(data_iter))
+            params, opt_state, out = train_step(train_state["params"], train_state["opt"], batch)
+            loss = float(out["loss"])
+            if not math.isfinite(loss):
+                status = "diverged"
+                metrics.write({"kind": "train", "step": step + 1, "loss": loss})
+                log.error("loss is %s at step %d: run diverged; the last good checkpoint is kept",
+                          loss, step + 1)
+                break
+            train_state = {"params": params, "opt": opt_state}
+            step += 1
+            tok_since += tokens_per_step
+            if step % t.log_every == 0 or step == total:
+                now = time.perf_counter()
+                last = {"kind": "train", "step": step, "tokens": step * tokens_per_step,
+                        "flops": step * tokens_per_step * flops_per_token, "loss": loss,
+                        "lr": float(schedule(step - 1)), "grad_norm": float(out["grad_norm"]),
+                        "tokens_per_s": tok_since / max(now - t_last, 1e-9)}
+                metrics.write(last)
+                t_last, tok_since = now, 0
+            if step % t.eval_every == 0 or step == total:
+                ev = evaluate(eval_step, train_state["params"], eval_batches, shard)
+                metrics.write({"kind": "eval", "step": step, **ev})
+                last.update(ev)
+            if step % t.checkpoint_every == 0 or step == total:
+                ckpt.save(step, _flat(train_state), data_state=data_iter.get_state(), meta={"loss": loss})
+            bar.update(step, loss, last.get("tokens_per_s"), last.get("val_loss"))
+    finally:
+        bar.close()
+        metrics.close()
+        ckpt.close()
+
+    summary.update(step=step, final_loss=last.get("loss"), val_loss=last.get("val_loss"),
+                   val_bpb=last.get("val_bpb"))
+    _write_json(workdir / "status.json", {"status": status, **summary})
+    return TrainResult(status=status, step=step, workdir=str(workdir), run_id=rid, summary=summary)
+
+
+class _Progress:
+    """A rich progress bar with step, loss, tokens/s and ETA (silent when disabled)."""
+
+    def __init__(self, total: int, start: int, *, enabled: bool, title: str):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("val {task.fields[val]}"),
+            TextColumn("{task.fields[tps]} tok/s"), TimeRemainingColumn())
+        self.progress.start()
+        self.task = self.progress.add_task(title, total=total, completed=start, loss="-", val="-", tps="-")
+
+    def update(self, step, loss, tps, val):
+        if self.enabled:
+            self.progress.update(self.task, completed=step, loss=f"{loss:.3f}",
+                                 val="-" if val is None else f"{val:.3f}",
+                                 tps="-" if tps is None else f"{tps:,.0f}")
+
+    def close(self):
+        if self.enabled:
+            self.progress.stop()
