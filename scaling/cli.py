@@ -46,6 +46,33 @@ def _generate(args) -> int:
     return 0
 
 
+def _flops(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from scaling import accounting, config
+
+    cfg = config.load(args.config, args.set)
+    n = accounting.params(cfg)
+    table = Table(title=f"{cfg.model.name}: {n['total']:,} params ({n['non_embedding']:,} non-embedding), "
+                  f"pattern {cfg.model.pattern} x {cfg.model.n_layers}")
+    for col in ("context", "fwd/tok", "train/tok", "weights", "state", "head", "w/s ratio", "state elems",
+                "state bytes"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for t in args.context:
+        f = accounting.flops_breakdown(cfg, t)
+        ratio = f["weights"] / f["state"] if f["state"] else float("inf")
+        table.add_row(f"{t:,}", f"{f['total']:.3g}", f"{3 * f['total']:.3g}", f"{f['weights']:.3g}",
+                      f"{f['state']:.3g}", f"{f['head']:.3g}", f"{ratio:.3g}",
+                      f"{accounting.state_size(cfg, t):.3g}", f"{accounting.state_bytes(cfg, t):.3g}")
+    console = Console(width=max(Console().width, 130))
+    console.print(table)
+    console.print("FLOPs per token (2 per multiply-add), forward; train = 3x forward. weights: matmuls with "
+                  "parameters in the blocks; state: the mixers' context-dependent work; head: the LM head; "
+                  "w/s: weight/state FLOP ratio. State per sequence, summed over layers.")
+    return 0
+
+
 def _fmt(x):
     return "-" if x is None else f"{x:.4f}"
 
@@ -88,6 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(func=_generate)
+
+    f = sub.add_parser("flops", help="params, FLOPs per token, state size and the weight/state FLOP split",
+                       description="Forward FLOPs per token (2 per multiply-add) at each context, split into "
+                       "weight and state FLOPs (Manifest's weight/state ratio), with the state size.")
+    f.add_argument("config", help="config file, e.g. configs/models/transformer_small.py")
+    f.add_argument("--context", type=int, nargs="+", default=[1024, 4096, 16384, 65536],
+                   help="contexts in tokens (default 1k 4k 16k 64k)")
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    f.set_defaults(func=_flops)
     return p
 
 

@@ -241,7 +241,7 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
 
     counts = accounting.params(cfg)
     tokens_per_step = t.batch_size * t.context
-    flops_per_token = 6 * counts["non_embedding"]  # 6N; the mixer-aware count arrives with the accounting
+    flops_per_token = accounting.train_flops_per_token(cfg, t.context)  # 3 x forward, mixer-aware
     summary = {
         "run_id": rid, "params": counts["total"], "non_embedding_params": counts["non_embedding"],
         "state_size": accounting.state_size(cfg, t.context), "context": t.context,
