@@ -325,10 +325,13 @@ def _padding_rows(n: int, context: int) -> dict[str, np.ndarray]:
 def make_eval_batches(
     data_cfg: Any, *, batch_size: int, context: int, num_batches: int | None = None
 ) -> list[dict[str, np.ndarray]]:
-    """The first ``num_batches`` (default ``data.eval_batches``) batches of the unshuffled validation stream.
+    """``num_batches`` (default ``data.eval_batches``) batches of rows spread evenly over the whole
+    unshuffled validation stream, in stream order.
 
-    Deterministic and the same on every call. Every batch has shape ``[batch_size, context]``; if the stream
-    runs out, the list is shorter and its last batch is filled with padding rows (loss_mask 0).
+    Spreading the rows makes the estimate represent every validation document, not the first few. Deterministic
+    and the same on every call. Every batch has shape ``[batch_size, context]``; if the stream has fewer rows than
+    asked for, all of them are used, the list is shorter and its last batch is filled with padding rows
+    (loss_mask 0).
     """
     c = validate_data_config(data_cfg)
     batch_size = _check_int("batch_size", batch_size, 1)
@@ -337,14 +340,20 @@ def make_eval_batches(
     docs = load_corpus(data_cfg).validation
     if not c["packing"]:
         _check_fits(docs, context, "validation")
-    it = iter(_rows(docs, context, packing=c["packing"], seed=None).batch(batch_size, drop_remainder=False))
+
+    def rows():
+        return _rows(docs, context, packing=c["packing"], seed=None)
+
+    n_rows = sum(1 for _ in rows())
+    want = num_batches * batch_size
+    keep = set(range(n_rows)) if want >= n_rows else set(((np.arange(want) * n_rows) // want).tolist())
+    picked = [row for i, row in enumerate(rows()) if i in keep]
     batches = []
-    for batch in it:
-        n = batch["inputs"].shape[0]
-        if n < batch_size:
-            fill = _padding_rows(batch_size - n, context)
+    for start in range(0, len(picked), batch_size):
+        chunk = picked[start: start + batch_size]
+        batch = {k: np.stack([r[k] for r in chunk]) for k in BATCH_KEYS}
+        if len(chunk) < batch_size:
+            fill = _padding_rows(batch_size - len(chunk), context)
             batch = {k: np.concatenate([batch[k], fill[k]]) for k in BATCH_KEYS}
-        batches.append({k: batch[k] for k in BATCH_KEYS})
-        if len(batches) == num_batches:
-            break
+        batches.append(batch)
     return batches
