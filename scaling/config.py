@@ -218,34 +218,32 @@ def validate_model(m: ConfigDict, prefix: str = "model") -> None:
         spec.validate(m, m[spec.key], f"{prefix}.{spec.key}")
 
 
+def _validate_heads(m, section, prefix):
+    """n_heads divides d_model, n_kv_heads divides n_heads, and RoPE gets an even head_dim."""
+    _check_int(f"{prefix}.n_heads", section.n_heads)
+    _check_int(f"{prefix}.n_kv_heads", section.n_kv_heads)
+    if m.d_model % section.n_heads:
+        _fail(f"{prefix}.n_heads", section.n_heads, f"must divide model.d_model = {m.d_model}")
+    if section.n_heads % section.n_kv_heads:
+        _fail(f"{prefix}.n_kv_heads", section.n_kv_heads, f"must divide {prefix}.n_heads = {section.n_heads}")
+    if section.rope and (m.d_model // section.n_heads) % 2:
+        _fail(f"{prefix}.n_heads", section.n_heads, "RoPE needs an even head_dim = d_model / n_heads")
+
+
 def validate_attention(m, a, prefix):
-    _check_int(f"{prefix}.n_heads", a.n_heads)
-    _check_int(f"{prefix}.n_kv_heads", a.n_kv_heads)
-    if m.d_model % a.n_heads:
-        _fail(f"{prefix}.n_heads", a.n_heads, f"must divide model.d_model = {m.d_model}")
-    if a.n_heads % a.n_kv_heads:
-        _fail(f"{prefix}.n_kv_heads", a.n_kv_heads, f"must divide {prefix}.n_heads = {a.n_heads}")
+    _validate_heads(m, a, prefix)
     if a.window is not None and (not isinstance(a.window, int) or isinstance(a.window, bool) or a.window <= 0):
         _fail(f"{prefix}.window", a.window, "must be a positive number of tokens, or None for no window")
-    if a.rope and (m.d_model // a.n_heads) % 2:
-        _fail(f"{prefix}.n_heads", a.n_heads, "RoPE needs an even head_dim = d_model / n_heads")
 
 
 def validate_retention(m, r, prefix):
-    _check_int(f"{prefix}.n_heads", r.n_heads)
-    _check_int(f"{prefix}.n_kv_heads", r.n_kv_heads)
-    if m.d_model % r.n_heads:
-        _fail(f"{prefix}.n_heads", r.n_heads, f"must divide model.d_model = {m.d_model}")
-    if r.n_heads % r.n_kv_heads:
-        _fail(f"{prefix}.n_kv_heads", r.n_kv_heads, f"must divide {prefix}.n_heads = {r.n_heads}")
+    _validate_heads(m, r, prefix)
     _check_choice(f"{prefix}.p", r.p, (1, 2, 3, 4))
     _check_int(f"{prefix}.chunk_size", r.chunk_size)
     _check_choice(f"{prefix}.normalize", r.normalize, ("sum", "rmsnorm"))
     if r.normalize == "sum" and r.p % 2:
         _fail(f"{prefix}.normalize", r.normalize,
               f"sum normalisation needs an even p (p = {r.p}); use normalize = 'rmsnorm'")
-    if r.rope and (m.d_model // r.n_heads) % 2:
-        _fail(f"{prefix}.n_heads", r.n_heads, "RoPE needs an even head_dim = d_model / n_heads")
     if not 0.0 < r.gate_init < 1.0:
         _fail(f"{prefix}.gate_init", r.gate_init, "must be in (0, 1): the gate's initial value")
 

@@ -69,3 +69,33 @@ def rope(x, positions, theta: float = 10_000.0):
     x32 = x.astype(jnp.float32)
     x1, x2 = x32[..., : d // 2], x32[..., d // 2:]
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class QKVO(nnx.Module):
+    """The q/k/v/o projections and RoPE shared by attention and power retention (so a transformer's
+    weights fit a retention layer). q: n_heads x head_dim; k, v: n_kv_heads x head_dim."""
+
+    def __init__(self, m, n_heads: int, n_kv_heads: int, rope_on: bool, rope_theta: float, rngs: nnx.Rngs):
+        self.n_heads, self.n_kv_heads = n_heads, n_kv_heads
+        self.head_dim = m.d_model // n_heads
+        self.rope_on, self.rope_theta = rope_on, rope_theta
+        out_std = m.init_std / (2 * m.n_layers) ** 0.5
+        self.q = dense(m, m.d_model, n_heads * self.head_dim, rngs)
+        self.k = dense(m, m.d_model, n_kv_heads * self.head_dim, rngs)
+        self.v = dense(m, m.d_model, n_kv_heads * self.head_dim, rngs)
+        self.o = dense(m, n_heads * self.head_dim, m.d_model, rngs, std=out_std)
+
+    def qkv(self, x, positions):
+        """x [b, t, d_model] -> q [b, t, n_heads, head_dim], k and v [b, t, n_kv_heads, head_dim]."""
+        b, t, _ = x.shape
+        q = self.q(x).reshape(b, t, self.n_heads, self.head_dim)
+        k = self.k(x).reshape(b, t, self.n_kv_heads, self.head_dim)
+        v = self.v(x).reshape(b, t, self.n_kv_heads, self.head_dim)
+        if self.rope_on:
+            q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
+        return q, k, v
+
+    def out(self, y):
+        """y [b, t, n_heads, head_dim] -> [b, t, d_model]."""
+        b, t = y.shape[:2]
+        return self.o(y.reshape(b, t, self.n_heads * self.head_dim))

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scaling.models.layers import dense, rope
+from scaling.models.layers import QKVO, dense
 from scaling.ops.power_retention import RetentionState, power_retention, sympow_dim
 
 
@@ -24,45 +24,30 @@ class PowerRetention(nnx.Module):
 
     def __init__(self, m, rngs: nnx.Rngs):
         r = m.retention
-        self.n_heads, self.n_kv_heads = r.n_heads, r.n_kv_heads
-        self.head_dim = m.d_model // r.n_heads
         self.p, self.chunk_size, self.normalize = r.p, r.chunk_size, r.normalize
-        self.use_rope, self.rope_theta = r.rope, r.rope_theta
         self.backend = m.kernel
-        out_std = m.init_std / (2 * m.n_layers) ** 0.5
-        self.q = dense(m, m.d_model, self.n_heads * self.head_dim, rngs)
-        self.k = dense(m, m.d_model, self.n_kv_heads * self.head_dim, rngs)
-        self.v = dense(m, m.d_model, self.n_kv_heads * self.head_dim, rngs)
-        self.o = dense(m, self.n_heads * self.head_dim, m.d_model, rngs, std=out_std)
+        self.proj = QKVO(m, r.n_heads, r.n_kv_heads, r.rope, r.rope_theta, rngs)
         self.gate = nnx.data(None)
         if r.gate:
-            self.gate = dense(m, m.d_model, self.n_kv_heads, rngs, use_bias=True)
+            self.gate = dense(m, m.d_model, r.n_kv_heads, rngs, use_bias=True)
             logit = math.log(r.gate_init / (1 - r.gate_init))
             self.gate.bias[...] = jnp.full_like(self.gate.bias[...], logit)
 
     def init_state(self, batch: int, max_len: int):
         del max_len  # the state does not grow with context
-        dim = sympow_dim(self.head_dim, self.p)
-        return RetentionState(
-            S=jnp.zeros((batch, self.n_kv_heads, dim, self.head_dim), jnp.float32),
-            z=jnp.zeros((batch, self.n_kv_heads, dim), jnp.float32),
-        )
+        hk, hd = self.proj.n_kv_heads, self.proj.head_dim
+        dim = sympow_dim(hd, self.p)
+        return RetentionState(S=jnp.zeros((batch, hk, dim, hd), jnp.float32),
+                              z=jnp.zeros((batch, hk, dim), jnp.float32))
 
     def __call__(self, x, positions, state=None, *, decode: bool = False):
         """x [batch, time, d_model] -> y [batch, time, d_model] (and the new state if state is given)."""
-        b, t, _ = x.shape
-        q = self.q(x).reshape(b, t, self.n_heads, self.head_dim)
-        k = self.k(x).reshape(b, t, self.n_kv_heads, self.head_dim)
-        v = self.v(x).reshape(b, t, self.n_kv_heads, self.head_dim)
-        if self.use_rope:
-            q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
-        log_g = None
-        if self.gate is not None:
-            log_g = jax.nn.log_sigmoid(self.gate(x).astype(jnp.float32))
+        q, k, v = self.proj.qkv(x, positions)
+        log_g = None if self.gate is None else jax.nn.log_sigmoid(self.gate(x).astype(jnp.float32))
         out = power_retention(
             q, k, v, log_g, p=self.p, chunk_size=self.chunk_size, normalize=self.normalize,
             form="recurrent" if decode else "chunked", initial_state=state,
             return_state=state is not None, backend=self.backend)
         y, new_state = out if state is not None else (out, None)
-        y = self.o(y.reshape(b, t, self.n_heads * self.head_dim))
+        y = self.proj.out(y)
         return y if state is None else (y, new_state)
