@@ -198,6 +198,9 @@ def unpacked_windows_reference(docs: Sequence[np.ndarray], context: int) -> dict
 # Datasets
 
 
+ROW_SHUFFLE_WINDOW = 1024  # packed training rows are shuffled within windows of this many rows
+
+
 def _packed_rows(ds: grain.MapDataset, context: int) -> grain.IterDataset:
     packed = grain.experimental.ConcatThenSplitIterDataset(
         ds.map(_doc_features).to_iter_dataset(_READ),
@@ -221,10 +224,13 @@ def _rows(docs: Sequence[Document], context: int, *, packing: bool, seed: int | 
     if not packing:
         return _unpacked_rows(docs, context, seed=seed)
     ds = grain.MapDataset.source([d.ids for d in docs])
-    if seed is not None:
-        # shuffle before repeat: grain reseeds the shuffle with seed + epoch for every pass.
-        ds = ds.shuffle(seed=seed).repeat()
-    return _packed_rows(ds, context)
+    if seed is None:
+        return _packed_rows(ds, context)
+    # shuffle before repeat: grain reseeds the shuffle with seed + epoch for every pass.
+    rows = _packed_rows(ds.shuffle(seed=seed).repeat(), context)
+    # Consecutive packed rows come from the same one or two documents; shuffling rows within windows of
+    # ROW_SHUFFLE_WINDOW rows makes each batch draw from many documents (decorrelated gradients).
+    return grain.experimental.WindowShuffleIterDataset(rows, window_size=ROW_SHUFFLE_WINDOW, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -83,20 +83,36 @@ def _check_batch(batch, b=B, t=T):
 
 
 def test_packed_train_matches_reference(cfg):
+    """The training rows are the reference packing of the documents in grain's shuffled order, with the
+    rows permuted within windows of ROW_SHUFFLE_WINDOW rows (so a batch mixes many documents)."""
     seed = 3
     docs = corpus.load_corpus(cfg).train
     shuffled = grain.MapDataset.range(len(docs)).shuffle(seed=seed).repeat()
     order = [shuffled[i] for i in range(4 * len(docs))]
     assert order[: len(docs)] != order[len(docs) : 2 * len(docs)]  # each epoch is reshuffled
     assert sorted(order[: len(docs)]) == list(range(len(docs)))
-    ref = pipeline.packed_windows_reference([docs[j].ids for j in order], T)
+    window = pipeline.ROW_SHUFFLE_WINDOW
+    epochs = 4
+    while True:
+        order = [shuffled[i] for i in range(epochs * len(docs))]
+        ref = pipeline.packed_windows_reference([docs[j].ids for j in order], T)
+        if ref["inputs"].shape[0] > window:
+            break
+        epochs *= 2
     n_batches = 8
-    assert ref["inputs"].shape[0] > n_batches * B + 1
     batches = _take(pipeline.make_train_iterator(cfg, batch_size=B, context=T, seed=seed), n_batches)
     for batch in batches:
         _check_batch(batch)
-    _assert_same(_rows(batches), {k: v[: n_batches * B] for k, v in ref.items()})
-    assert np.all(_rows(batches)["loss_mask"] == 1.0)  # an infinite stream is never padded
+    got = _rows(batches)
+    key = lambda rows, i: tuple(rows["inputs"][i]) + tuple(rows["targets"][i]) + tuple(rows["positions"][i])
+    ref_index = {key(ref, i): i for i in range(window)}
+    idx = [ref_index[key(got, i)] for i in range(n_batches * B)]  # KeyError: a row not in the first window
+    assert len(set(idx)) == len(idx)  # distinct rows
+    assert idx != sorted(idx)  # shuffled, not consecutive
+    for i, j in enumerate(idx):
+        for k in pipeline.BATCH_KEYS:
+            np.testing.assert_array_equal(got[k][i], ref[k][j], err_msg=k)
+    assert np.all(got["loss_mask"] == 1.0)  # an infinite stream is never padded
 
 
 def test_train_determinism_and_seeds(cfg):
