@@ -1,0 +1,41 @@
+"""Scaling-law analysis: fits (Chinchilla approaches 1-3, state-size and context-length laws)."""
+
+from scaling.analysis.fits import (
+    PARAMETRIC_GRID,
+    STATE_GRID,
+    STATE_GRID_WITH_D,
+    ContextLawFit,
+    EnvelopeFit,
+    IsoflopFit,
+    ParametricFit,
+    StateLawFit,
+    compute_optimal_state,
+    fit_context_law,
+    fit_envelope,
+    fit_from_dict,
+    fit_from_json,
+    fit_isoflop,
+    fit_parametric,
+    fit_state_law,
+    loss_vs_state,
+)
+
+__all__ = [
+    "PARAMETRIC_GRID",
+    "STATE_GRID",
+    "STATE_GRID_WITH_D",
+    "ContextLawFit",
+    "EnvelopeFit",
+    "IsoflopFit",
+    "ParametricFit",
+    "StateLawFit",
+    "compute_optimal_state",
+    "fit_context_law",
+    "fit_envelope",
+    "fit_from_dict",
+    "fit_from_json",
+    "fit_isoflop",
+    "fit_parametric",
+    "fit_state_law",
+    "loss_vs_state",
+]
