@@ -182,7 +182,7 @@ def load(path: str | Path | None = None, overrides=None) -> ConfigDict:
 # Validation
 
 DTYPES = ("float32", "bfloat16")
-KERNELS = ("xla",)  # "pallas" joins when pallas_kernels has the chunked kernels (issue 5)
+KERNELS = ("xla", "pallas")  # "pallas": the chunked forms run pallas_kernels (docs/kernels.md)
 
 
 def _check_int(field, value, lo=1):

@@ -420,7 +420,8 @@ def power_retention(
       eps: see normalize.
       initial_state: RetentionState from an earlier call (float32), or None for an empty state.
       return_state: also return the RetentionState after the last token.
-      backend: "xla" (implemented) or "pallas" (not yet).
+      backend: "xla", or "pallas" to run the chunked form as the kernels in pallas_kernels (interpret mode on
+        CPU); the parallel and recurrent forms have no kernel and always run in XLA.
 
     Returns:
       y [batch, time, hq, e] in q.dtype, or (y, RetentionState) when return_state is True.
@@ -433,10 +434,13 @@ def power_retention(
     b, T, hq, hk, d, e, D = _validate(
         q, k, v, log_g, p=p, normalize=normalize, eps=eps, scale=scale, initial_state=initial_state, fn=fn
     )
-    if backend == "pallas":
-        raise NotImplementedError(
-            "backend='pallas' is not implemented yet for power_retention; it arrives with the Pallas kernels "
-            "(pallas_kernels.power_retention). Use backend='xla'."
+    if backend == "pallas" and form == "chunked":
+        # Imported here: pallas_kernels imports this module. The other forms have no kernel and run in XLA.
+        from pallas_kernels import power_retention as pallas_power_retention
+
+        return pallas_power_retention(
+            q, k, v, log_g, p=p, scale=scale, chunk_size=chunk_size, normalize=normalize, eps=eps,
+            initial_state=initial_state, return_state=return_state,
         )
     q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0 = _prepare(
         q, k, v, log_g, initial_state, scale=scale, hk=hk, D=D, e=e

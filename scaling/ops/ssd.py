@@ -153,7 +153,8 @@ def ssd(
         masked (C B^T o L)(dt x) matrix over the whole sequence); all compute the same function.
       initial_state: optional [batch, heads, head_dim, d_state] state entering the sequence (zeros if None).
       return_state: also return the final state.
-      backend: "xla" (implemented) or "pallas" (NotImplementedError until pallas_kernels.ssd lands).
+      backend: "xla", or "pallas" to run the chunked form as the kernels in pallas_kernels (interpret mode on
+        CPU); the parallel and recurrent forms have no kernel and always run in XLA.
 
     Returns:
       y [batch, time, heads, head_dim] in x.dtype; with return_state, ``(y, state)`` where state is the
@@ -165,10 +166,12 @@ def ssd(
     _check_options(form, chunk_size, backend)
     x, dt, A, B, C, D, initial_state = _asarrays(x, dt, A, B, C, D, initial_state)
     _, t, _, _, _, _ = _check_inputs(x, dt, A, B, C, D, initial_state)
-    if backend == "pallas":
-        raise NotImplementedError(
-            "ssd(backend='pallas') arrives with the Pallas kernels (pallas_kernels.ssd); use backend='xla'"
-        )
+    if backend == "pallas" and form == "chunked":
+        # Imported here: pallas_kernels imports this module. The other forms have no kernel and run in XLA.
+        from pallas_kernels import ssd as pallas_ssd
+
+        return pallas_ssd(x, dt, A, B, C, D=D, chunk_size=chunk_size, initial_state=initial_state,
+                          return_state=return_state)
 
     a, xdt, x32, B32, C32, h0 = _prepare(x, dt, A, B, C, initial_state)
     if t == 0:

@@ -341,10 +341,11 @@ def test_bad_shapes():
         power_retention_reference(q, k, v, p=3)
 
 
-def test_pallas_backend_not_yet():
+def test_pallas_backend_dispatches_to_the_kernels():
     q, k, v = _small()
-    with pytest.raises(NotImplementedError, match="pallas_kernels.power_retention"):
-        power_retention(q, k, v, backend="pallas")
+    assert _rel(power_retention(q, k, v, chunk_size=4, backend="pallas"), power_retention(q, k, v, chunk_size=4)) < TOL
+    rec = dict(form="recurrent", backend="pallas")  # no kernel for this form: runs in XLA
+    assert _rel(power_retention(q, k, v, **rec), power_retention(q, k, v, form="recurrent")) < TOL
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -291,6 +291,5 @@ def test_reference_validates_like_ssd():
         ssd_reference(**_with(A=np.ones((3,), np.float32)))
 
 
-def test_pallas_backend_not_implemented_yet():
-    with pytest.raises(NotImplementedError, match=r"pallas_kernels\.ssd"):
-        ssd(**_GOOD, backend="pallas")
+def test_pallas_backend_dispatches_to_the_kernels():
+    assert_close(ssd(**_GOOD, chunk_size=4, backend="pallas"), ssd(**_GOOD, chunk_size=4), "pallas y")
