@@ -73,6 +73,76 @@ def _flops(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from rich.console import Console
+
+    from scaling.sweep import launchers, load_spec
+    from scaling.sweep.spec import expand
+
+    if args.dry_run:
+        launchers.print_plan(expand(load_spec(args.spec)), Console(width=max(Console().width, 220)))
+        return 0
+    params = dict(_kv(item, "--slurm-param") for item in args.slurm_param)
+    result = launchers.run_sweep(
+        args.spec, args.sweep_dir, launcher=args.launcher, workers=args.workers, retries=args.retries,
+        progress=not args.no_progress and sys.stdout.isatty(), ray_address=args.ray_address,
+        slurm_cluster=args.slurm_cluster, slurm_params=params)
+    counts = ", ".join(f"{k} {v}" for k, v in result.counts.items() if v)
+    print(f"sweep {result.sweep_dir}: {result.runs} runs ({counts}); trained {result.trained}, "
+          f"recorded {result.skipped} already finished; {result.wall_s:.0f} s")
+    if result.failed_ids:
+        print(f"failed: {', '.join(result.failed_ids)} (see runs/<id>/worker.log; rerun to retry)", file=sys.stderr)
+    if result.counts["running"]:
+        print(f"{result.counts['running']} run(s) still running under another launcher; "
+              f"`scaling status {result.sweep_dir}` follows them")
+    return 1 if result.counts["failed"] or result.counts["pending"] else 0
+
+
+def _kv(text: str, flag: str):
+    from scaling.config import ConfigError, parse_override
+
+    if "=" not in text:
+        raise ConfigError(f"{flag} {text!r}: must look like key=value, e.g. {flag} slurm_partition=gpu")
+    return parse_override(text)
+
+
+def _status(args) -> int:
+    from rich.console import Console
+
+    from scaling.sweep import launchers
+
+    if args.export:
+        launchers.check_export_format(args.export[0])  # before the table, so a missing pyarrow fails first
+    launchers.print_status(args.sweep_dir, Console(width=max(Console().width, 220)))
+    if args.export:
+        fmt, path = args.export
+        n = launchers.export(args.sweep_dir, fmt, path)
+        print(f"wrote {n} runs to {path} ({fmt})")
+    return 0
+
+
+def _bench(args) -> int:
+    from scaling import bench
+
+    if args.what == "kernels":
+        info = bench.machine_info()
+        print(f"{info['platform']} ({info['device']}), jax {info['jax']}, {info['date']}; batch {args.batch}, "
+              f"heads {args.heads}, head_dim {args.head_dim}, d_state {args.d_state}, chunk {args.chunk}, "
+              f"p {args.p}, fp32; medians of {args.repeats} after a warm-up")
+        result = bench.bench_kernels(contexts=args.context, batch=args.batch, heads=args.heads,
+                                     head_dim=args.head_dim, d_state=args.d_state, chunk=args.chunk, p=args.p,
+                                     repeats=args.repeats, progress=lambda r: print(
+                                         f"  {r['op']} {r['backend']} T={r['T']}: fwd {r['fwd_ms']:.1f} ms, "
+                                         f"fwd+bwd {r['fwd_bwd_ms']:.1f} ms", flush=True))
+        print(bench.kernels_table(result))
+        if result["machine"]["platform"] == "cpu":
+            print("On this CPU only the XLA path is timed: Pallas timings need a GPU or TPU.")
+    if args.json:
+        bench.write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _fmt(x):
     return "-" if x is None else f"{x:.4f}"
 
@@ -124,6 +194,52 @@ def build_parser() -> argparse.ArgumentParser:
                    help="contexts in tokens (default 1k 4k 16k 64k)")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     f.set_defaults(func=_flops)
+
+    b = sub.add_parser("bench", help="performance harness: side-by-side timings measured in one process",
+                       description="kernels: the chunked power retention and SSD ops through XLA and Pallas, "
+                       "forward and forward+backward, with tokens/s and achieved FLOP/s (from the accounting).")
+    b.add_argument("what", choices=["kernels"], help="what to time")
+    b.add_argument("--context", type=int, nargs="+", default=[1024, 4096], help="sequence lengths")
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--heads", type=int, default=4)
+    b.add_argument("--head-dim", type=int, default=64)
+    b.add_argument("--d-state", type=int, default=64)
+    b.add_argument("--chunk", type=int, default=64)
+    b.add_argument("--p", type=int, default=2, choices=[1, 2, 3, 4])
+    b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--json", help="write the results (with machine, JAX version and date) here")
+    b.set_defaults(func=_bench)
+
+    sw = sub.add_parser("sweep", help="run a FLOP-matched sweep spec (experiments/*.py); rerun to resume",
+                        description="Expand a sweep spec into runs (validated before anything runs), record them "
+                        "in SWEEP_DIR/sweep.db and train the pending ones. Rerunning the same command after "
+                        "Ctrl-C or kill -9 skips finished runs and resumes the others from their checkpoints.")
+    sw.add_argument("spec", help="sweep file with get_sweep(), e.g. experiments/quickstart.py")
+    sw.add_argument("--sweep-dir", help="where sweep.db and runs/ live (default: sweeps/<sweep name>)")
+    sw.add_argument("--workers", type=int, default=None,
+                    help="runs at once (local: default one per CPU core, at most 8, 1 with a GPU; "
+                    "ray: the cluster's CPUs; slurm: all)")
+    sw.add_argument("--retries", type=int, default=1, help="retry a failed run up to M times (default 1)")
+    sw.add_argument("--launcher", choices=("local", "ray", "slurm"), default="local",
+                    help="local processes (default), Ray tasks, or Slurm jobs via submitit")
+    sw.add_argument("--dry-run", action="store_true",
+                    help="print the expanded run table (id, variant, context, params, state, tokens, steps, "
+                    "FLOPs, budget) and run nothing")
+    sw.add_argument("--no-progress", action="store_true", help="log lines instead of the live display")
+    sw.add_argument("--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or auto)")
+    sw.add_argument("--slurm-cluster", default=None,
+                    help="submitit cluster: slurm (default when sbatch exists), local or debug")
+    sw.add_argument("--slurm-param", action="append", default=[], metavar="KEY=VALUE",
+                    help="submitit executor parameter (repeatable), e.g. slurm_partition=gpu, timeout_min=120")
+    sw.set_defaults(func=_sweep)
+
+    st = sub.add_parser("status", help="show a sweep's runs by status; export them as csv or parquet",
+                        description="A table of the runs in SWEEP_DIR/sweep.db by status, with progress (steps "
+                        "done / total) and results.")
+    st.add_argument("sweep_dir", help="a sweep directory (holds sweep.db)")
+    st.add_argument("--export", nargs=2, metavar=("FORMAT", "PATH"),
+                    help="write the flat run table: csv PATH or parquet PATH (parquet needs pyarrow)")
+    st.set_defaults(func=_status)
     return p
 
 
