@@ -10,7 +10,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,cluster]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -21,9 +21,11 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -n 2 -m slow
 
-# The main job (until sweeps land): train the tiny power-retention model on the embedded corpus.
+# The main job: the quickstart sweep (3 mixers x 2 state sizes x 2 FLOP budgets) on the embedded corpus,
+# then its figures and report. Rerunning resumes: finished runs are skipped.
 quickstart: install
-	$(BIN)/scaling train configs/models/power_retention_tiny.py --workdir runs/quickstart
+	$(BIN)/scaling sweep experiments/quickstart.py --sweep-dir sweeps/quickstart
+	$(BIN)/scaling analyze sweeps/quickstart
 
 lint: install
 	$(BIN)/ruff check .

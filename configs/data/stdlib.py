@@ -7,7 +7,9 @@ The ``data`` section (formats in scaling/data/corpus.py and scaling/data/pipelin
   text_field    the string field of each jsonl record
   token_dtype   dtype of a raw .bin token file (a .npy carries its own)
   val_fraction  share of documents in validation, by a stable hash of the document key
-  packing       True: concatenate documents and split into windows; False: windows within documents, padded
+  packing       True: concatenate documents and split into windows (rows shuffled within windows of 1024 rows);
+                False (default): windows within documents, padded, shuffled over the whole corpus. The stdlib's
+                files are long (18k bytes on average), so False wastes 0.3% on padding and mixes batches far better
   eval_batches  batches of the unshuffled validation stream used for evaluation
 """
 
@@ -17,5 +19,5 @@ from ml_collections import ConfigDict
 def get_config():
     return ConfigDict({"data": {
         "source": "stdlib", "path": None, "glob": "**/*.txt", "text_field": "text",
-        "token_dtype": "uint16", "val_fraction": 0.02, "packing": True, "eval_batches": 8,
+        "token_dtype": "uint16", "val_fraction": 0.02, "packing": False, "eval_batches": 8,
     }})

@@ -70,7 +70,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "text_field": "text",
     "token_dtype": "uint16",
     "val_fraction": 0.02,
-    "packing": True,
+    "packing": False,  # the stdlib files are long: whole-corpus window shuffle (see pipeline.py)
     "eval_batches": 8,
 }
 

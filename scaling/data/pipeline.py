@@ -229,7 +229,8 @@ def _rows(docs: Sequence[Document], context: int, *, packing: bool, seed: int | 
     # shuffle before repeat: grain reseeds the shuffle with seed + epoch for every pass.
     rows = _packed_rows(ds.shuffle(seed=seed).repeat(), context)
     # Consecutive packed rows come from the same one or two documents; shuffling rows within windows of
-    # ROW_SHUFFLE_WINDOW rows makes each batch draw from many documents (decorrelated gradients).
+    # ROW_SHUFFLE_WINDOW rows makes each batch draw from several documents (a long document still dominates a
+    # window: for corpora of long documents packing=False shuffles windows over the whole corpus).
     return grain.experimental.WindowShuffleIterDataset(rows, window_size=ROW_SHUFFLE_WINDOW, seed=seed)
 
 

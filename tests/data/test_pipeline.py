@@ -85,6 +85,7 @@ def _check_batch(batch, b=B, t=T):
 def test_packed_train_matches_reference(cfg):
     """The training rows are the reference packing of the documents in grain's shuffled order, with the
     rows permuted within windows of ROW_SHUFFLE_WINDOW rows (so a batch mixes many documents)."""
+    cfg = {**cfg, "packing": True}
     seed = 3
     docs = corpus.load_corpus(cfg).train
     shuffled = grain.MapDataset.range(len(docs)).shuffle(seed=seed).repeat()

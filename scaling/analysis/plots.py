@@ -1,0 +1,546 @@
+"""Figures of a sweep: loss vs FLOPs, isoFLOP parabolas, compute-optimal allocation, loss vs state size and context.
+
+Every function takes the DataFrames of :mod:`scaling.analysis.report` (``runs``: one row per finished run;
+``curves``: one row per logged step) and/or fitted laws as ``(label, fit)`` pairs, and returns a
+``matplotlib.figure.Figure`` built without pyplot (no global state, no GUI backend: PNG is drawn by Agg, SVG by
+the SVG backend), so the same code serves ``scaling analyze``, notebooks and tests. :func:`save_figure` writes
+PNG and SVG.
+
+Units on the axes: training compute in FLOPs (3 x forward), model size in parameters, data in tokens, state size
+in elements per sequence (``scaling.accounting.state_size``), context in tokens, loss in nats per token.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+__all__ = [
+    "FAMILY_STYLE",
+    "curve_envelope",
+    "lower_envelope",
+    "plot_allocation",
+    "plot_isoflops",
+    "plot_loss_vs_context",
+    "plot_loss_vs_flops",
+    "plot_loss_vs_state",
+    "plot_state_law",
+    "save_figure",
+    "sci",
+]
+
+# One colour and marker per mixer family, the same in every figure.
+FAMILY_STYLE: dict[str, dict[str, str]] = {
+    "attention": {"color": "#1f77b4", "marker": "o"},
+    "retention": {"color": "#d62728", "marker": "s"},
+    "mamba": {"color": "#2ca02c", "marker": "^"},
+    "hybrid": {"color": "#9467bd", "marker": "D"},
+}
+_OTHER_STYLE = {"color": "#7f7f7f", "marker": "x"}
+_STATE_CMAP = "viridis"
+_PANELS_PER_PAGE = 12
+
+LABELS = {
+    "flops": "training compute C (FLOPs)",
+    "state": "state size S (elements per sequence)",
+    "context": "training context T (tokens)",
+    "tokens": "training data D (tokens)",
+}
+
+
+def family_style(family: str) -> dict[str, str]:
+    return FAMILY_STYLE.get(family, _OTHER_STYLE)
+
+
+def sci(x: float, digits: int = 2) -> str:
+    """Compact scientific notation for labels: 1e15, 3e15, 1.5e12 (``digits`` significant digits)."""
+    if x is None or not np.isfinite(x):
+        return "-"
+    if x == 0:
+        return "0"
+    exp = math.floor(math.log10(abs(x)))
+    mant = round(x / 10**exp, digits - 1)
+    if abs(mant) >= 10:
+        mant, exp = mant / 10, exp + 1
+    return f"{mant:g}e{exp}"
+
+
+def _figure(nrows: int, ncols: int, panel: tuple[float, float] = (5.2, 4.0), extra_w: float = 0.0):
+    fig = Figure(figsize=(panel[0] * ncols + extra_w, panel[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def save_figure(fig: Figure, out_dir: str | Path, name: str, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
+    """Write ``fig`` as ``out_dir/name.<fmt>`` for each format; returns the paths.
+
+    PNG at 150 dpi. SVG keeps its text as text (smaller, searchable) and carries no date, and its ids come from a
+    fixed salt, so rerunning the analysis on the same data rewrites identical files.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "statescale"}):
+        # Constrained layout measures every label on each save; lay out once and keep it for every format.
+        fig.draw_without_rendering()
+        engine = fig.get_layout_engine()
+        fig.set_layout_engine("none")
+        for fmt in formats:
+            path = out_dir / f"{name}.{fmt}"
+            meta = {"Date": None} if fmt == "svg" else {"Software": None}
+            fig.savefig(path, dpi=150, metadata=meta)
+            paths.append(path)
+    fig.set_layout_engine(engine)
+    return paths
+
+
+def lower_envelope(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The points whose ``y`` is below every point with smaller or equal ``x`` (the Pareto frontier), sorted by x.
+
+    x, y: arrays [n] (e.g. training FLOPs and loss of every logged point). Returns (x [m], y [m]).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    order = np.lexsort((y, x))
+    x, y = x[order], y[order]
+    prev = np.concatenate([[np.inf], np.minimum.accumulate(y)[:-1]])
+    keep = y < prev
+    return x[keep], y[keep]
+
+
+_WORDS = {"val": "validation", "train": "training"}
+_NICE = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)
+
+
+def _plain_log_axis(axis) -> None:
+    """Tick labels as plain numbers (2.5, 3, 4) on a log axis spanning less than about two decades, where the
+    default labels only 10^k and a few n x 10^k; 4 to 8 ticks from 1-1.2-1.5-2-2.5-3-4-5-6-7-8 x 10^k."""
+    axis.axes.autoscale_view()  # autoscaling is lazy: settle the limits before reading them
+    lo, hi = sorted(axis.get_view_interval())
+    if not (lo > 0 and hi / lo < 150):
+        return
+    cands = sorted({m * 10.0**e for e in range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+                    for m in _NICE})
+    inside = [v for v in cands if lo <= v <= hi]
+    ticks = inside
+    for step in range(1, len(inside) + 1):
+        ticks = inside[::step]
+        if len(ticks) <= 8:
+            break
+    if len(ticks) < 3:  # a narrow range: evenly spaced round numbers (nearly even on the log scale too)
+        ticks = [v for v in matplotlib.ticker.MaxNLocator(nbins=5).tick_values(lo, hi) if lo <= v <= hi]
+    if len(ticks) < 2:
+        return
+    axis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def curve_envelope(curves: Sequence[tuple[Any, Any]], n_grid: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The lowest loss over several loss curves at each of ``n_grid`` log-spaced compute values.
+
+    ``curves``: ``(C [k], loss [k])`` per run, C increasing; each is interpolated linearly in (log C, log loss)
+    inside its own range, as Chinchilla's approach 1 does. Returns (C [m], loss [m]) where some curve is defined.
+    """
+    lo = min(float(np.min(c)) for c, _ in curves)
+    hi = max(float(np.max(c)) for c, _ in curves)
+    grid = np.log(np.geomspace(lo, hi, n_grid))
+    best = np.full(n_grid, np.inf)
+    for c, loss in curves:
+        lc, ll = np.log(np.asarray(c, float)), np.log(np.asarray(loss, float))
+        inside = (grid >= lc[0]) & (grid <= lc[-1])
+        if len(lc) == 1:
+            inside = np.isclose(grid, lc[0])
+        best[inside] = np.minimum(best[inside], np.interp(grid[inside], lc, ll))
+    ok = np.isfinite(best)
+    return np.exp(grid[ok]), np.exp(best[ok])
+
+
+def _state_norm(values: Any) -> LogNorm | None:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v) & (v > 0)]
+    if not len(v):
+        return None
+    lo, hi = float(v.min()), float(v.max())
+    if lo == hi:  # a single state size: widen so that the colour scale still exists
+        lo, hi = lo / 1.5, hi * 1.5
+    return LogNorm(vmin=lo, vmax=hi)
+
+
+def _family_handles(families: Sequence[str], *, line: bool = False) -> list[Line2D]:
+    out = []
+    for fam in families:
+        st = family_style(fam)
+        out.append(Line2D([], [], color=st["color"] if line else "0.35", marker=st["marker"],
+                          ls="-" if line else "", label=fam, markersize=6))
+    return out
+
+
+def _ordered_families(runs: pd.DataFrame) -> list[str]:
+    known = [f for f in FAMILY_STYLE if f in set(runs["family"])]
+    return known + sorted(set(runs["family"]) - set(known))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loss vs FLOPs with the frontier
+
+
+def plot_loss_vs_flops(runs: pd.DataFrame, curves: pd.DataFrame | None = None, *, curve_loss: str = "train_loss",
+                       final_loss: str = "final_val_loss") -> Figure:
+    """Loss against training FLOPs for every run, coloured by state size (log scale), with the lower envelope.
+
+    ``runs``: one row per run with ``run_id``, ``family``, ``state_size``, ``flops``, ``final_loss``;
+    ``curves``: one row per logged step with ``run_id``, ``flops``, ``curve_loss`` (optional). Lines are the curves,
+    markers (shape = mixer family) the final losses; the black line is the compute-optimal frontier: the lowest
+    loss over all curves at each compute value (:func:`curve_envelope`), or without curves the final losses below
+    every final loss with less compute (:func:`lower_envelope`).
+    """
+    fig, axes = _figure(1, 1, panel=(7.5, 5.0), extra_w=1.2)
+    ax = axes[0, 0]
+    norm = _state_norm(runs["state_size"])
+    cmap = matplotlib.colormaps[_STATE_CMAP]
+
+    def colour(s):
+        return cmap(norm(s)) if norm is not None and np.isfinite(s) and s > 0 else "0.5"
+
+    state_of = dict(zip(runs["run_id"], runs["state_size"].astype(float), strict=True))
+    fx, fy = [], []
+    has_curves = bool(curves is not None and len(curves) and curve_loss in curves)
+    if has_curves:
+        c = curves[curves["run_id"].isin(state_of) & curves[curve_loss].notna() & (curves["flops"] > 0)]
+        segments = []
+        for rid, g in c.groupby("run_id", sort=False):
+            g = g.sort_values("flops")
+            ax.plot(g["flops"], g[curve_loss], color=colour(state_of[rid]), lw=0.9, alpha=0.55, zorder=1)
+            segments.append((g["flops"].to_numpy(float), g[curve_loss].to_numpy(float)))
+        has_curves = bool(segments)
+        if segments:
+            fx, fy = curve_envelope(segments)
+    fin = runs[runs[final_loss].notna() & (runs["flops"] > 0)]
+    for fam in _ordered_families(fin):
+        sub = fin[fin["family"] == fam]
+        st = family_style(fam)
+        ax.scatter(sub["flops"], sub[final_loss], c=[colour(s) for s in sub["state_size"].astype(float)],
+                   marker=st["marker"], s=36, edgecolors="black", linewidths=0.5, zorder=3)
+    if has_curves:
+        ex, ey = fx, fy
+    else:
+        ex, ey = lower_envelope(fin["flops"], fin[final_loss])
+    if len(ex):
+        ax.plot(ex, ey, color="black", lw=2.0, zorder=4)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_log_axis(ax.yaxis)
+    ax.set_xlabel(LABELS["flops"])
+    curve_what = _WORDS.get(curve_loss.split("_")[0], curve_loss)
+    final_what = _WORDS.get(final_loss.split("_")[1], final_loss)
+    same = curve_what == final_what
+    ax.set_ylabel(f"{curve_what} loss (nats/token)" if same or not has_curves else "loss (nats/token)")
+    ax.set_title("Loss vs compute, coloured by state size")
+    ax.grid(True, which="both", alpha=0.25)
+    handles = _family_handles(_ordered_families(fin))
+    for h in handles:
+        h.set_label(f"{h.get_label()} (final {final_what} loss)")
+    if has_curves:
+        handles.append(Line2D([], [], color="0.5", lw=1, label=f"curves: {curve_what} loss"))
+    handles.append(Line2D([], [], color="black", lw=2, label="compute-optimal frontier (lower envelope)"))
+    ax.legend(handles=handles, loc="upper right", fontsize=9, framealpha=0.9)
+    if norm is not None:
+        fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=LABELS["state"], pad=0.01)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Approach 2: isoFLOP parabolas
+
+
+def plot_isoflops(items: Sequence[tuple[str, Any]], *, n_label: str = "non-embedding parameters",
+                  loss_label: str = "final validation loss (nats/token)") -> list[Figure]:
+    """One panel per :class:`~scaling.analysis.fits.IsoflopFit` (``items``: ``(group label, fit)``), 12 a figure.
+
+    Each panel: the runs of every budget (loss vs N, colour = budget), the fitted parabola in log N, and the
+    optimum N_opt (star) with its bootstrap 95% interval when the fit has one.
+    """
+    figs = []
+    for page in range(0, len(items), _PANELS_PER_PAGE):
+        chunk = items[page:page + _PANELS_PER_PAGE]
+        ncols = min(3, len(chunk))
+        nrows = -(-len(chunk) // ncols)
+        fig, axes = _figure(nrows, ncols, panel=(5.0, 3.9))
+        for ax in axes.flat[len(chunk):]:
+            ax.set_visible(False)
+        for ax, (label, fit) in zip(axes.flat, chunk, strict=False):
+            _isoflop_panel(ax, label, fit, n_label, loss_label)
+        n_pages = -(-len(items) // _PANELS_PER_PAGE)
+        suffix = f" ({page // _PANELS_PER_PAGE + 1}/{n_pages})" if n_pages > 1 else ""
+        fig.suptitle(f"IsoFLOP profiles (Chinchilla approach 2){suffix}", fontsize=13)
+        figs.append(fig)
+    return figs
+
+
+def _isoflop_panel(ax, label, fit, n_label, loss_label):
+    d = fit.data
+    budgets = np.asarray(d["budget_C"], dtype=np.float64)
+    cmap = matplotlib.colormaps["plasma"]
+    lb = np.log(budgets)
+    span = lb.max() - lb.min()
+    for g, C in enumerate(budgets):
+        col = cmap(0.1 + 0.75 * ((lb[g] - lb.min()) / span if span > 0 else 0.5))
+        sel = np.asarray(d["group"]) == g
+        N = np.asarray(d["N"])[sel]
+        ax.scatter(N, np.asarray(d["loss"])[sel], color=col, s=22, zorder=3, label=f"C = {sci(C)} FLOPs")
+        grid = np.geomspace(N.min() / 1.3, N.max() * 1.3, 100)
+        ax.plot(grid, fit.loss_curve(g, grid), color=col, lw=1.3, zorder=2)
+        n_opt, l_opt = d["budget_N_opt"][g], d["budget_loss_opt"][g]
+        if "budget_N_opt_lo" in d and np.isfinite(d["budget_N_opt_lo"][g]):
+            lo, hi = d["budget_N_opt_lo"][g], d["budget_N_opt_hi"][g]
+            ax.errorbar([n_opt], [l_opt], xerr=[[max(n_opt - lo, 0)], [max(hi - n_opt, 0)]], color=col,
+                        capsize=3, lw=1, zorder=4)
+        ax.scatter([n_opt], [l_opt], marker="*", s=130, color=col, edgecolors="black", linewidths=0.6, zorder=5)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"model size N ({n_label})")
+    ax.set_ylabel(loss_label)
+    ci = fit.ci.get("a")
+    ci_text = f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+    ax.set_title(f"{label}\n" + r"$N_{opt} \propto C^{" + f"{fit.a:.3f}" + "}$" + ci_text, fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="best", title="★ optimum", title_fontsize=8)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Compute-optimal allocation N_opt(C), D_opt(C)
+
+
+_APPROACH_STYLE = {
+    "envelope": ("-", "o", "approach 1: lower envelope"),
+    "isoflop": ("--", "s", "approach 2: isoFLOP minima"),
+    "parametric": (":", None, "approach 3: L(N, D) fit (C = 6ND)"),
+}
+
+
+def plot_allocation(items: Sequence[tuple[str, str, Any, tuple[float, float]]], *,
+                    n_label: str = "non-embedding parameters") -> Figure:
+    """N_opt(C) and D_opt(C), side by side, for every fit in ``items``: ``(kind, group label, fit, (C_lo, C_hi))``.
+
+    kind is ``"envelope"`` (frontier points + power law, solid), ``"isoflop"`` (per-budget optima + power law,
+    dashed) or ``"parametric"`` (the allocation implied by L(N, D) under C = 6ND, dotted); the line spans
+    (C_lo, C_hi) FLOPs. Colour = group.
+    """
+    groups = list(dict.fromkeys(label for _, label, _, _ in items))
+    palette = matplotlib.colormaps["tab10" if len(groups) <= 10 else "tab20"]
+    colours = {g: palette(i % palette.N) for i, g in enumerate(groups)}
+    many = len(groups) > 4
+    fig, axes = _figure(1, 2, panel=(6.0, 5.0))
+    for kind, label, fit, (c_lo, c_hi) in items:
+        ls, marker, _ = _APPROACH_STYLE[kind]
+        col = colours[label]
+        if kind == "envelope" and len(fit.data["frontier_C"]):  # the frontier spans the curves, not just the ends
+            c_lo, c_hi = min(c_lo, np.min(fit.data["frontier_C"])), max(c_hi, np.max(fit.data["frontier_C"]))
+        grid = np.geomspace(c_lo, c_hi, 60)
+        for ax, fn, key in ((axes[0, 0], fit.N_opt, "N"), (axes[0, 1], fit.D_opt, "D")):
+            ax.plot(grid, fn(grid), ls=ls, color=col, lw=1.6)
+            if kind == "envelope":
+                ax.scatter(fit.data["frontier_C"], fit.data[f"frontier_{key}"], color=col, s=10, alpha=0.6,
+                           marker=marker)
+            elif kind == "isoflop":
+                ax.scatter(fit.data["budget_C"], fit.data[f"budget_{key}_opt"], color=col, s=34, marker=marker,
+                           edgecolors="black", linewidths=0.5, zorder=3)
+    for ax, what, unit in ((axes[0, 0], r"$N_{opt}(C)$", f"compute-optimal model size ({n_label})"),
+                           (axes[0, 1], r"$D_{opt}(C)$", "compute-optimal data D (tokens)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(LABELS["flops"])
+        ax.set_ylabel(unit)
+        ax.set_title(what)
+        ax.grid(True, which="both", alpha=0.25)
+    kinds = list(dict.fromkeys(k for k, _, _, _ in items))
+    style_handles = [Line2D([], [], color="0.3", ls=_APPROACH_STYLE[k][0], marker=_APPROACH_STYLE[k][1],
+                            label=_APPROACH_STYLE[k][2]) for k in kinds]
+    axes[0, 0].legend(handles=style_handles, fontsize=8, loc="upper left")
+    group_handles = [Line2D([], [], color=colours[g], lw=2.5, label=g) for g in groups]
+    if many:
+        fig.legend(handles=group_handles, loc="outside lower center", ncols=min(4, len(groups)), fontsize=8,
+                   title="group (colour)")
+    else:
+        axes[0, 1].legend(handles=group_handles, fontsize=8, loc="upper left")
+    fig.suptitle("Compute-optimal allocation", fontsize=13)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loss vs state size
+
+
+def _budget_cells(runs: pd.DataFrame) -> list[tuple[float | None, pd.DataFrame]]:
+    """Runs split by FLOP budget (ascending); one cell of all runs when the sweep is not FLOP-matched."""
+    if "budget" in runs and runs["budget"].notna().all() and len(runs):
+        return [(float(b), g) for b, g in runs.groupby("budget", sort=True)]
+    return [(None, runs)]
+
+
+def _budget_title(b: float | None) -> str:
+    return f"C = {sci(b)} FLOPs" if b is not None else "all runs (not FLOP-matched)"
+
+
+def state_contexts(runs: pd.DataFrame) -> list[float]:
+    """The training contexts at which some mixer family has runs with >= 2 distinct state sizes (where a loss vs
+    state-size line exists)."""
+    return sorted(ctx for ctx, g in runs.groupby("context") if (g.groupby("family")["state_size"].nunique() > 1).any())
+
+
+def plot_loss_vs_state(runs: pd.DataFrame, fits: Sequence[tuple[str, Any, dict]] = (), *,
+                       loss: str = "final_val_loss", n_col: str = "non_embedding_params") -> Figure:
+    """Final loss against state size: rows = training contexts, columns = FLOP budgets; one line per family.
+
+    Each family's line joins its best (lowest) loss at each state size in the cell; faint markers are all its
+    runs. Only contexts where some family has >= 2 state sizes get a row (:func:`state_contexts`).
+    ``fits``: ``(family, StateLawFit, keys)`` with ``keys["context"]`` the context it was fitted at (None: all);
+    its curve (dashed) is the law along S at the N and D of the family's best run in that cell.
+    """
+    runs = runs[runs[loss].notna() & (runs["state_size"] > 0)]
+    contexts = state_contexts(runs)
+    cells_by_ctx = [(ctx, _budget_cells(runs[runs["context"] == ctx])) for ctx in contexts]
+    ncols = max((len(c) for _, c in cells_by_ctx), default=1)
+    nrows = max(len(contexts), 1)
+    fig, axes = _figure(nrows, ncols, panel=(5.2, 4.0))
+    families = _ordered_families(runs)
+    fit_of = {}
+    for fam, fit, keys in fits:
+        fit_of[(fam, keys.get("context"))] = fit
+    drew_fit = False
+    for r, (ctx, cells) in enumerate(cells_by_ctx):
+        for c in range(ncols):
+            ax = axes[r, c]
+            if c >= len(cells):
+                ax.set_visible(False)
+                continue
+            budget, cell = cells[c]
+            for fam in families:
+                sub = cell[cell["family"] == fam]
+                if not len(sub):
+                    continue
+                st = family_style(fam)
+                ax.scatter(sub["state_size"], sub[loss], color=st["color"], marker=st["marker"], s=18, alpha=0.35)
+                ex, ey = lower_envelope(sub["state_size"], sub[loss])
+                ax.plot(ex, ey, color=st["color"], marker=st["marker"], lw=1.8, ms=5)
+                fit = fit_of.get((fam, ctx), fit_of.get((fam, None)))
+                if fit is not None:
+                    b = sub.loc[sub[loss].idxmin()]
+                    S = np.geomspace(sub["state_size"].min() / 1.5, sub["state_size"].max() * 1.5, 80)
+                    D = float(b["tokens"]) if fit.has_D else None
+                    ax.plot(S, fit.predict(float(b[n_col]), S, D), color=st["color"], ls="--", lw=1.2)
+                    drew_fit = True
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            _plain_log_axis(ax.yaxis)
+            ax.set_xlabel(LABELS["state"])
+            ax.set_ylabel(f"final {_WORDS.get(loss.split('_')[1], loss)} loss (nats/token)")
+            ttl = _budget_title(budget)
+            if len(contexts) > 1:
+                ttl += f", context {int(ctx):,}"
+            ax.set_title(ttl, fontsize=10)
+            ax.grid(True, which="both", alpha=0.25)
+    handles = _family_handles(families, line=True)
+    if drew_fit:
+        handles.append(Line2D([], [], color="0.3", ls="--", label="state-law fit at the best\nrun's N and D"))
+    axes[0, 0].legend(handles=handles, fontsize=8, loc="best")
+    fig.suptitle("Loss vs state size at fixed compute (markers: runs; line: best loss with at most that state)",
+                 fontsize=12)
+    return fig
+
+
+def plot_state_law(items: Sequence[tuple[str, Any]]) -> Figure:
+    """One panel per :class:`~scaling.analysis.fits.StateLawFit` (``items``: ``(label, fit)``): the loss with the
+    fitted parameter and data terms removed, L - A/N^alpha [- C/D^beta], against S, and the fitted E + B/S^gamma.
+    Points off the curve are the fit's residuals; the panel title gives gamma and its 95% interval.
+    """
+    ncols = min(3, len(items))
+    nrows = -(-len(items) // ncols)
+    fig, axes = _figure(nrows, ncols, panel=(5.0, 3.9))
+    for ax in axes.flat[len(items):]:
+        ax.set_visible(False)
+    for ax, (label, fit) in zip(axes.flat, items, strict=False):
+        p, d = fit.params, fit.data
+        adj = np.asarray(d["loss"]) - p["A"] / np.asarray(d["N"]) ** p["alpha"]
+        if fit.has_D:
+            adj = adj - p["C"] / np.asarray(d["D"]) ** p["beta"]
+        fam = label.split(" ")[0]
+        st = family_style(fam)
+        ax.scatter(d["S"], adj, color=st["color"], marker=st["marker"], s=18, alpha=0.7, label="runs")
+        S = np.geomspace(np.min(d["S"]) / 1.5, np.max(d["S"]) * 1.5, 100)
+        ax.plot(S, p["E"] + p["B"] / S ** p["gamma"], color="black", lw=1.5, label=r"fit $E + B/S^{\gamma}$")
+        ax.axhline(p["E"], color="0.5", ls=":", lw=1, label=f"E = {p['E']:.3f}")
+        ci = fit.ci.get("gamma")
+        ci_text = f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        ax.set_title(f"{label}\n" + r"$\gamma$" + f" = {p['gamma']:.3f}{ci_text}", fontsize=10)
+        ax.set_xscale("log")
+        ax.set_xlabel(LABELS["state"])
+        ax.set_ylabel(r"$L - A/N^{\alpha}$" + (r"$ - C/D^{\beta}$" if fit.has_D else "") + " (nats/token)")
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=8)
+    fig.suptitle("State-size law: loss less the fitted parameter (and data) terms, against state size",
+                 fontsize=12)
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loss vs context
+
+
+def plot_loss_vs_context(runs: pd.DataFrame, fits: Sequence[tuple[str, Any]] = (), *,
+                         loss: str = "final_val_loss") -> Figure:
+    """Final loss against training context, one panel per FLOP budget, one line per mixer family.
+
+    A family's line joins its best loss at each context in the budget (faint markers: all its runs). ``fits``:
+    ``(family, ContextLawFit)`` of a family's runs; each budget's fitted optimum is marked with a vertical tick.
+    """
+    runs = runs[runs[loss].notna() & (runs["context"] > 0)]
+    cells = _budget_cells(runs)
+    ncols = min(3, len(cells))
+    nrows = -(-len(cells) // ncols)
+    fig, axes = _figure(nrows, ncols, panel=(5.2, 4.0))
+    for ax in axes.flat[len(cells):]:
+        ax.set_visible(False)
+    families = _ordered_families(runs)
+    for ax, (budget, cell) in zip(axes.flat, cells, strict=False):
+        for fam in families:
+            sub = cell[cell["family"] == fam]
+            if not len(sub):
+                continue
+            st = family_style(fam)
+            ax.scatter(sub["context"], sub[loss], color=st["color"], marker=st["marker"], s=18, alpha=0.35)
+            best = sub.loc[sub.groupby("context")[loss].idxmin()].sort_values("context")
+            ax.plot(best["context"], best[loss], color=st["color"], marker=st["marker"], lw=1.6, ms=5)
+        for fam, fit in fits:
+            bc = np.asarray(fit.data["budget_C"], dtype=np.float64)
+            if budget is None or not len(bc):
+                continue
+            g = int(np.argmin(np.abs(np.log(bc) - math.log(budget))))
+            if abs(math.log(bc[g]) - math.log(budget)) < 0.05 and not fit.data["budget_extrapolated"][g]:
+                ax.plot([fit.data["budget_context_opt"][g]] * 2, [0, 0.08], transform=ax.get_xaxis_transform(),
+                        color=family_style(fam)["color"], lw=2.2, solid_capstyle="butt")
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.set_xlabel(LABELS["context"])
+        ax.set_ylabel(f"final {_WORDS.get(loss.split('_')[1], loss)} loss (nats/token)")
+        ax.set_title(_budget_title(budget), fontsize=10)
+        ax.grid(True, which="both", alpha=0.25)
+    handles = _family_handles(families, line=True)
+    if fits:
+        handles.append(Line2D([], [], color="0.3", lw=2.2, label="fitted optimal context (bottom tick;\n"
+                              "only inside the contexts trained)"))
+    axes.flat[0].legend(handles=handles, fontsize=8, loc="best")
+    fig.suptitle("Loss vs training context at fixed compute (line: best run per context)", fontsize=13)
+    return fig

@@ -1,0 +1,184 @@
+"""A sweep worker: trains one run in its workdir, holding the workdir's lock.
+
+``python -m scaling.sweep.worker WORKDIR [--lock-timeout SECONDS]``
+
+The launcher writes ``WORKDIR/config.json`` (``{"run_id", "config"}``, the format ``scaling.train.train``
+writes) and starts this module. The worker takes an exclusive ``fcntl.flock`` on ``WORKDIR/.lock`` before
+training, so two trainers can never write one workdir at once (a second one waits up to the lock timeout,
+then exits with :data:`EXIT_LOCKED`), then calls ``train(cfg, workdir)``, which resumes from the newest
+checkpoint. It writes nothing outside its workdir; the launcher reads ``status.json`` and ``metrics.jsonl``
+when it ends.
+
+Exit codes: 0 done, 3 diverged (as ``scaling train``), 75 the workdir is locked by another trainer,
+2 bad workdir/config, 1 any other error (the traceback is in the worker's log).
+
+:func:`spawn` starts a worker that dies with the process that started it (Linux ``PR_SET_PDEATHSIG``), in
+its own session (so a Ctrl-C reaches the launcher, which stops its workers), optionally limited to one CPU
+thread so that N workers share N cores without oversubscription.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+EXIT_DONE, EXIT_ERROR, EXIT_BAD, EXIT_DIVERGED, EXIT_LOCKED = 0, 1, 2, 3, 75
+LOCK_NAME = ".lock"
+LOG_NAME = "worker.log"
+
+_PR_SET_PDEATHSIG = 1
+
+
+class WorkdirLocked(RuntimeError):
+    """Another trainer holds the workdir's lock."""
+
+
+def lock_workdir(workdir: str | Path, timeout: float | None = 60.0) -> int:
+    """Take the exclusive lock of a run's workdir; return its file descriptor (closing it releases the lock).
+
+    The lock is an ``fcntl.flock`` on ``WORKDIR/.lock``: the kernel drops it when its holder dies, so a
+    killed trainer never leaves a stale lock. Waits up to ``timeout`` seconds (None: forever).
+    """
+    path = Path(workdir) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+            if deadline is not None and time.monotonic() >= deadline:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise WorkdirLocked(f"workdir {str(workdir)!r} is locked by another trainer (pid {holder})") from None
+            time.sleep(0.2)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for the message above
+    return fd
+
+
+def _preexec(parent: int, prctl):
+    """preexec_fn for Popen: runs in the child between fork and exec. Only async-signal-safe-ish work:
+    ``prctl`` was looked up in the parent; if the parent already died, exit rather than run orphaned."""
+
+    def fn():
+        if prctl is not None:  # prctl's variadic arguments are unsigned longs
+            prctl(_PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                  ctypes.c_ulong(0))
+        if os.getppid() != parent:
+            os._exit(EXIT_ERROR)
+
+    return fn
+
+
+def worker_env(single_thread: bool, base: dict | None = None) -> dict[str, str]:
+    """Environment of a worker. ``single_thread``: XLA's CPU client and the BLAS/OpenMP pools use one
+    thread, so N workers on N cores do not fight over them (``--xla_cpu_multi_thread_eigen=false`` is the
+    XLA CPU flag jax 0.10 accepts; unknown XLA flags abort, so only this one is added)."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONUNBUFFERED"] = "1"
+    if single_thread:
+        flags = env.get("XLA_FLAGS", "")
+        if "xla_cpu_multi_thread_eigen" not in flags:
+            env["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env.setdefault(var, "1")
+    return env
+
+
+def spawn(workdir: str | Path, *, single_thread: bool = False, cpu: int | None = None,
+          lock_timeout: float | None = 60.0, env: dict | None = None) -> subprocess.Popen:
+    """Start ``python -m scaling.sweep.worker WORKDIR`` with output appended to ``WORKDIR/worker.log``.
+
+    The child gets SIGKILL when the calling *thread* exits (PR_SET_PDEATHSIG is per thread), so call this
+    from a thread that lives as long as the launcher (the main thread). ``cpu``: pin it to that core.
+    """
+    workdir = Path(workdir)
+    cmd = [sys.executable, "-m", "scaling.sweep.worker", str(workdir)]
+    if lock_timeout is not None:
+        cmd += ["--lock-timeout", str(lock_timeout)]
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+    log = open(workdir / LOG_NAME, "ab")  # noqa: SIM115 (closed below; the child keeps its copy)
+    try:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=worker_env(single_thread, env), start_new_session=True,
+            preexec_fn=_preexec(os.getpid(), prctl), cwd=os.getcwd())
+    finally:
+        log.close()
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(proc.pid, {cpu})
+        except OSError:  # the process may already have exited, or the cpu is not ours
+            pass
+    return proc
+
+
+def run_job(workdir: str, single_thread: bool = True, lock_timeout: float | None = None) -> int:
+    """Run one worker to completion in a subprocess and return its exit code (the Ray / Slurm job body).
+
+    A subprocess (rather than training in the job's own process) gives each run a fresh JAX with the
+    worker's XLA flags, and the same code path as the local launcher.
+    """
+    proc = spawn(workdir, single_thread=single_thread, lock_timeout=lock_timeout)
+    try:
+        return proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def train_workdir(workdir: str | Path, *, lock_timeout: float | None = 60.0) -> int:
+    """Train the run whose config.json is in ``workdir`` under the workdir lock; return an exit code."""
+    from scaling import config as _config
+    from scaling.train import run_id, train
+
+    workdir = Path(workdir)
+    cfg_path = workdir / "config.json"
+    if not cfg_path.is_file():
+        print(f"worker: {str(workdir)!r} has no config.json", file=sys.stderr)
+        return EXIT_BAD
+    blob = json.loads(cfg_path.read_text())
+    cfg = _config.from_dict(blob["config"])
+    if run_id(cfg) != blob.get("run_id"):
+        print(f"worker: config.json in {str(workdir)!r} does not hash to its run id {blob.get('run_id')}",
+              file=sys.stderr)
+        return EXIT_BAD
+    try:
+        fd = lock_workdir(workdir, lock_timeout)
+    except WorkdirLocked as e:
+        print(f"worker: {e}", file=sys.stderr)
+        return EXIT_LOCKED
+    try:
+        print(f"worker {os.getpid()}: run {blob['run_id']} in {workdir}", flush=True)
+        result = train(cfg, workdir, progress=False)
+        print(f"worker {os.getpid()}: {result.status} at step {result.step}", flush=True)
+        return EXIT_DONE if result.status == "done" else EXIT_DIVERGED
+    finally:
+        os.close(fd)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m scaling.sweep.worker", description=__doc__.split("\n\n")[0])
+    p.add_argument("workdir")
+    p.add_argument("--lock-timeout", type=float, default=None,
+                   help="seconds to wait for another trainer to release the workdir (default: forever)")
+    args = p.parse_args(argv)
+    return train_workdir(args.workdir, lock_timeout=args.lock_timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

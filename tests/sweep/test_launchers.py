@@ -1,0 +1,185 @@
+"""Launchers end to end on the tiny spec: kill -9 then resume, two launchers at once, retries, the workdir lock,
+status and export, and the Ray and submitit (local executor) paths."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from scaling.sweep import run_sweep
+from scaling.sweep.worker import EXIT_LOCKED, lock_workdir
+from tests.sweep.tiny import ROOT, spec_dict, write_spec
+
+
+def _cli(args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "scaling.cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _db(sweep_dir):
+    db = sqlite3.connect(Path(sweep_dir) / "sweep.db")
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def _rows(sweep_dir):
+    with _db(sweep_dir) as db:
+        return {r["id"]: dict(r) for r in db.execute("SELECT * FROM runs ORDER BY seq")}
+
+
+def _metrics(sweep_dir, rid):
+    with _db(sweep_dir) as db:
+        return [tuple(r) for r in db.execute("SELECT * FROM metrics WHERE run_id=? ORDER BY step", (rid,))]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def _check_done(sweep_dir):
+    rows = _rows(sweep_dir)
+    for rid, r in rows.items():
+        assert r["status"] == "done", (rid, r["error"])
+        assert r["steps"] == r["total_steps"] and r["final_val_loss"] is not None
+        assert abs(r["flops"] / r["budget"] - 1) <= 0.05
+        steps = [m[1] for m in _metrics(sweep_dir, rid)]
+        assert steps == list(range(1, r["total_steps"] + 1))  # log_every 1: every step once, none duplicated
+    return rows
+
+
+def test_kill_9_mid_sweep_then_rerun_finishes_every_run_once(tmp_path):
+    spec = write_spec(tmp_path / "spec.py", steps=(12, 400, 14))
+    sweep_dir = tmp_path / "sweep"
+    args = ["sweep", str(spec), "--sweep-dir", str(sweep_dir), "--workers", "1", "--no-progress"]
+    proc = _cli(args)
+    deadline = time.time() + 240
+    first = second = None
+    while time.time() < deadline:  # kill once the first run is recorded and the long second one is mid-way
+        try:
+            rows = list(_rows(sweep_dir).values()) if (sweep_dir / "sweep.db").exists() else []
+        except sqlite3.OperationalError:  # the launcher is still creating the tables
+            rows = []
+        if len(rows) == 3:
+            first, second = rows[0], rows[1]
+            m = Path(second["workdir"]) / "metrics.jsonl"
+            if first["status"] == "done" and m.exists() and len(m.read_text().splitlines()) >= 25:
+                break
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.05)
+    else:
+        pytest.fail("the sweep did not reach the second run in time")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rows = _rows(sweep_dir)
+    second = rows[second["id"]]
+    assert second["status"] == "running" and second["job"].startswith("pid:")
+    worker_pid = int(second["job"].split(":")[1])
+    for _ in range(100):  # PR_SET_PDEATHSIG: the worker dies with its launcher
+        if _gone(worker_pid):
+            break
+        time.sleep(0.1)
+    assert _gone(worker_pid)
+    assert json.loads((Path(second["workdir"]) / "status.json").read_text())["status"] == "running"
+    before_first, before_metrics = rows[first["id"]], _metrics(sweep_dir, first["id"])
+
+    out = _cli(args).communicate(timeout=300)[0]
+    assert "went back to pending" in out and second["id"] in out
+    rows = _check_done(sweep_dir)
+    ids = list(rows)
+    assert [rows[i]["attempts"] for i in ids] == [1, 2, 1]
+    assert rows[ids[0]] == before_first  # the finished run's record is untouched
+    assert _metrics(sweep_dir, ids[0]) == before_metrics
+    log = (Path(rows[ids[1]]["workdir"]) / "worker.log").read_text()
+    assert log.count(f"run {ids[1]}") == 2  # trained in two pieces, the second resumed from its checkpoint
+
+    # a third time: nothing left to do
+    out = _cli(args).communicate(timeout=120)[0]
+    assert "trained 0" in out and _rows(sweep_dir) == rows
+
+    # status and export
+    st = _cli(["status", str(sweep_dir), "--export", "csv", str(tmp_path / "runs.csv")])
+    out = st.communicate(timeout=120)[0]
+    assert st.returncode == 0, out
+    assert all(i in out for i in ids) and "400/400" in out
+    df = pd.read_csv(tmp_path / "runs.csv")
+    assert sorted(df["id"]) == sorted(ids) and set(df["status"]) == {"done"}
+    assert {"params", "state_size", "flops", "tokens", "final_val_loss", "context"} <= set(df.columns)
+
+
+def test_two_launchers_at_once_split_the_work(tmp_path):
+    spec = write_spec(tmp_path / "spec.py", steps=(10, 12, 14, 16))
+    sweep_dir = tmp_path / "sweep"
+    args = ["sweep", str(spec), "--sweep-dir", str(sweep_dir), "--workers", "1", "--no-progress"]
+    procs = [_cli(args), _cli(args)]
+    outs = [p.communicate(timeout=400)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    rows = _check_done(sweep_dir)
+    assert len(rows) == 4 and all(r["attempts"] == 1 for r in rows.values())
+    assert len({r["pid"] for r in rows.values()}) == 2  # both launchers trained runs
+    for rid, r in rows.items():
+        log = (Path(r["workdir"]) / "worker.log").read_text()
+        assert log.count(f"run {rid}") == 1
+
+
+def test_failed_runs_are_retried_then_marked_failed(tmp_path):
+    spec = spec_dict(steps=(10,))
+    from scaling.sweep import expand
+
+    (plan,) = expand(spec)
+    wd = tmp_path / "sweep" / "runs" / plan.run_id
+    wd.mkdir(parents=True)
+    # a workdir whose config.json has this run's id but a config that cannot be built: the worker fails
+    (wd / "config.json").write_text(json.dumps({"run_id": plan.run_id, "config": {"model": {"d_model": "x"}}}))
+    res = run_sweep(spec, tmp_path / "sweep", retries=1, log=lambda s: None)
+    assert res.counts["failed"] == 1 and res.failed_ids == [plan.run_id]
+    (row,) = _rows(tmp_path / "sweep").values()
+    assert row["attempts"] == 2 and row["failures"] == 2 and "d_model" in row["error"]
+
+
+def test_workdir_lock_keeps_a_second_trainer_out(tmp_path):
+    (plan,) = __import__("scaling.sweep", fromlist=["expand"]).expand(spec_dict(steps=(10,)))
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    (wd / "config.json").write_text(json.dumps({"run_id": plan.run_id, "config": plan.cfg.to_dict()}))
+    fd = lock_workdir(wd, timeout=1)
+    try:
+        p = subprocess.run([sys.executable, "-m", "scaling.sweep.worker", str(wd), "--lock-timeout", "0.5"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert p.returncode == EXIT_LOCKED and "locked by another trainer" in p.stderr
+        assert not (wd / "metrics.jsonl").exists()
+    finally:
+        os.close(fd)
+    fd = lock_workdir(wd, timeout=1)  # released with its holder
+    os.close(fd)
+
+
+def test_ray_launcher_runs_a_sweep(tmp_path):
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        res = run_sweep(spec_dict(steps=(10, 12)), tmp_path / "sweep", launcher="ray", log=lambda s: None)
+    finally:
+        ray.shutdown()
+    assert res.counts["done"] == 2, _rows(tmp_path / "sweep")
+    rows = _check_done(tmp_path / "sweep")
+    assert all(r["job"].startswith("ray:") for r in rows.values())
+
+
+def test_submitit_local_launcher_runs_a_sweep(tmp_path):
+    pytest.importorskip("submitit")
+    res = run_sweep(spec_dict(steps=(10, 12)), tmp_path / "sweep", launcher="slurm", slurm_cluster="local",
+                    log=lambda s: None)
+    assert res.counts["done"] == 2, _rows(tmp_path / "sweep")
+    rows = _check_done(tmp_path / "sweep")
+    assert all(r["job"].startswith("slurm:") for r in rows.values())
