@@ -12,35 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 
+from scaling.bench import median_time, op_inputs
 from scaling.ops.attention import attention
 from scaling.ops.power_retention import power_retention
 from scaling.ops.ssd import ssd
-
-
-def _time(fn, *args, repeats=3):
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _inputs(t, b, h, d, n):
-    ks = jax.random.split(jax.random.key(0), 8)
-    q, k, v = (jax.random.normal(ks[i], (b, t, h, d)) / d**0.25 for i in range(3))
-    log_g = -jax.nn.softplus(jax.random.normal(ks[3], (b, t, h)) - 4.0)
-    dt = jax.nn.softplus(jax.random.normal(ks[4], (b, t, h)) - 3.0)
-    A = -jnp.exp(jax.random.normal(ks[5], (h,)))
-    B, C = (jax.random.normal(ks[6 + i], (b, t, 1, n)) for i in range(2))
-    return q, k, v, log_g, dt, A, B, C
 
 
 def main(argv=None):
@@ -63,7 +43,7 @@ def main(argv=None):
     }
     rows = []
     for t in a.T:
-        args = _inputs(t, a.batch, a.heads, a.head_dim, a.d_state)
+        args = op_inputs(a.batch, t, a.heads, a.head_dim, a.d_state)
         score_gib = 4 * a.batch * a.heads * t * t / 2**30
         for name, op in ops.items():
             for form in (("parallel",) if name == "attention" else ("chunked", "parallel")):
@@ -74,8 +54,8 @@ def main(argv=None):
                     continue
                 fwd = jax.jit(lambda *x, op=op, form=form: op(form, *x))
                 grad = jax.jit(jax.grad(lambda *x, op=op, form=form: jnp.sum(op(form, *x)), argnums=tuple(range(8))))
-                row["fwd_ms"] = 1e3 * _time(fwd, *args)
-                row["fwd_bwd_ms"] = 1e3 * _time(grad, *args)
+                row["fwd_ms"] = 1e3 * median_time(fwd, *args, repeats=3)
+                row["fwd_bwd_ms"] = 1e3 * median_time(grad, *args, repeats=3)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 from scaling import accounting, config
+from scaling.bench import median_time
 from scaling.train import init_train_state, make_steps
 
 ROOT = Path(__file__).parents[1]
@@ -33,15 +32,8 @@ def measure(preset: str, batch: int, context: int, steps: int) -> dict:
     tokens = jax.random.randint(key, (batch, context + 1), 0, 256)
     b = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": jnp.ones((batch, context))}
     params, opt = state["params"], state["opt"]
-    params, opt, out = train_step(params, opt, b)  # compile + warm-up
-    jax.block_until_ready(out["loss"])
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        params, opt, out = train_step(params, opt, b)
-        jax.block_until_ready(out["loss"])
-        times.append(time.perf_counter() - t0)
-    dt = statistics.median(times)
+    # the same parameters every step: a fixed-cost step, timed like every other harness number
+    dt = median_time(lambda p, o: train_step(p, o, b)[2]["loss"], params, opt, repeats=steps)
     tps = batch * context / dt
     return {"preset": preset, "batch": batch, "context": context, "step_s": dt, "tokens_per_s": tps,
             "params": accounting.params(cfg)["total"],

@@ -66,7 +66,8 @@ def _op_fn(op: str, backend: str, shape: dict):
     return lambda q, k, v, lg, dt, A, B, C: ssd(v, dt, A, B, C, chunk_size=shape["chunk"], backend=backend)
 
 
-def _inputs(batch, t, heads, head_dim, d_state):
+def op_inputs(batch, t, heads, head_dim, d_state):
+    """Random q, k, v [b, t, h, d], log_g and dt [b, t, h], A [h], B, C [b, t, 1, n] for the mixer ops."""
     ks = jax.random.split(jax.random.key(0), 8)
     q, k, v = (jax.random.normal(ks[i], (batch, t, heads, head_dim)) / head_dim**0.25 for i in range(3))
     log_g = -jax.nn.softplus(jax.random.normal(ks[3], (batch, t, heads)) - 4.0)
@@ -83,7 +84,7 @@ def bench_kernels(*, contexts=(1024, 4096), batch=1, heads=4, head_dim=64, d_sta
     shape = {"heads": heads, "head_dim": head_dim, "d_state": d_state, "chunk": chunk, "p": p}
     rows = []
     for t in contexts:
-        args = _inputs(batch, t, heads, head_dim, d_state)
+        args = op_inputs(batch, t, heads, head_dim, d_state)
         for op in ops:
             flops = op_flops_per_token(op, t, **shape)
             for backend in ("xla", "pallas"):
