@@ -60,7 +60,7 @@ def _normal(rng, *shape):
     return jnp.asarray(rng.standard_normal(shape), jnp.float32)
 
 
-def _make_case(seed, *, b, T, hq, hk, d, e, p, gated, stateful):
+def _make_case(seed, *, b, T, hq, hk, d, e, p, gated=True, stateful=True):
     """Inputs, an optional initial state, and random cotangents for y and the final state."""
     rng = np.random.default_rng(seed)
     args = {

@@ -16,9 +16,10 @@ from jax import export
 
 from pallas_kernels import make_plan, power_retention
 from pallas_kernels._config import check_rules
-from scaling.ops.power_retention import RetentionState, power_retention_reference, sympow_dim
+from scaling.ops.power_retention import RetentionState, sympow_dim
 from scaling.ops.power_retention import power_retention as xla_power_retention
 from tests.helpers import rel_err
+from tests.ops.test_power_retention import _make_case  # the XLA tests' inputs and cotangents
 
 TOL = 1e-4  # fp32, norm-relative, per output and per gradient; measured errors are ~1e-7
 # bf16 inputs: y and dq/dk/dv come back in bf16 (relative rounding 2^-9 per element); the state is float32.
@@ -37,30 +38,6 @@ def _full_fp32_matmuls():
     # Both sides then run exact fp32 matmuls on any backend (TF32 / bf16 passes would dominate the error).
     with jax.default_matmul_precision("highest"):
         yield
-
-
-def _normal(rng, *shape):
-    return jnp.asarray(rng.standard_normal(shape), jnp.float32)
-
-
-def _make_case(seed, *, b, T, hq, hk, d, e, p, gated=True, stateful=True):
-    """Inputs (with an initial state some earlier call could have produced) and cotangents for y, S, z."""
-    rng = np.random.default_rng(seed)
-    args = {
-        "q": _normal(rng, b, T, hq, d),
-        "k": _normal(rng, b, T, hk, d),
-        "v": _normal(rng, b, T, hk, e),
-        "log_g": jnp.asarray(rng.uniform(-0.3, -0.01, (b, T, hk)), jnp.float32) if gated else None,
-        "state": None,
-    }
-    if stateful:
-        _, args["state"] = power_retention_reference(
-            _normal(rng, b, 5, hk, d), _normal(rng, b, 5, hk, d), _normal(rng, b, 5, hk, e),
-            p=p, normalize="rmsnorm", return_state=True,
-        )
-    D = sympow_dim(d, p)
-    cts = {"y": _normal(rng, b, T, hq, e), "S": _normal(rng, b, hk, D, e), "z": _normal(rng, b, hk, D)}
-    return args, cts
 
 
 @functools.partial(jax.jit, static_argnames=("pallas",) + _STATIC, compiler_options=FAST_COMPILE)
