@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from scaling.analysis import figures as _study_figures
 from scaling.analysis import fits as _fits
 from scaling.analysis import plots as _plots
 
@@ -164,6 +165,8 @@ def load_runs(sweep_dir: str | Path, *, statuses: Sequence[str] = ("done",)) -> 
     ``tokens`` (trained), ``flops`` (training FLOPs spent, 3 x forward), ``budget`` (the FLOP budget it was
     matched to, NaN without FLOP matching), ``flops_per_token`` (forward); ``steps``, ``total_steps``;
     ``final_val_loss``, ``final_train_loss`` (nats per token) and ``final_val_bpb`` (bits per byte); ``status``.
+    A run's other final eval metrics (``runs.extra``, e.g. a synthetic task's ``task_accuracy``) become columns
+    ``final_<metric>`` after the axes.
     """
     from scaling.sweep.store import STATUSES
 
@@ -183,10 +186,18 @@ def load_runs(sweep_dir: str | Path, *, statuses: Sequence[str] = ("done",)) -> 
         except json.JSONDecodeError:
             point = {}
         rec.update(point)
+        try:  # other final eval metrics (runs.extra), as columns named final_<metric>
+            extra = json.loads(r["extra"]) if isinstance(r.get("extra"), str) else {}
+        except json.JSONDecodeError:
+            extra = {}
+        rec.update({f"final_{k}": v for k, v in extra.items()})
         records.append(rec)
     df = pd.DataFrame.from_records(records, columns=None if records else list(RUN_COLUMNS))
-    axes = [c for c in df.columns if c not in RUN_COLUMNS]
-    df = df.reindex(columns=list(RUN_COLUMNS) + axes)
+    axes = [c for c in df.columns if c not in RUN_COLUMNS and not c.startswith("final_")]
+    extras = sorted(c for c in df.columns if c not in RUN_COLUMNS and c.startswith("final_"))
+    df = df.reindex(columns=list(RUN_COLUMNS) + axes + extras)
+    for col in extras:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     for col in ("params", "non_embedding_params", "state_size", "context", "batch_size", "tokens", "flops",
                 "budget", "flops_per_token", "steps", "total_steps", "final_val_loss", "final_val_bpb",
                 "final_train_loss", "n_layers", "d_model"):
@@ -226,6 +237,7 @@ class SweepData:
     sweeps: list[str]
     axes: list[str]
     not_done: pd.DataFrame  # id, status, error of the runs not analysed
+    specs: dict[str, dict] = field(default_factory=dict)  # sweep name -> its spec (the Sweep fields as JSON)
 
 
 def load_sweep(sweep_dir: str | Path) -> SweepData:
@@ -236,10 +248,12 @@ def load_sweep(sweep_dir: str | Path) -> SweepData:
     curves = load_curves(sweep_dir, runs["run_id"])
     with _connect(sweep_dir) as db:
         status = pd.read_sql_query("SELECT id AS run_id, status, error FROM runs ORDER BY seq", db)
-        sweeps = [r[0] for r in db.execute("SELECT name FROM sweeps ORDER BY created")]
+        rows = db.execute("SELECT name, spec FROM sweeps ORDER BY created").fetchall()
+    sweeps = [r[0] for r in rows]
+    specs = {r[0]: json.loads(r[1] or "{}") for r in rows}
     counts = {s: int((status["status"] == s).sum()) for s in STATUSES}
     return SweepData(path=Path(sweep_dir), runs=runs, curves=curves, counts=counts, sweeps=sweeps,
-                     axes=list(runs.attrs.get("axes", [])), not_done=status[status["status"] != "done"])
+                     axes=list(runs.attrs.get("axes", [])), not_done=status[status["status"] != "done"], specs=specs)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -770,10 +784,21 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, bootst
         out.mkdir(parents=True, exist_ok=True)
         figures, skipped = _write_figures(data, records, out, n_col, n_label, curve_col,
                                           lambda: bar.advance(task))
+        names = _study_figures.requested(data)
+        if names:
+            bar.update(task, description=f"drawing study figures: {', '.join(names)}")
+        study_paths, study_lines, study_skipped = _study_figures.draw(data, out, names)
         bar.update(task, description="writing report.md")
         (out / "fits.json").write_text(json.dumps([r.to_dict() for r in records], indent=1, allow_nan=False))
         data.runs.to_csv(out / "runs.csv", index=False)
         lines = _report_lines(data, records, figures, skipped, out, bootstrap, params, curve_col, fast, n_col)
+        if names:
+            study = ["## Study figures", "", *study_lines]
+            study += [f"- not drawn: {_study_figures.FIGURES[k][1]}: {why}" for k, why in study_skipped.items()]
+            i = lines.index("## Figures")
+            lines[i:i] = study + [""]
+        figures = figures + study_paths
+        skipped.update(study_skipped)
         path = out / "report.md"
         path.write_text("\n".join(lines) + "\n")
     return Report(out=out, report=path, figures=figures, records=records, data=data, skipped_figures=skipped)

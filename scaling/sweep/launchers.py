@@ -98,10 +98,16 @@ def read_metrics(workdir: Path, *, batch_size: int, context: int, flops_per_toke
             out["train_loss"], out["lr"] = _finite(r.get("loss")), r.get("lr")
         elif r.get("kind") == "eval":
             out["val_loss"], out["val_bpb"] = _finite(r.get("val_loss")), _finite(r.get("val_bpb"))
+            extra = {k: _finite(v) for k, v in r.items() if k not in EVAL_CORE and isinstance(v, (int, float))}
+            if extra:
+                out["extra"] = extra
     for step, out in rows.items():
         out["tokens"] = step * batch_size * context
         out["flops"] = _spec.train_flops(step, batch_size, context, flops_per_token)
     return [rows[s] for s in sorted(rows)]
+
+
+EVAL_CORE = ("kind", "step", "val_loss", "val_bpb", "tokens", "flops")
 
 
 def _finite(x):
@@ -131,6 +137,8 @@ def collect(row, exit_code: int | None) -> tuple[str, dict, list[dict], str | No
         "final_train_loss": train_losses[-1] if train_losses else None,
         "final_val_loss": evals[-1]["val_loss"] if evals else None,
         "final_val_bpb": evals[-1].get("val_bpb") if evals else None,
+        # other eval metrics (a synthetic task's accuracy, ...): the newest value of each, as JSON in runs.extra
+        "extra": {k: v for m in evals for k, v in m.get("extra", {}).items() if v is not None} or None,
     }
     error = None
     if status == "failed":

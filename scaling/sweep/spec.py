@@ -30,6 +30,9 @@ its fields). Every config key below is a dotted run-config field (``"model.reten
     ``ratio_params`` ("non_embedding" or "total") parameters.
 ``tolerance``
     The largest relative difference allowed between a run's FLOPs (whole steps) and its budget (0.05).
+``figures``
+    Study figures ``scaling analyze`` draws besides the generic ones, by name from
+    ``scaling.analysis.figures.FIGURES`` (e.g. ``["recall_vs_state"]``).
 
 Overrides are applied in the order base < overrides < size < variant < axes < budget, each on a fresh copy
 of the base. A run's id is ``scaling.train.run_id(cfg)``, the hash of its resolved config, so editing a spec
@@ -79,6 +82,7 @@ class Sweep:
     ratio_params: str = "non_embedding"
     tolerance: float = 0.05
     description: str = ""
+    figures: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,12 @@ def _check_spec(s: Sweep) -> None:
         raise SpecError(f"sweep.ratio_params = {s.ratio_params!r}: must be one of {', '.join(RATIO_PARAMS)}")
     if s.sizes and not s.budgets:
         raise SpecError("sweep.sizes: isoFLOP mode needs sweep.budgets")
+    from scaling.analysis import figures as _figures
+
+    try:
+        _figures.check_names(s.figures)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
     if s.ratio_range is not None:
         if not s.sizes:
             raise SpecError("sweep.ratio_range: needs sweep.sizes (the model size presets to pick from)")

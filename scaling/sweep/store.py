@@ -8,7 +8,8 @@ Tables
              (job: a pid, Ray task or Slurm job id), timestamps (unix seconds), and the summary columns
              analysis queries directly: budget and FLOPs (training FLOPs, 3 x forward), params,
              non_embedding_params, state_size (elements per sequence), context, tokens, steps done and
-             total, final val loss / bits per byte and final train loss (nats per token).
+             total, final val loss / bits per byte and final train loss (nats per token), and ``extra``: the
+             run's other final eval metrics as JSON (e.g. ``{"task_accuracy": 0.97}``; see launchers.collect).
 ``metrics``  one row per (run id, step): tokens, flops, train loss, val loss, val bpb, lr; the primary key
              makes re-ingesting a run (after a resume) replace its rows instead of duplicating them.
 
@@ -53,7 +54,7 @@ CREATE TABLE IF NOT EXISTS runs (
     params INTEGER, non_embedding_params INTEGER, state_size INTEGER, context INTEGER, batch_size INTEGER,
     tokens INTEGER, steps INTEGER NOT NULL DEFAULT 0, total_steps INTEGER,
     final_val_loss REAL, final_val_bpb REAL, final_train_loss REAL,
-    error TEXT, workdir TEXT
+    error TEXT, workdir TEXT, extra TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, seq);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -129,6 +130,9 @@ class Store:
         with self.tx():  # (executescript would commit on its own; run the statements one by one instead)
             for stmt in filter(str.strip, SCHEMA.split(";")):
                 self.db.execute(stmt)
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+            if "extra" not in have:  # a database written before the column existed
+                self.db.execute("ALTER TABLE runs ADD COLUMN extra TEXT")
 
     def _retry(self, fn, tries: int = 50):
         for i in range(tries):
@@ -264,6 +268,7 @@ class Store:
             self._upsert_metrics(db, run_id, metrics)
             cols = {k: summary.get(k) for k in ("steps", "tokens", "flops", "final_val_loss", "final_val_bpb",
                                                   "final_train_loss")}
+            cols["extra"] = json.dumps(summary["extra"], sort_keys=True) if summary.get("extra") else None
             db.execute(
                 f"UPDATE runs SET status=?, failures=?, error=?, finished=?, updated=?, "
                 f"{', '.join(f'{k}=COALESCE(?, {k})' for k in cols)}"

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
 from scaling.analysis import fit_from_dict, plots, report
 from scaling.cli import main
@@ -316,3 +317,54 @@ def test_envelopes_and_labels():
     assert L[0] == pytest.approx(4.0) and L[-1] == pytest.approx(1.0)
     assert np.all(L <= 4.0 + 1e-12)
     assert [plots.sci(v) for v in (1e15, 3e15, 1.5e12, 999.0, 0.0)] == ["1e15", "3e15", "1.5e12", "1e3", "0"]
+
+
+def _plot_accuracy(data, out):  # a study figure registered by the test below
+    from scaling.analysis.figures import FigureSkipped, StudyFigure
+
+    runs = data.runs.dropna(subset=["final_task_accuracy"])
+    if runs.empty:
+        raise FigureSkipped("no run has a task accuracy")
+    fig = Figure()
+    fig.gca().plot(runs["state_size"], runs["final_task_accuracy"], "o")
+    return StudyFigure(plots.save_figure(fig, out, "accuracy"), ["| run | accuracy |", "|---|---|"] +
+                       [f"| {r} | {a:.2f} |" for r, a in zip(runs["run_id"], runs["final_task_accuracy"], strict=True)])
+
+
+def test_extra_eval_metrics_and_study_figures(tmp_path, monkeypatch):
+    """A run's other eval metrics reach runs.extra through collect() and come back as final_<metric> columns;
+    a spec's figures are drawn by analyze, unknown names are refused, and missing data skips with a reason."""
+    from scaling.analysis import figures
+    from scaling.sweep import launchers, spec
+
+    monkeypatch.setitem(figures.FIGURES, "accuracy", (f"{__name__}:_plot_accuracy", "Accuracy vs state"))
+    with pytest.raises(spec.SpecError, match=r"sweep.figures: 'nope' is not a study figure; accepted: .*accuracy"):
+        spec.expand({"name": "x", "base": "configs/models/transformer_tiny.py", "figures": ["nope"]})
+    owner = owner_token()
+    with Store(tmp_path) as store:
+        store.add_sweep("s", {"name": "s", "figures": ["accuracy"]})
+        store.add_runs("s", [{"id": rid, "config": {"model": {"pattern": "A", "n_layers": 1, "d_model": 8}},
+                              "state_size": s, "context": 8, "batch_size": 1, "total_steps": 2,
+                              "flops_per_token": 100.0}
+                             for rid, s in (("a", 10), ("b", 100))])
+        for rid, acc in (("a", 0.25), ("b", None)):
+            row = store.claim(owner)
+            wd = tmp_path / "runs" / rid
+            wd.mkdir(parents=True)
+            (wd / "status.json").write_text(json.dumps({"status": "done", "step": 2}))
+            evals = {"kind": "eval", "step": 2, "val_loss": 1.5, "val_bpb": 2.0}
+            if acc is not None:
+                evals["task_accuracy"] = acc
+            (wd / "metrics.jsonl").write_text(json.dumps({"kind": "train", "step": 2, "loss": 1.4}) + "\n"
+                                              + json.dumps(evals) + "\n")
+            status, summary, metrics, err = launchers.collect(row, 0)
+            assert status == "done"
+            store.finish(rid, status, summary=summary, metrics=metrics, error=err, owner=owner)
+    runs = report.load_runs(tmp_path)
+    assert runs.attrs["axes"] == []
+    assert runs.set_index("run_id")["final_task_accuracy"].to_dict()["a"] == pytest.approx(0.25)
+    assert np.isnan(runs.set_index("run_id")["final_task_accuracy"]["b"])
+    rep = report.write_report(tmp_path, bootstrap=0, fast=True, progress=False)
+    text = rep.report.read_text()
+    assert "## Study figures" in text and "### Accuracy vs state" in text and "| a | 0.25 |" in text
+    assert (rep.out / "accuracy.png").exists() and (rep.out / "accuracy.svg").exists()
