@@ -76,17 +76,27 @@ def _flops(args) -> int:
 def _sweep(args) -> int:
     from rich.console import Console
 
+    from scaling.config import parse_override
     from scaling.sweep import launchers, load_spec
-    from scaling.sweep.spec import expand
+    from scaling.sweep.spec import expand, wall_defaults
 
+    overrides = dict(parse_override(item) for item in args.set)
     if args.dry_run:
-        launchers.print_plan(expand(load_spec(args.spec)), Console(width=max(Console().width, 220)))
+        sweep = load_spec(args.spec, scale=args.scale)
+        sweep.overrides = {**sweep.overrides, **overrides}
+        peak, mfu = wall_defaults(args.scale)
+        device = None
+        if args.peak_flops is None and args.mfu is None:
+            device = "an H100 SXM's dense bf16 peak" if args.scale == "full" else "a 2-core CPU, fp32"
+        launchers.print_plan(expand(sweep, check_data=False), Console(width=max(Console().width, 220)),
+                             peak_flops=peak if args.peak_flops is None else args.peak_flops,
+                             mfu=mfu if args.mfu is None else args.mfu, device=device)
         return 0
     params = dict(_kv(item, "--slurm-param") for item in args.slurm_param)
     result = launchers.run_sweep(
         args.spec, args.sweep_dir, launcher=args.launcher, workers=args.workers, retries=args.retries,
         progress=not args.no_progress and sys.stdout.isatty(), ray_address=args.ray_address,
-        slurm_cluster=args.slurm_cluster, slurm_params=params)
+        slurm_cluster=args.slurm_cluster, slurm_params=params, scale=args.scale, overrides=overrides)
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items() if v)
     print(f"sweep {result.sweep_dir}: {result.runs} runs ({counts}); trained {result.trained}, "
           f"recorded {result.skipped} already finished; {result.wall_s:.0f} s")
@@ -242,7 +252,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="local processes (default), Ray tasks, or Slurm jobs via submitit")
     sw.add_argument("--dry-run", action="store_true",
                     help="print the expanded run table (id, variant, context, params, state, tokens, steps, "
-                    "FLOPs, budget) and run nothing")
+                    "FLOPs, budget, estimated wall time) and run nothing; data.path need not exist yet")
+    sw.add_argument("--scale", default=None, metavar="SCALE",
+                    help="for specs with scales (experiments/papers/*.py): cpu (minutes on a laptop CPU, the "
+                    "embedded corpus) or full (the paper's setup, your tokenized data via --set data.path=...)")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config field in every run (repeatable), e.g. --set data.path=/data/tokens.bin")
+    sw.add_argument("--peak-flops", type=float, default=None,
+                    help="device peak FLOP/s for the dry run's wall-time estimate (default: 989e12, an H100's "
+                    "dense bf16, with --scale full; else 1e11, a 2-core CPU in fp32)")
+    sw.add_argument("--mfu", type=float, default=None,
+                    help="fraction of the peak a training step reaches, for the estimate (default 0.4 with "
+                    "--scale full, else 0.2)")
     sw.add_argument("--no-progress", action="store_true", help="log lines instead of the live display")
     sw.add_argument("--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or auto)")
     sw.add_argument("--slurm-cluster", default=None,

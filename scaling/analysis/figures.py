@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # name -> ("module:function", title). Add an entry per study figure.
-FIGURES: dict[str, tuple[str, str]] = {}
+FIGURES: dict[str, tuple[str, str]] = {
+    # paper reproductions (experiments/papers/, docs/papers/)
+    "power_attention": ("scaling.analysis.papers:power_attention",
+                        "Power attention vs softmax and windowed attention at equal FLOPs (Manifest AI 2025)"),
+    "sympow": ("scaling.analysis.papers:sympow", "Symmetric power transformers: loss vs steps and vs state size"),
+    "context_size": ("scaling.analysis.papers:context_size", "Compute-optimal context size: loss vs training context"),
+    "mamba_scaling": ("scaling.analysis.papers:mamba_scaling", "Mamba-2 vs Transformer++: loss vs training FLOPs"),
+}
 
 
 @dataclass

@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -361,13 +361,21 @@ def default_sweep_dir(name: str) -> Path:
     return Path("sweeps") / name
 
 
-def prepare(spec: str | Path | _spec.Sweep | dict, sweep_dir: str | Path | None = None):
-    """(sweep, plans, store, sweep_dir): expand and validate the spec, then record its runs (new ones only)."""
+def prepare(spec: str | Path | _spec.Sweep | dict, sweep_dir: str | Path | None = None, *, scale: str | None = None,
+            overrides: dict | None = None):
+    """(sweep, plans, store, sweep_dir): expand and validate the spec, then record its runs (new ones only).
+
+    ``scale``: the scale of a spec file with scales (``load_spec``); ``overrides``: {key: value} added to the
+    spec's overrides for every run (``scaling sweep --set``)."""
     spec_path = None
     if isinstance(spec, (str, Path)):
         spec_path = str(Path(spec).resolve())
-        spec = _spec.load_spec(spec)
+        spec = _spec.load_spec(spec, scale=scale)
+    elif scale is not None:
+        raise _spec.SpecError(f"--scale {scale}: a scale needs a spec file (experiments/papers/*.py)")
     sweep = _spec.as_sweep(spec)
+    if overrides:
+        sweep = replace(sweep, overrides={**sweep.overrides, **overrides})
     plans = _spec.expand(sweep)  # raises before anything is written
     sweep_dir = Path(sweep_dir or default_sweep_dir(sweep.name)).resolve()
     store = Store(sweep_dir)
@@ -378,7 +386,8 @@ def prepare(spec: str | Path | _spec.Sweep | dict, sweep_dir: str | Path | None 
 
 def run_sweep(spec, sweep_dir=None, *, launcher: str = "local", workers: int | None = None, retries: int = 1,
               progress: bool = False, ray_address: str | None = None, slurm_cluster: str | None = None,
-              slurm_params: dict | None = None, poll_s: float = 0.5, log=print) -> SweepResult:
+              slurm_params: dict | None = None, poll_s: float = 0.5, log=print, scale: str | None = None,
+              overrides: dict | None = None) -> SweepResult:
     """Run every pending run of ``spec`` (a spec file, a Sweep or a dict) and record the results.
 
     Args:
@@ -387,6 +396,7 @@ def run_sweep(spec, sweep_dir=None, *, launcher: str = "local", workers: int | N
       workers: runs at once (local: default_local_workers(); Ray: the cluster's CPUs; Slurm: all).
       retries: a failed run is tried again up to this many times (diverged runs are final).
       progress: a live rich display; otherwise one line per finished run through ``log``.
+      scale, overrides: see :func:`prepare`.
     """
     if launcher not in LAUNCHERS:
         raise _spec.SpecError(f"--launcher {launcher!r}: must be one of {', '.join(LAUNCHERS)}")
@@ -395,7 +405,7 @@ def run_sweep(spec, sweep_dir=None, *, launcher: str = "local", workers: int | N
     if retries < 0:
         raise _spec.SpecError(f"--retries {retries}: must be >= 0")
     t0 = time.time()
-    sweep, plans, store, sweep_dir = prepare(spec, sweep_dir)
+    sweep, plans, store, sweep_dir = prepare(spec, sweep_dir, scale=scale, overrides=overrides)
     ids = [p.run_id for p in plans]
     owner = owner_token()
     try:
@@ -567,18 +577,30 @@ class _Display:
 # Tables for the command line
 
 
-def print_plan(plans, console=None) -> None:
-    """The expanded run table of ``scaling sweep --dry-run``."""
+def format_seconds(s: float) -> str:
+    """A duration for tables: 42 s, 7.5 min, 3.2 h, 4.1 d."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if s >= 2 * size:
+            return f"{s / size:.1f} {unit}"
+    return f"{s:.0f} s"
+
+
+def print_plan(plans, console=None, *, peak_flops: float | None = None, mfu: float | None = None,
+               device: str | None = None) -> None:
+    """The expanded run table of ``scaling sweep --dry-run``; with ``peak_flops`` and ``mfu`` an estimated
+    wall time per run (training FLOPs / (mfu x peak_flops)) and in total, ``device`` naming the assumption."""
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    rows = _spec.table_rows(plans)
+    rows = _spec.table_rows(plans, peak_flops, mfu)
+    timed = peak_flops is not None and mfu is not None
     table = Table(title=f"{len(rows)} runs", show_lines=False)
     has_size = any(r["size"] for r in rows)
     has_point = any(r["point"] for r in rows)
     cols = ["run id", "variant"] + (["size"] if has_size else []) + (["axes"] if has_point else []) + [
-        "context", "params", "non-emb", "state", "tokens", "steps", "FLOPs", "budget", "vs budget"]
+        "context", "params", "non-emb", "state", "tokens", "steps", "FLOPs", "budget", "vs budget"] + (
+        ["est. wall"] if timed else [])
     for c in cols:
         table.add_column(c, justify="left" if c in ("run id", "variant", "size", "axes") else "right", no_wrap=True)
     for r in rows:
@@ -587,11 +609,17 @@ def print_plan(plans, console=None) -> None:
                   f"{r['tokens']:,}", f"{r['steps']:,}", f"{r['flops']:.3e}",
                   "-" if r["budget"] is None else f"{r['budget']:.2e}",
                   "-" if r["budget_error"] is None else f"{100 * r['budget_error']:+.2f}%"]
+        cells += [format_seconds(r["wall_s"])] if timed else []
         table.add_row(*cells)
     console.print(table)
     total = sum(r["flops"] for r in rows)
     console.print(f"total {total:.3e} training FLOPs (3 x forward), {sum(r['tokens'] for r in rows):,} tokens; "
                   "state: elements per sequence at the run's context. Nothing was run (--dry-run).")
+    if timed:
+        wall = sum(r["wall_s"] for r in rows)
+        console.print(f"est. wall: training FLOPs / (MFU {mfu:g} x peak {peak_flops:.3g} FLOP/s"
+                      f"{f', {device}' if device else ''}), one run at a time on the whole device; all runs "
+                      f"{format_seconds(wall)} (--peak-flops and --mfu change the assumption).")
 
 
 _STATUS_ORDER = {"running": 0, "pending": 1, "failed": 2, "diverged": 3, "done": 4}

@@ -46,6 +46,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib.util
+import inspect
 import itertools
 import json
 import math
@@ -61,6 +62,10 @@ from scaling import config as _config
 ROOT = Path(__file__).resolve().parents[2]  # the repository root (configs/, experiments/)
 
 RATIO_PARAMS = ("non_embedding", "total")
+
+# Scales of the paper reproductions (experiments/papers/): "cpu" finishes in minutes on a laptop's CPU on the
+# embedded corpus, "full" is the paper's own setup for a GPU cluster on the user's tokenized data.
+SCALES = ("cpu", "full")
 
 
 class SpecError(_config.ConfigError):
@@ -123,8 +128,15 @@ class RunPlan:
 # Loading
 
 
-def load_spec(path: str | Path) -> Sweep:
-    """Import a sweep file and return its ``get_sweep()`` as a :class:`Sweep` (a dict is converted)."""
+def load_spec(path: str | Path, scale: str | None = None) -> Sweep:
+    """Import a sweep file and return its ``get_sweep()`` as a :class:`Sweep` (a dict is converted).
+
+    ``scale``: for a spec whose ``get_sweep(scale=...)`` takes a scale (the paper reproductions of
+    ``experiments/papers/``: ``"cpu"``, a scaled-down version for a laptop, and ``"full"``, the paper's own
+    setup), the scale to build; None takes the function's default. The accepted values are the module's
+    ``SCALES`` tuple when it defines one, else :data:`SCALES`. A scale given to a spec without scales, or a
+    value not accepted, is a SpecError naming ``--scale``.
+    """
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"sweep spec {str(path)!r} does not exist")
@@ -133,7 +145,16 @@ def load_spec(path: str | Path) -> Sweep:
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_sweep"):
         raise SpecError(f"sweep spec {str(path)!r} has no get_sweep()")
-    return as_sweep(module.get_sweep())
+    takes_scale = "scale" in inspect.signature(module.get_sweep).parameters
+    if scale is None:
+        return as_sweep(module.get_sweep())
+    if not takes_scale:
+        raise SpecError(f"--scale {scale}: sweep spec {str(path)!r} has no scales (its get_sweep() takes no scale "
+                        "argument); run it without --scale")
+    accepted = tuple(getattr(module, "SCALES", SCALES))
+    if scale not in accepted:
+        raise SpecError(f"--scale {scale!r}: must be one of {', '.join(accepted)} for {str(path)!r}")
+    return as_sweep(module.get_sweep(scale=scale))
 
 
 def as_sweep(obj) -> Sweep:
@@ -297,9 +318,11 @@ def match_budget(cfg: ConfigDict, budget: float) -> tuple[int, float]:
     return int(math.floor(budget / step_flops + 0.5)), fpt
 
 
-def expand(spec: Sweep | dict) -> list[RunPlan]:
+def expand(spec: Sweep | dict, *, check_data: bool = True) -> list[RunPlan]:
     """All runs of a spec in a deterministic order (variant, size, axis point, budget), deduplicated by run id.
 
+    ``check_data=False`` (``scaling sweep --dry-run``) checks every data field but ``data.path``, so that a
+    paper-scale spec pointing at the user's tokenized data can be planned before the data exists.
     Raises SpecError (a ConfigError) naming the problem before anything runs.
     """
     s = as_sweep(spec)
@@ -323,12 +346,9 @@ def expand(spec: Sweep | dict) -> list[RunPlan]:
                 _apply(cfg, size_over, f"sweep.sizes[{size!r}]")
                 _apply(cfg, var_over, f"sweep.variants[{variant!r}]")
                 _apply(cfg, point, where)
-                try:
-                    _config.validate(cfg)
-                except _config.ConfigError as e:
-                    raise SpecError(f"{where}: {e}") from None
+                _validate(cfg, where, check_data)
                 for budget in (s.budgets or [None]):
-                    plan = _plan_budget(s, cfg, variant, size, point, budget, where)
+                    plan = _plan_budget(s, cfg, variant, size, point, budget, where, check_data)
                     if plan is None:
                         missing.append((_point_label(variant, "", point), budget))
                     elif plan.run_id not in seen:
@@ -339,7 +359,31 @@ def expand(spec: Sweep | dict) -> list[RunPlan]:
     return plans
 
 
-def _plan_budget(s: Sweep, cfg, variant, size, point, budget, where) -> RunPlan | None:
+def _validate(cfg: ConfigDict, where: str, check_data: bool = True) -> None:
+    """scaling.config.validate, as a SpecError naming the run point; a missing data path says how to pass one.
+
+    check_data=False: data.path is not looked at (the other data fields are still checked)."""
+    try:
+        if check_data:
+            _config.validate(cfg)
+        else:
+            _config.validate_model(cfg.model)
+            _config.validate_train(cfg.train)
+            from scaling.data.corpus import SOURCES, validate_data_config
+
+            data = cfg.data.to_dict()
+            if data.get("source") not in SOURCES:
+                validate_data_config(data)  # names the field and the accepted sources
+            validate_data_config({**data, "source": "stdlib", "path": None})
+    except (_config.ConfigError, ValueError, FileNotFoundError) as e:
+        msg = f"{where}: {e}"
+        if str(e).startswith("data.path"):
+            msg += ("; pass your data to every run with `scaling sweep SPEC --set data.path=/path/to/tokens.bin` "
+                    "(`--dry-run` plans without it)")
+        raise SpecError(msg) from None
+
+
+def _plan_budget(s: Sweep, cfg, variant, size, point, budget, where, check_data: bool = True) -> RunPlan | None:
     if budget is None:
         return _plan(cfg, variant, size, point, None)
     cfg = copy.deepcopy(cfg)
@@ -365,10 +409,7 @@ def _plan_budget(s: Sweep, cfg, variant, size, point, budget, where) -> RunPlan 
         if not lo <= ratio <= hi:
             return None
     t.steps, t.tokens = steps, 0
-    try:
-        _config.validate(cfg)
-    except _config.ConfigError as e:
-        raise SpecError(f"{where}, budget {budget:.3e}: {e}") from None
+    _validate(cfg, f"{where}, budget {budget:.3e}", check_data)
     return _plan(cfg, variant, size, point, float(budget))
 
 
@@ -383,8 +424,33 @@ def _check_isoflop_coverage(s: Sweep, sizes, missing) -> None:
                 f"gives D/N in [{lo}, {hi}]; add sizes or widen sweep.ratio_range")
 
 
-def table_rows(plans: list[RunPlan]) -> list[dict[str, Any]]:
-    """The expanded run table (what ``scaling sweep --dry-run`` prints), one dict per run."""
+# Estimated wall time of a run in the dry-run table: training FLOPs / (MFU x peak FLOP/s), one run at a time on
+# the whole device. "full": one H100 SXM's dense bf16 peak (989 TFLOP/s) at 40% MFU, a good large-model
+# training run. "cpu": a 2-core x86 CPU at 100 GFLOP/s fp32 (2 cores x 2 AVX2 FMA units x 8 lanes x 2 FLOPs
+# x ~1.5 GHz sustained) at 20% MFU, the rate the tiny models of the quickstart and the paper reproductions
+# reach on this repository's 2-core machine (15-37 GFLOP/s with two workers). Override with --peak-flops/--mfu.
+WALL_DEFAULTS: dict[str, tuple[float, float]] = {"full": (989e12, 0.4), "cpu": (1.0e11, 0.2)}
+
+
+def wall_defaults(scale: str | None) -> tuple[float, float]:
+    """(peak FLOP/s, MFU) the dry run assumes for a scale: "full" an H100, anything else this CPU."""
+    return WALL_DEFAULTS["full" if scale == "full" else "cpu"]
+
+
+def estimate_wall_s(flops: float, peak_flops: float, mfu: float) -> float:
+    """Seconds to spend ``flops`` training FLOPs at ``mfu`` of ``peak_flops`` FLOP/s."""
+    if not peak_flops > 0:
+        raise SpecError(f"--peak-flops {peak_flops!r}: must be > 0 (FLOP/s of the device, e.g. 989e12 for an H100)")
+    if not 0 < mfu <= 1:
+        raise SpecError(f"--mfu {mfu!r}: must be in (0, 1], the fraction of peak a training step reaches")
+    return float(flops) / (peak_flops * mfu)
+
+
+def table_rows(plans: list[RunPlan], peak_flops: float | None = None, mfu: float | None = None) -> list[dict[str, Any]]:
+    """The expanded run table (what ``scaling sweep --dry-run`` prints), one dict per run.
+
+    With ``peak_flops`` and ``mfu`` each row has ``wall_s``, the estimated wall time (:func:`estimate_wall_s`).
+    """
     rows = []
     for p in plans:
         rows.append({
@@ -394,5 +460,6 @@ def table_rows(plans: list[RunPlan]) -> list[dict[str, Any]]:
             "state_size": p.state_size, "tokens": p.tokens, "steps": p.steps, "flops": p.flops,
             "budget": p.budget,
             "budget_error": None if p.budget is None else p.flops / p.budget - 1,
+            "wall_s": None if peak_flops is None or mfu is None else estimate_wall_s(p.flops, peak_flops, mfu),
         })
     return rows

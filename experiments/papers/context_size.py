@@ -1,0 +1,72 @@
+"""Paper reproduction: Manifest AI, "Compute-Optimal Context Size" (Buckman, Gelada, May 2024;
+manifestai.com/articles/compute-optimal-context-size), docs/papers/context_size.md.
+
+Loss against training context at a fixed FLOP budget, for several model sizes: a longer context makes each
+prediction easier but costs attention FLOPs per token (4 * T * d_model per layer), so at fixed FLOPs it buys
+fewer tokens. The loss is U-shaped in log context; its minimum is the compute-optimal context for that
+model size and budget (``scaling.analysis.fits.fit_context_law``). The tokens per step are held fixed across
+contexts (the batch moves with the context), as in the article.
+
+``scale="full"``: GPT-2-style transformers at the article's scales, 124M to 1.6B (GPT-2 small, medium, large
+and XL: 12/24/36/48 layers at d_model 768/1024/1280/1600, heads of 64, the GPT-2 vocabulary of 50,257),
+contexts 2^9 to 2^15 (512 to 32,768 tokens), 2^19 tokens a step, on your tokenized data
+(``--set data.path=/path/to/tokens.bin``), every size FLOP-matched to two budgets, 1e19 and 1e20 training
+FLOPs (1e20 is about 20 tokens per parameter for the 1.6B model at context 2048): 56 runs. AdamW lr 6e-4
+(3e-4 for the two larger sizes), 2000 warm-up steps, cosine to 10%, weight decay 0.1, betas 0.9 / 0.95, clip
+1.0: GPT-2 defaults, since the article's optimiser settings are not restated here.
+
+``scale="cpu"``: three widths (d_model 32, 64, 96; 2 layers; heads of 16) x contexts 16, 64, 256 and 1024
+at 2,048 tokens a step, each run spending 1e12 training FLOPs, on the stdlib corpus (bytes).
+"""
+
+from scaling.sweep import Sweep
+
+SCALES = ("cpu", "full")
+
+# GPT-2 sizes (Radford et al. 2019): label -> (n_layers, d_model, peak lr).
+FULL_SIZES = {"124M": (12, 768, 6e-4), "355M": (24, 1024, 6e-4), "774M": (36, 1280, 3e-4), "1.6B": (48, 1600, 3e-4)}
+# Training FLOPs: every size at each budget; 1e20 is about 20 tokens per parameter for GPT-2 XL at context 2048.
+FULL_BUDGETS = [1e19, 1e20]
+
+
+def _size(n_layers: int, d_model: int, **extra) -> dict:
+    heads = d_model // (16 if d_model < 128 else 64)
+    return {"model.n_layers": n_layers, "model.d_model": d_model, "model.attention.n_heads": heads,
+            "model.attention.n_kv_heads": heads, "model.name": f"gpt-d{d_model}", **extra}
+
+
+def get_sweep(scale: str = "cpu") -> Sweep:
+    if scale == "full":
+        variants = {label: _size(n, d, **{"train.lr": lr}) for label, (n, d, lr) in FULL_SIZES.items()}
+        return Sweep(
+            name="context_size-full",
+            description="loss vs training context at fixed FLOPs, GPT-2 small to XL (Manifest AI 2024)",
+            base="configs/models/transformer_small.py",
+            overrides={
+                "model.vocab_size": 50257, "model.dtype": "bfloat16",
+                "train.warmup_steps": 2000, "train.min_lr_ratio": 0.1, "train.weight_decay": 0.1,
+                "train.b1": 0.9, "train.b2": 0.95, "train.grad_clip": 1.0,
+                "train.log_every": 50, "train.eval_every": 1000, "train.checkpoint_every": 1000,
+                "data.source": "tokens", "data.token_dtype": "uint16", "data.eval_batches": 32,
+            },
+            variants=variants,
+            axes={"train.context,train.batch_size": [(2**k, 2**19 // 2**k) for k in range(9, 16)]},
+            budgets=FULL_BUDGETS,
+            figures=["context_size"],
+        )
+    if scale != "cpu":
+        raise ValueError(f"scale {scale!r}: must be one of {', '.join(SCALES)}")
+    return Sweep(
+        name="context_size-cpu",
+        description="loss vs training context at 1e12 FLOPs for three widths, tiny transformers on the stdlib corpus",
+        base="configs/models/transformer_tiny.py",
+        overrides={
+            "train.lr": 3e-3, "train.warmup_steps": 20, "train.min_lr_ratio": 0.1,
+            "train.log_every": 10, "train.eval_every": 250, "train.checkpoint_every": 250,
+            "data.eval_batches": 4, "data.packing": False,
+        },
+        variants={f"d{d}": _size(2, d) for d in (32, 64, 96)},
+        axes={"train.context,train.batch_size": [(16, 128), (64, 32), (256, 8), (1024, 2)]},
+        budgets=[1.0e12],
+        figures=["context_size"],
+    )
