@@ -149,3 +149,17 @@ def test_full_scale_matches_the_papers_within_10_percent(study):
     if study == "mamba_scaling":
         assert {p.context for p in plans} == {2048, 8192}
         assert {p.batch_size * p.context for p in plans} == {2**19}  # 0.5M tokens a step
+
+
+def test_gpt2_weight_state_flop_ratio_table(capsys):
+    """`scaling flops` on GPT-2 small from 1k to 1M context: weight FLOPs 2 x 12 x (4 d^2 + 3 d d_ff) per token
+    against attention's 12 x 4 T d (scores and values over T keys), the table of the power attention paper."""
+    config = str(ROOT / "configs/papers/gpt2_124m.py")
+    contexts = [1024, 4096, 16384, 65536, 262144, 1048576]
+    assert cli.main(["flops", config, "--context", *map(str, contexts)]) == 0
+    out = capsys.readouterr().out
+    assert "123,551,232 params" in out  # GPT-2 small has 124.4M (learned positions instead of RoPE)
+    d, layers = 768, 12
+    weights = 2.0 * layers * (4 * d * d + 3 * d * 2048)
+    for t in contexts:
+        assert f"{t:,}" in out and f"{weights / (layers * 4.0 * t * d):.3g}" in out
