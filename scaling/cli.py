@@ -34,15 +34,35 @@ def _train(args) -> int:
 
 
 def _generate(args) -> int:
-    from scaling.inference import generate
+    import resource
+
+    from scaling.inference import StateError, generate
     from scaling.train import load_run
 
-    _, model, step = load_run(args.workdir)
+    prompt = args.prompt
+    if args.prompt_file:
+        prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+    elif prompt is None:
+        prompt = "" if args.load_state else "def "
+    cfg, model, step = load_run(args.workdir)
     print(f"[checkpoint step {step}]", file=sys.stderr)
-    sys.stdout.write(args.prompt)
-    generate(model, args.prompt, args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-             top_p=args.top_p, seed=args.seed, on_text=lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    if not args.prompt_file:
+        sys.stdout.write(prompt)
+    stats = {}
+    try:
+        generate(model, prompt, args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                 seed=args.seed, model_cfg=cfg.model, save_state_to=args.save_state, load_state_from=args.load_state,
+                 stats=stats, on_text=None if args.quiet else lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    except StateError as e:
+        print(f"StateError: {e}", file=sys.stderr)
+        return 2
     sys.stdout.write("\n")
+    if args.save_state:
+        print(f"[state after the prompt ({stats['prompt_tokens']:,} tokens) saved to {args.save_state}]",
+              file=sys.stderr)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(f"[{stats['generated']:,} tokens generated; position {stats['pos']:,}; decode state "
+          f"{stats['state_bytes']:,} bytes; peak RSS {peak:,.0f} MiB]", file=sys.stderr)
     return 0
 
 
@@ -206,7 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Prefill the prompt, then decode token by token with the recurrent state "
                        "(attention with its KV cache), streaming the text.")
     g.add_argument("workdir", help="a run directory written by `scaling train`")
-    g.add_argument("--prompt", default="def ", help="prompt text (default: 'def ')")
+    g.add_argument("--prompt", default=None, help="prompt text (default: 'def ', or '' with --load-state)")
+    g.add_argument("--prompt-file", help="read the prompt from this UTF-8 file (e.g. a long document to prefill)")
+    g.add_argument("--save-state", metavar="PATH", help="save the decode state after the prompt (.npz), "
+                   "to continue later with --load-state")
+    g.add_argument("--load-state", metavar="PATH", help="continue from a state saved by --save-state; the "
+                   "prompt (may be empty) is appended to what it has seen")
+    g.add_argument("--quiet", action="store_true", help="do not print the generated text")
     g.add_argument("--max-tokens", type=int, default=200, help="bytes to generate (default 200)")
     g.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
     g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
