@@ -66,6 +66,29 @@ def _generate(args) -> int:
     return 0
 
 
+def _tokenize(args) -> int:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    from scaling.data.tokenize import tokenize
+
+    with Progress(TextColumn("[bold]tokenize"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  TimeRemainingColumn(), disable=args.no_progress) as bar:
+        task = bar.add_task("tokenize", total=None)
+        try:
+            result = tokenize(args.input, args.out, fmt=args.format, glob=args.glob, text_field=args.text_field,
+                              dtype=args.dtype, progress=lambda done, total: bar.update(task, completed=done,
+                                                                                         total=total))
+        except ValueError as e:
+            bar.stop()
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    print(f"wrote {result.out}: {result.documents:,} documents ({result.format}), {result.tokens:,} tokens "
+          f"({args.dtype}, BOS + bytes + EOS each) from {result.input_bytes:,} bytes")
+    print(f"train on it: scaling train CONFIG --set data.source=tokens --set data.path={result.out}"
+          + ("" if args.dtype == "uint16" else f" --set data.token_dtype={args.dtype}"))
+    return 0
+
+
 def _flops(args) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -239,6 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(func=_generate)
+
+    tk = sub.add_parser("tokenize", help="convert a text directory, .jsonl or text file into a memory-mapped token "
+                        "file for data.source=tokens",
+                        description="Stream documents through the byte tokenizer into FILE (.bin: raw ids, or .npy), "
+                        "each as BOS, bytes, EOS, so data.source=tokens reads back the same documents.")
+    tk.add_argument("input", help="a directory of text files, a .jsonl file or a text file (one document)")
+    tk.add_argument("--out", required=True, help="the token file to write, e.g. data/corpus.bin")
+    tk.add_argument("--format", default="auto", choices=("auto", "text_dir", "jsonl", "txt"),
+                    help="input kind (auto: a directory is text_dir, *.jsonl is jsonl, else txt)")
+    tk.add_argument("--glob", default="**/*.txt", help="files of a text directory (default **/*.txt)")
+    tk.add_argument("--text-field", default="text", help="the JSONL field holding the text (default text)")
+    tk.add_argument("--dtype", default="uint16", choices=("uint16", "uint32"), help="id dtype (default uint16)")
+    tk.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tk.set_defaults(func=_tokenize)
 
     f = sub.add_parser("flops", help="params, FLOPs per token, state size and the weight/state FLOP split",
                        description="Forward FLOPs per token (2 per multiply-add) at each context, split into "
