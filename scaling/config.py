@@ -85,6 +85,10 @@ def default_train_config() -> ConfigDict:
         "keep_checkpoints": 3,
         "log_every": 10,
         "seed": 0,
+        # a run directory whose newest parameters start this run (fresh optimizer), converted where the layer
+        # patterns differ (attention -> power retention, scaling/convert.py); "run:<id>" is a sibling run
+        # directory (a sweep's runs/<id>). None: random initialisation.
+        "init_from": None,
     })
 
 
@@ -286,6 +290,10 @@ def validate_train(t: ConfigDict, prefix: str = "train") -> None:
             _fail(f"{prefix}.{name}", t[name], "must be in [0, 1)")
     if not t.grad_clip > 0:
         _fail(f"{prefix}.grad_clip", t.grad_clip, "must be > 0")
+    init_from = t.get("init_from")
+    if init_from is not None and (not isinstance(init_from, str) or not init_from.strip()):
+        _fail(f"{prefix}.init_from", init_from, "must be None or a run directory (a path, or run:<id> for a "
+              "sibling run of a sweep)")
 
 
 def validate(cfg: ConfigDict) -> None:
@@ -314,6 +322,20 @@ def layer_pattern(m: ConfigDict) -> str:
     """The pattern repeated (and cut) to n_layers letters: "MMMA" with 8 layers -> "MMMAMMMA"."""
     reps = -(-m.n_layers // len(m.pattern))
     return (m.pattern * reps)[: m.n_layers]
+
+
+def load_run_config(workdir: str | Path, overrides=None) -> ConfigDict:
+    """The config of a run workdir (its config.json), with overrides applied and validated."""
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{str(workdir)!r} is a directory without config.json: give a config file or a run workdir")
+    import json
+
+    cfg = default_config()
+    merge(cfg, _tuples(json.loads(path.read_text())["config"]))
+    apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
 
 
 def from_dict(d: dict) -> ConfigDict:

@@ -238,6 +238,12 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
         data_iter.set_state(restored.data_state)
         step = restored.step
         log.info("resumed %s from step %d", workdir, step)
+    elif t.get("init_from"):
+        from scaling.convert import init_params_from
+
+        params, src, src_step = init_params_from(cfg, workdir)
+        train_state = jax.device_put({"params": params, "opt": tx.init(params)}, replicated)
+        log.info("initialised %s from %s (step %d)", workdir, src, src_step)
 
     counts = accounting.params(cfg)
     tokens_per_step = t.batch_size * t.context
@@ -251,6 +257,8 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     metrics = MetricsLog(workdir, step)
     train_step, eval_step = make_steps(graphdef, tx)
 
+    if step == 0 and t.get("init_from"):  # the loss right after initialisation from another run
+        metrics.write({"kind": "eval", "step": 0, **evaluate(eval_step, train_state["params"], eval_batches, shard)})
     status, last = "done", {}
     bar = _Progress(total, step, enabled=progress, title=m.name)
     try:

@@ -24,6 +24,8 @@ FIGURES: dict[str, tuple[str, str]] = {
     "sympow": ("scaling.analysis.papers:sympow", "Symmetric power transformers: loss vs steps and vs state size"),
     "context_size": ("scaling.analysis.papers:context_size", "Compute-optimal context size: loss vs training context"),
     "mamba_scaling": ("scaling.analysis.papers:mamba_scaling", "Mamba-2 vs Transformer++: loss vs training FLOPs"),
+    "metamorphosis": ("scaling.analysis.papers_metamorphosis:metamorphosis",
+                      "Metamorphosis: a transformer's attention swapped for power retention, then retrained"),
 }
 
 

@@ -112,6 +112,7 @@ class RunPlan:
     state_size: int  # elements per sequence at the run's context
     context: int
     batch_size: int
+    depends_on: str | None = None  # a run of the sweep that must finish first (train.init_from = "run:<id>")
 
     def summary(self) -> dict[str, Any]:
         """The run's columns for the results store (everything but the config)."""
@@ -121,6 +122,7 @@ class RunPlan:
             "planned_flops": self.flops, "flops_per_token": self.flops_per_token, "total_steps": self.steps,
             "params": self.params, "non_embedding_params": self.non_embedding_params,
             "state_size": self.state_size, "context": self.context, "batch_size": self.batch_size,
+            "depends_on": self.depends_on,
         }
 
 
@@ -356,7 +358,44 @@ def expand(spec: Sweep | dict, *, check_data: bool = True) -> list[RunPlan]:
                         plans.append(plan)
     if s.sizes and s.ratio_range is not None:
         _check_isoflop_coverage(s, sizes, missing)
-    return plans
+    return _resolve_init_from(plans)
+
+
+VARIANT_PREFIX = "variant:"
+
+
+def _resolve_init_from(plans: list[RunPlan]) -> list[RunPlan]:
+    """``train.init_from = "variant:<label>"`` names the run of that variant at the same size, axis point and
+    budget; it becomes ``"run:<id>"`` (a sibling run directory) and the plan depends on that run, so the
+    launcher claims it only once that run is done. Changing init_from changes the run id."""
+    by_key = {(p.variant, p.size, json.dumps(p.point, sort_keys=True, default=str), p.budget): p for p in plans}
+    out: list[RunPlan] = []
+    for p in plans:
+        ref = p.cfg.train.get("init_from")
+        if not (isinstance(ref, str) and ref.startswith(VARIANT_PREFIX)):
+            out.append(p)
+            continue
+        label = ref[len(VARIANT_PREFIX):]
+        where = _point_label(p.variant, p.size, p.point)
+        src = by_key.get((label, p.size, json.dumps(p.point, sort_keys=True, default=str), p.budget))
+        if src is None:
+            variants = sorted({q.variant for q in plans})
+            raise SpecError(f"{where}: train.init_from = {ref!r}: no run of variant {label!r} at this point "
+                            f"(variants: {', '.join(variants)})")
+        if src.cfg.train.get("init_from"):
+            raise SpecError(f"{where}: train.init_from = {ref!r}: that run is itself initialised from another "
+                            "run; chains are not supported")
+        from scaling.convert import check_convertible
+
+        try:
+            check_convertible(src.cfg, p.cfg)
+        except _config.ConfigError as e:
+            raise SpecError(f"{where}: train.init_from = {ref!r}: {e}") from None
+        cfg = copy.deepcopy(p.cfg)
+        cfg.train.init_from = f"run:{src.run_id}"
+        plan = _plan(cfg, p.variant, p.size, p.point, p.budget)
+        out.append(dataclasses.replace(plan, depends_on=src.run_id))
+    return out
 
 
 def _validate(cfg: ConfigDict, where: str, check_data: bool = True) -> None:

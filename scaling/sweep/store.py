@@ -9,7 +9,10 @@ Tables
              analysis queries directly: budget and FLOPs (training FLOPs, 3 x forward), params,
              non_embedding_params, state_size (elements per sequence), context, tokens, steps done and
              total, final val loss / bits per byte and final train loss (nats per token), and ``extra``: the
-             run's other final eval metrics as JSON (e.g. ``{"task_accuracy": 0.97}``; see launchers.collect).
+             run's other final eval metrics as JSON (e.g. ``{"task_accuracy": 0.97}``; see launchers.collect),
+             and ``depends_on``: the id of a run that must be done before this one is claimed (a run whose
+             ``train.init_from`` is another run of the sweep); if that run ends failed or diverged, this
+             one is marked failed instead of waiting forever.
 ``metrics``  one row per (run id, step): tokens, flops, train loss, val loss, val bpb, lr; the primary key
              makes re-ingesting a run (after a resume) replace its rows instead of duplicating them.
 
@@ -54,7 +57,7 @@ CREATE TABLE IF NOT EXISTS runs (
     params INTEGER, non_embedding_params INTEGER, state_size INTEGER, context INTEGER, batch_size INTEGER,
     tokens INTEGER, steps INTEGER NOT NULL DEFAULT 0, total_steps INTEGER,
     final_val_loss REAL, final_val_bpb REAL, final_train_loss REAL,
-    error TEXT, workdir TEXT, extra TEXT
+    error TEXT, workdir TEXT, extra TEXT, depends_on TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, seq);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -67,7 +70,7 @@ CREATE TABLE IF NOT EXISTS metrics (
 
 RUN_SUMMARY_COLUMNS = (
     "variant", "size", "point", "budget", "planned_flops", "flops_per_token", "total_steps", "params",
-    "non_embedding_params", "state_size", "context", "batch_size",
+    "non_embedding_params", "state_size", "context", "batch_size", "depends_on",
 )
 
 
@@ -133,6 +136,8 @@ class Store:
             have = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
             if "extra" not in have:  # a database written before the column existed
                 self.db.execute("ALTER TABLE runs ADD COLUMN extra TEXT")
+            if "depends_on" not in have:
+                self.db.execute("ALTER TABLE runs ADD COLUMN depends_on TEXT")
 
     def _retry(self, fn, tries: int = 50):
         for i in range(tries):
@@ -203,16 +208,26 @@ class Store:
     # Claims
 
     def claim(self, owner: str | None = None, ids: Iterable[str] | None = None) -> sqlite3.Row | None:
-        """Atomically move the first pending run (in spec order, among ``ids`` if given) to running,
-        owned by ``owner`` (default: this process). Returns its row, or None when nothing is pending."""
+        """Atomically move the first pending run (in spec order, among ``ids`` if given) whose ``depends_on``
+        run (if any) is done to running, owned by ``owner`` (default: this process). Returns its row, or None
+        when nothing can be claimed now. A pending run whose dependency ended failed or diverged is marked
+        failed on the way."""
         owner = owner or owner_token()
         host, pid, _ = owner.rsplit(":", 2)
         allowed = None if ids is None else set(ids)
         now = time.time()
         with self.tx() as db:
-            for row in db.execute("SELECT id FROM runs WHERE status = 'pending' ORDER BY seq").fetchall():
+            for row in db.execute("SELECT r.id, r.depends_on, d.status AS dep_status FROM runs r LEFT JOIN runs d "
+                                  "ON d.id = r.depends_on WHERE r.status = 'pending' ORDER BY r.seq").fetchall():
                 if allowed is not None and row["id"] not in allowed:
                     continue
+                if row["depends_on"] and row["dep_status"] in ("failed", "diverged"):
+                    db.execute("UPDATE runs SET status='failed', finished=?, updated=?, error=? WHERE id=?",
+                               (now, now, f"run {row['depends_on']}, which it is initialised from, ended "
+                                f"{row['dep_status']}", row["id"]))
+                    continue
+                if row["depends_on"] and row["dep_status"] != "done":
+                    continue  # waits for the run it starts from
                 db.execute("UPDATE runs SET status='running', attempts=attempts+1, host=?, pid=?, owner=?, "
                            "job=NULL, claimed=?, updated=?, error=NULL WHERE id=? AND status='pending'",
                            (host, int(pid), owner, now, now, row["id"]))

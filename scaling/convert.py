@@ -1,0 +1,195 @@
+"""Metamorphosis: a trained transformer's attention layers become power retention layers with the same weights.
+
+Attention and power retention share their q/k/v/o projections (``scaling.models.layers.QKVO``: the same
+parameter names, shapes, RoPE and 1/sqrt(head_dim) score scale), so converting a layer keeps every weight
+and adds only the retention gate, initialised to a constant near 1 (kernel 0, bias logit(gate_init)). With
+the gate at exactly 1 and p = 2, a converted layer computes power attention, softmax's exp(s) replaced by
+s^2 and normalised by the row sum, on the transformer's own q, k and v; retraining all weights then
+recovers the transformer's loss (Manifest AI's PowerCoder and Brumby "metamorphosis").
+
+- :func:`convert_config` maps a run config: pattern letters A -> R, the retention heads and RoPE copied
+  from the attention section, the rest of the retention section (p, chunk size, gate_init) as configured.
+- :func:`convert_params` maps parameters by name: every parameter of the new model is the source's
+  parameter of the same name and shape, except the gates of converted layers; anything else is an error.
+- :func:`init_params_from` is what ``train.init_from`` does at the start of a run (see scaling/train.py).
+- :func:`convert_run` (``scaling convert WORKDIR --to R --out NEWDIR``) writes a new run workdir: the
+  converted config (``train.init_from`` = the source) and a step-0 checkpoint, so ``scaling train NEWDIR``
+  retrains it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from scaling import config as _config
+
+TARGETS = {"R": "power retention"}
+SOURCE = "A"  # the mixer whose weights a target takes
+_SHARED = ("n_heads", "n_kv_heads", "rope", "rope_theta")  # must agree for the q/k/v/o weights to fit
+_LAYER = re.compile(r"^\['blocks'\]\[(\d+)\]")
+RUN_PREFIX = "run:"
+
+
+class ConversionError(_config.ConfigError):
+    """A conversion cannot be done; the message names the field, parameter or path and why."""
+
+
+def convert_config(src_cfg, to: str = "R", overrides=()):
+    """The run config of ``src_cfg`` with every attention layer turned into ``to`` (only "R").
+
+    ``overrides`` (``"model.retention.p=4"`` strings or (key, value) pairs) apply after the conversion; they
+    may not change the retention heads or RoPE away from the attention's. Raises ConversionError.
+    """
+    if to not in TARGETS:
+        raise ConversionError(f"--to {to!r}: must be one of {', '.join(TARGETS)} ("
+                              + ", ".join(f"{k}: {v}" for k, v in TARGETS.items())
+                              + "), the mixers that take attention's q/k/v/o weights")
+    m = src_cfg.model
+    pattern = _config.layer_pattern(m)
+    if SOURCE not in pattern:
+        raise ConversionError(f"model.pattern = {m.pattern!r}: the source has no attention layer (A) to convert")
+    if to in pattern:
+        for key in _SHARED:
+            if m.retention[key] != m.attention[key]:
+                raise ConversionError(
+                    f"model.retention.{key} = {m.retention[key]!r}: the source's own {to} layers use it, but its "
+                    f"attention layers have model.attention.{key} = {m.attention[key]!r}; one retention section "
+                    "cannot serve both, so this model cannot be converted")
+    cfg = copy.deepcopy(src_cfg)
+    cfg.model.pattern = m.pattern.replace(SOURCE, to)
+    for key in _SHARED:
+        cfg.model.retention[key] = m.attention[key]
+    cfg.model.name = f"{m.name}-to-{to}"
+    _config.apply_overrides(cfg, overrides)
+    for key in _SHARED:
+        if cfg.model.retention[key] != m.attention[key]:
+            raise ConversionError(
+                f"model.retention.{key} = {cfg.model.retention[key]!r}: must equal the source's "
+                f"model.attention.{key} = {m.attention[key]!r} for its q/k/v/o weights to fit")
+    if _config.layer_pattern(cfg.model) != _config.layer_pattern(m).replace(SOURCE, to):
+        raise ConversionError(f"model.pattern / model.n_layers: overrides changed the layer pattern to "
+                              f"{_config.layer_pattern(cfg.model)!r}; a conversion keeps the source's layers")
+    _config.validate(cfg)
+    return cfg
+
+
+def _gate_init(path: str, like, gate_init: float):
+    if path.endswith("['kernel'].value"):
+        return jnp.zeros(like.shape, like.dtype)  # a constant gate: sigmoid(bias) at every token
+    return jnp.full(like.shape, math.log(gate_init / (1 - gate_init)), like.dtype)
+
+
+def convert_params(src_cfg, src_params, dst_cfg):
+    """The parameters of ``dst_cfg``'s model from a source model's parameters (an ``nnx.State`` of Params).
+
+    Layers keep their mixer or turn from attention (A) into power retention (R). Raises ConversionError
+    naming the parameter when a shape or dtype differs, a parameter has no source, or a source parameter
+    would be dropped.
+    """
+    from scaling.models import build
+    from scaling.train import _flat, _unflat
+
+    src_pat, dst_pat = _config.layer_pattern(src_cfg.model), _config.layer_pattern(dst_cfg.model)
+    if len(src_pat) != len(dst_pat):
+        raise ConversionError(f"model.n_layers = {dst_cfg.model.n_layers}: the source has {len(src_pat)} layers")
+    for i, (a, b) in enumerate(zip(src_pat, dst_pat, strict=True)):
+        if a != b and (a, b) != (SOURCE, "R"):
+            raise ConversionError(f"model.pattern: layer {i} is {a!r} in the source and {b!r} here; layers keep "
+                                  f"their mixer or turn from A (attention) into R (power retention)")
+    # Built abstractly: only the structure, shapes and dtypes of the target are needed.
+    dst_like = nnx.state(nnx.eval_shape(lambda: build(dst_cfg.model)), nnx.Param)
+    src_flat, dst_flat = _flat(src_params), _flat(dst_like)
+    out, used = {}, set()
+    for path, like in dst_flat.items():
+        layer = _LAYER.match(path)
+        converted = layer is not None and src_pat[int(layer.group(1))] != dst_pat[int(layer.group(1))]
+        if converted and path.startswith(f"{layer.group(0)}['mixer']['gate']"):
+            out[path] = _gate_init(path, like, dst_cfg.model.retention.gate_init)
+            continue
+        if path not in src_flat:
+            raise ConversionError(f"parameter {path} of the new model has no counterpart in the source model")
+        a = src_flat[path]
+        if tuple(a.shape) != tuple(like.shape) or np.dtype(a.dtype) != np.dtype(like.dtype):
+            raise ConversionError(f"parameter {path}: the source's is {np.dtype(a.dtype)}{list(a.shape)}, the new "
+                                  f"model needs {np.dtype(like.dtype)}{list(like.shape)}")
+        out[path] = a if isinstance(a, jax.ShapeDtypeStruct) else jnp.asarray(a)
+        used.add(path)
+    dropped = sorted(set(src_flat) - used)
+    if dropped:
+        raise ConversionError(f"the conversion would drop {len(dropped)} source parameter(s), e.g. {dropped[0]}")
+    return _unflat(out, dst_like)
+
+
+def check_convertible(src_cfg, dst_cfg) -> None:
+    """Raise ConversionError unless a run of ``src_cfg`` can initialise ``dst_cfg`` (shapes only, no compute)."""
+    from scaling.models import build
+
+    src_like = nnx.state(nnx.eval_shape(lambda: build(src_cfg.model)), nnx.Param)
+    convert_params(src_cfg, src_like, dst_cfg)
+
+
+def resolve_init_from(value: str, workdir) -> Path:
+    """The run directory ``train.init_from`` names: ``run:<id>`` is a sibling of ``workdir`` (a sweep's
+    runs/<id>); anything else is a path (relative to the current directory)."""
+    if value.startswith(RUN_PREFIX):
+        return Path(workdir).resolve().parent / value[len(RUN_PREFIX):]
+    return Path(value).expanduser().resolve()
+
+
+def init_params_from(cfg, workdir):
+    """(params, source dir, source step): the newest parameters of the run ``cfg.train.init_from``, converted
+    to ``cfg``'s model (attention layers become retention where the patterns differ)."""
+    from scaling.train import load_run
+
+    src = resolve_init_from(cfg.train.init_from, workdir)
+    if not src.is_dir():
+        raise FileNotFoundError(f"train.init_from = {cfg.train.init_from!r}: no run directory {str(src)!r}")
+    src_cfg, src_model, step = load_run(src)
+    return convert_params(src_cfg, nnx.state(src_model, nnx.Param), cfg), src, step
+
+
+def convert_run(workdir, out, to: str = "R", overrides=()) -> tuple:
+    """Write ``out``: a run workdir whose model is ``workdir``'s newest checkpoint converted to ``to``.
+
+    ``out`` gets config.json (the converted config, ``train.init_from`` = ``workdir``) and a step-0 checkpoint
+    (converted parameters, a fresh optimizer state and data position), so ``scaling train out`` retrains it.
+    Returns (cfg, source step). Everything is checked before ``out`` is written; ``out`` must not exist or
+    be empty.
+    """
+    from scaling.checkpoint import Checkpointer
+    from scaling.data import make_train_iterator
+    from scaling.train import _flat, _write_json, init_train_state, load_run, run_id
+
+    workdir, out = Path(workdir).resolve(), Path(out).resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConversionError(f"--out {str(out)!r}: exists and is not an empty directory; give a new one")
+    if out == workdir:
+        raise ConversionError("--out: must differ from the source workdir")
+    src_cfg, src_model, step = load_run(workdir)  # FileNotFoundError: no config.json / no checkpoint
+    cfg = convert_config(src_cfg, to, overrides)
+    cfg.train.init_from = str(workdir)
+    _config.validate(cfg)
+    params = convert_params(src_cfg, nnx.state(src_model, nnx.Param), cfg)
+    _, _, tx, _ = init_train_state(cfg)
+    state = {"params": params, "opt": tx.init(params)}
+    data_state = make_train_iterator(cfg.data, batch_size=cfg.train.batch_size, context=cfg.train.context,
+                                     seed=cfg.train.seed).get_state()
+    out.mkdir(parents=True, exist_ok=True)
+    rid = run_id(cfg)
+    with Checkpointer(out / "checkpoints", keep=cfg.train.keep_checkpoints) as ckpt:
+        ckpt.save(0, _flat(state), data_state=data_state,
+                  meta={"converted_from": str(workdir), "source_step": step, "to": to})
+    _write_json(out / "config.json", {"run_id": rid, "config": _config.to_dict(cfg)})
+    (out / "converted.json").write_text(json.dumps(
+        {"source": str(workdir), "source_step": step, "source_pattern": src_cfg.model.pattern,
+         "pattern": cfg.model.pattern, "to": to, "gate_init": cfg.model.retention.gate_init}, indent=2))
+    return cfg, step

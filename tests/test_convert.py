@@ -1,0 +1,144 @@
+"""Metamorphosis: attention -> power retention with the same weights (scaling/convert.py, train.init_from)."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from scaling import config
+from scaling.convert import ConversionError, check_convertible, convert_config, convert_params, convert_run
+from scaling.models import build
+from scaling.ops.power_retention import power_retention
+from scaling.train import _flat, load_run, train
+from tests.helpers import rel_err
+
+SRC = ["model.pattern='A'", "model.d_model=32", "model.n_layers=2", "model.attention.n_heads=4",
+       "model.attention.n_kv_heads=2", "model.retention.chunk_size=8"]
+TRAIN = ["train.batch_size=4", "train.context=32", "train.log_every=1", "train.eval_every=2",
+         "data.eval_batches=1", "train.warmup_steps=1", "train.checkpoint_every=2"]
+
+
+def _pair(seed=3, gate_logit=None):
+    src_cfg = config.load(None, SRC)
+    src = build(src_cfg.model, seed=seed)
+    dst_cfg = convert_config(src_cfg, "R")
+    params = convert_params(src_cfg, nnx.state(src, nnx.Param), dst_cfg)
+    dst = nnx.merge(nnx.graphdef(build(dst_cfg.model)), params)
+    if gate_logit is not None:
+        for blk in dst.blocks:
+            blk.mixer.gate.bias[...] = jnp.full_like(blk.mixer.gate.bias[...], gate_logit)
+    return src_cfg, src, dst_cfg, dst
+
+
+def power_attention_reference(q, k, v, eps=1e-6):
+    """Causal (scale q.k)^2-weighted attention normalised by the row sum, GQA by repeating kv heads: the
+    definition, with the eps the retention op adds to its denominator."""
+    b, t, hq, d = q.shape
+    rep = hq // k.shape[2]
+    k, v = jnp.repeat(k, rep, axis=2), jnp.repeat(v, rep, axis=2)
+    s = jnp.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(d)
+    w = jnp.where(jnp.tril(jnp.ones((t, t), bool)), s**2, 0.0)
+    return jnp.einsum("bhij,bjhe->bihe", w, v) / (jnp.sum(w, axis=-1).transpose(0, 2, 1)[..., None] + eps)
+
+
+def test_converted_retention_with_gates_at_one_is_power_attention():
+    """p = 2 retention with the gate at exactly 1 computes power attention on the transformer's own q, k, v."""
+    _, src, dst_cfg, dst = _pair(gate_logit=200.0)  # log_sigmoid(200) = -exp(-200) = 0 in float32
+    assert dst_cfg.model.pattern == "R" and dst_cfg.model.retention.p == 2
+    x = jax.random.normal(jax.random.key(0), (2, 21, 32))
+    pos = jnp.arange(21)
+    for s_blk, d_blk in zip(src.blocks, dst.blocks, strict=True):
+        q, k, v = s_blk.mixer.proj.qkv(x, pos)  # the source attention's projections and RoPE
+        want = s_blk.mixer.proj.out(power_attention_reference(q, k, v))
+        got = d_blk.mixer(x, pos)  # the converted layer, chunked form
+        assert rel_err(got, want) < 1e-5
+        parallel = s_blk.mixer.proj.out(power_retention(q, k, v, None, p=2, form="parallel"))
+        assert rel_err(got, parallel) < 1e-5
+
+    # the whole converted model = the source model with each softmax replaced by power attention
+    tokens = jax.random.randint(jax.random.key(1), (2, 21), 0, 256)
+    h = src.embed(tokens)
+    for blk in src.blocks:
+        q, k, v = blk.mixer.proj.qkv(blk.norm1(h), pos)
+        h = h + blk.mixer.proj.out(power_attention_reference(q, k, v))
+        h = h + blk.mlp(blk.norm2(h))
+    assert rel_err(dst(tokens), src.logits(h)) < 1e-5
+
+
+def test_conversion_copies_every_weight_and_starts_the_gate_near_one():
+    src_cfg, src, dst_cfg, dst = _pair()
+    s, d = _flat(nnx.state(src, nnx.Param)), _flat(nnx.state(dst, nnx.Param))
+    gates = {k for k in d if "['gate']" in k and "['mixer']" in k}
+    assert len(gates) == 4 and set(d) - gates == set(s)
+    for key in s:
+        np.testing.assert_array_equal(np.asarray(d[key]), np.asarray(s[key]))
+    for key in gates:
+        want = 0.0 if key.endswith("['kernel'].value") else math.log(0.999 / 0.001)
+        np.testing.assert_allclose(np.asarray(d[key]), want, rtol=1e-6)
+    r, a = dst_cfg.model.retention, src_cfg.model.attention
+    assert (r.n_heads, r.n_kv_heads, r.rope, r.rope_theta) == (a.n_heads, a.n_kv_heads, a.rope, a.rope_theta)
+
+
+def test_conversion_errors_name_the_problem():
+    src_cfg = config.load(None, SRC)
+    with pytest.raises(ConversionError, match="--to 'M': must be one of R"):
+        convert_config(src_cfg, "M")
+    with pytest.raises(ConversionError, match="model.retention.n_kv_heads = 4: must equal the source's "
+                                              "model.attention.n_kv_heads = 2"):
+        convert_config(src_cfg, "R", ["model.retention.n_kv_heads=4"])
+    with pytest.raises(ConversionError, match="no attention layer"):
+        convert_config(config.load(None, SRC + ["model.pattern='M'"]), "R")
+    hybrid = config.load(None, SRC + ["model.pattern='AR'", "model.retention.n_heads=8"])
+    with pytest.raises(ConversionError, match="one retention section cannot serve both"):
+        convert_config(hybrid, "R")
+    wider = convert_config(src_cfg, "R", ["model.d_ff=64"])
+    msg = (r"parameter \['blocks'\]\[0\]\['mlp'\]\['down'\]\['kernel'\].value: the source's is float32\[96, 32\], "
+           r"the new model needs float32\[64, 32\]")
+    with pytest.raises(ConversionError, match=msg):
+        check_convertible(src_cfg, wider)
+    mamba = config.load(None, SRC + ["model.pattern='M'"])
+    with pytest.raises(ConversionError, match="layer 0 is 'A' in the source and 'M' here"):
+        check_convertible(src_cfg, mamba)
+
+
+def test_convert_run_then_train_continues(tmp_path):
+    src_cfg = config.load(None, SRC + TRAIN + ["train.steps=4"])
+    train(src_cfg, tmp_path / "src", progress=False)
+    cfg, step = convert_run(tmp_path / "src", tmp_path / "dst", "R", ["train.steps=2"])
+    assert step == 4 and cfg.train.init_from == str((tmp_path / "src").resolve())
+    meta = json.loads((tmp_path / "dst/converted.json").read_text())
+    assert meta["source_step"] == 4 and meta["pattern"] == "R"
+    # the step-0 checkpoint holds the converted weights
+    _, model0, step0 = load_run(tmp_path / "dst")
+    _, src_model, _ = load_run(tmp_path / "src")
+    assert step0 == 0
+    np.testing.assert_array_equal(np.asarray(model0.blocks[1].mixer.proj.q.kernel[...]),
+                                  np.asarray(src_model.blocks[1].mixer.proj.q.kernel[...]))
+    res = train(config.load_run_config(tmp_path / "dst"), tmp_path / "dst", progress=False)
+    assert res.status == "done" and res.step == 2
+    rows = [json.loads(r) for r in (tmp_path / "dst/metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 2]  # the loss right after the conversion is recorded
+
+    # train.init_from without convert_run converts at the start of training: the same step-0 loss
+    direct = config.load(None, SRC + TRAIN + ["model.pattern='R'", "model.retention.n_kv_heads=2", "train.steps=2",
+                                              f"train.init_from='{tmp_path / 'src'}'"])
+    train(direct, tmp_path / "direct", progress=False)
+    rows2 = [json.loads(r) for r in (tmp_path / "direct/metrics.jsonl").read_text().splitlines()]
+    assert rows2[0]["step"] == 0 and rows2[0]["val_loss"] == pytest.approx(evals[0]["val_loss"], rel=1e-6)
+
+    with pytest.raises(ConversionError, match="not an empty directory"):
+        convert_run(tmp_path / "src", tmp_path / "dst", "R")
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        convert_run(tmp_path / "nothing", tmp_path / "new", "R")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty/config.json").write_text((tmp_path / "src/config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="has no checkpoint"):
+        convert_run(tmp_path / "empty", tmp_path / "new2", "R")
+    bad = config.load(None, SRC + TRAIN + ["model.pattern='R'", "train.init_from='/nonexistent/run'"])
+    with pytest.raises(FileNotFoundError, match="train.init_from = '/nonexistent/run'"):
+        train(bad, tmp_path / "bad", progress=False)
