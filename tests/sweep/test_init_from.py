@@ -4,10 +4,11 @@ import json
 
 import pytest
 
+from scaling.analysis.papers_metamorphosis import steps_to_target
 from scaling.sweep import launchers
-from scaling.sweep.spec import SpecError, expand
+from scaling.sweep.spec import SpecError, expand, load_spec
 from scaling.sweep.store import Store
-from tests.sweep.tiny import BASE, OVERRIDES
+from tests.sweep.tiny import BASE, OVERRIDES, ROOT
 
 STEPS = {"train.eval_every": 2, "train.checkpoint_every": 2}
 
@@ -75,3 +76,26 @@ def test_sweep_trains_the_converted_run_after_its_source(tmp_path):
     metrics = [json.loads(line) for line in
                (tmp_path / "runs" / rows["converted"]["id"] / "metrics.jsonl").read_text().splitlines()]
     assert metrics[0] == {**metrics[0], "kind": "eval", "step": 0}
+    from scaling.analysis.papers_metamorphosis import metamorphosis
+    from scaling.analysis.report import load_sweep
+
+    fig = metamorphosis(load_sweep(tmp_path), tmp_path / "fig")
+    assert {p.suffix for p in fig.paths} == {".png", ".svg"}
+    out = json.loads((tmp_path / "fig/metamorphosis.json").read_text())
+    assert out["source"]["run_id"] == rows["transformer"]["id"]
+    assert {r["role"]: r["run_id"] for r in out["runs"]} == {"converted": rows["converted"]["id"],
+                                                              "scratch": rows["scratch"]["id"]}
+
+
+def test_steps_to_target():
+    assert steps_to_target([0, 50, 100], [3.0, 2.1, 1.9], 2.1) == 50
+    assert steps_to_target([0, 50], [3.0, 2.5], 2.0) is None
+
+
+def test_metamorphosis_spec_orders_its_runs():
+    cpu = {p.variant: p for p in expand(load_spec(ROOT / "experiments/papers/metamorphosis.py", scale="cpu"))}
+    assert cpu["converted"].depends_on == cpu["transformer"].run_id and cpu["scratch"].depends_on is None
+    assert cpu["converted"].params == cpu["scratch"].params  # the same power-retention model
+    full = {p.variant: p for p in expand(load_spec(ROOT / "experiments/papers/metamorphosis.py", scale="full"),
+                                         check_data=False)}
+    assert 1.0e9 < full["transformer"].params < 1.2e9 and full["converted"].steps == 3000  # Brumby's 3000 steps
