@@ -89,6 +89,9 @@ def default_train_config() -> ConfigDict:
         # patterns differ (attention -> power retention, scaling/convert.py); "run:<id>" is a sibling run
         # directory (a sweep's runs/<id>). None: random initialisation.
         "init_from": None,
+        # contexts (tokens) to evaluate at after the last step, e.g. (128, 256, 512, 1024): per-position loss
+        # and the task accuracy at each go to <workdir>/eval_contexts.json (length generalisation); None: skip
+        "eval_contexts": None,
     })
 
 
@@ -294,6 +297,11 @@ def validate_train(t: ConfigDict, prefix: str = "train") -> None:
     if init_from is not None and (not isinstance(init_from, str) or not init_from.strip()):
         _fail(f"{prefix}.init_from", init_from, "must be None or a run directory (a path, or run:<id> for a "
               "sibling run of a sweep)")
+    ec = t.get("eval_contexts")
+    if ec is not None:
+        if isinstance(ec, str) or not isinstance(ec, (list, tuple)) or not ec or \
+                any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in ec):
+            _fail(f"{prefix}.eval_contexts", ec, "must be None or a non-empty list of positive integers (tokens)")
 
 
 def validate(cfg: ConfigDict) -> None:
@@ -302,8 +310,14 @@ def validate(cfg: ConfigDict) -> None:
 
     validate_model(cfg.model)
     validate_train(cfg.train)
+    from scaling.data.synthetic import check_task
+
     try:
         validate_data_config(cfg.data)
+        # a synthetic task must fit the context(s) it runs at and the model's vocabulary
+        check_task(cfg.data, context=cfg.train.context, vocab_size=cfg.model.vocab_size)
+        for c in cfg.train.get("eval_contexts") or ():
+            check_task(cfg.data, context=c, field="train.eval_contexts")
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
 

@@ -9,6 +9,10 @@ optimizer state and the data iterator's position, so the resumed run is bit-for-
 interrupted (on one CPU). Metrics rows past the checkpoint are dropped and rewritten.
 
 A NaN or inf loss stops the run with status "diverged"; the last good checkpoint stays.
+For a synthetic task (``data.source`` in scaling.data.synthetic.TASKS) every eval row of metrics.jsonl also
+carries ``task_accuracy`` (exact match on answer tokens, held-out ``data.task.eval_seed`` stream). With
+``train.eval_contexts`` set, a finished run writes ``eval_contexts.json``: the loss and accuracy per position
+at each of those contexts (see :func:`evaluate_contexts`).
 The batch is sharded over every local device along a "data" mesh axis; parameters are replicated.
 """
 
@@ -35,6 +39,7 @@ from scaling import accounting
 from scaling import config as _config
 from scaling.checkpoint import Checkpointer
 from scaling.data import make_eval_batches, make_train_iterator
+from scaling.data.synthetic import TASKS
 from scaling.data.tokenizer import N_BYTES
 from scaling.models import build
 
@@ -79,19 +84,22 @@ def make_optimizer(t, total: int) -> tuple[optax.GradientTransformation, optax.S
     return tx, schedule
 
 
-def _loss_terms(graphdef, params, batch):
-    """Sum of masked cross-entropy (nats), number of loss tokens, number of byte targets."""
+def _loss_terms(graphdef, params, batch, *, per_position: bool = False):
+    """Sum of masked cross-entropy (nats), number of loss tokens, number of byte targets, number of loss tokens
+    whose argmax prediction is the target. Each summed over the batch: [T] per position if ``per_position``."""
     model = nnx.merge(graphdef, params)
     logits = model(batch["inputs"])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     mask = batch["loss_mask"]
-    n_bytes = jnp.sum(mask * (batch["targets"] < N_BYTES))
-    return jnp.sum(ce * mask), jnp.sum(mask), n_bytes
+    hit = (jnp.argmax(logits, axis=-1) == batch["targets"]) * mask
+    axis = 0 if per_position else None
+    n_bytes = jnp.sum(mask * (batch["targets"] < N_BYTES), axis=axis)
+    return jnp.sum(ce * mask, axis=axis), jnp.sum(mask, axis=axis), n_bytes, jnp.sum(hit, axis=axis)
 
 
 def make_steps(graphdef, tx):
     def loss_fn(params, batch):
-        total, count, _ = _loss_terms(graphdef, params, batch)
+        total, count, _, _ = _loss_terms(graphdef, params, batch)
         return total / jnp.maximum(count, 1.0)
 
     @jax.jit
@@ -183,12 +191,45 @@ def load_run(workdir, *, step: int | None = None):
     return cfg, nnx.merge(graphdef, train_state["params"]), restored.step
 
 
-def evaluate(eval_step, params, batches, shard) -> dict:
-    total = count = n_bytes = 0.0
+def evaluate(eval_step, params, batches, shard, *, task: bool = False) -> dict:
+    """val_loss (nats per loss token), val_bpb and, for a synthetic task (``task``), ``task_accuracy``: the
+    exact-match accuracy of the argmax prediction on answer tokens (scaling.data.synthetic.answer_accuracy)."""
+    total = count = n_bytes = hits = 0.0
     for batch in batches:
-        t, c, nb = eval_step(params, shard(batch))
-        total, count, n_bytes = total + float(t), count + float(c), n_bytes + float(nb)
-    return {"val_loss": total / max(count, 1.0), "val_bpb": total / max(n_bytes, 1.0) / LN2}
+        t, c, nb, h = eval_step(params, shard(batch))
+        total, count, n_bytes, hits = total + float(t), count + float(c), n_bytes + float(nb), hits + float(h)
+    out = {"val_loss": total / max(count, 1.0), "val_bpb": total / max(n_bytes, 1.0) / LN2}
+    if task:
+        out["task_accuracy"] = hits / max(count, 1.0)
+    return out
+
+
+def evaluate_contexts(cfg, graphdef, params, shard) -> list[dict]:
+    """Evaluation at each of ``train.eval_contexts`` (length generalisation), on ``data.eval_batches`` batches.
+
+    One row per context: ``context``, ``val_loss`` (nats per loss token), ``task_accuracy`` (synthetic tasks),
+    and per position t of the row: ``loss_by_position`` (mean loss, None where no loss token),
+    ``accuracy_by_position`` (argmax exact match, None likewise) and ``tokens_by_position`` (loss tokens).
+    """
+    step = jax.jit(lambda p, b: _loss_terms(graphdef, p, b, per_position=True))
+    task = cfg.data.source in TASKS
+    rows = []
+    for context in cfg.train.eval_contexts:
+        sums = None
+        for batch in make_eval_batches(cfg.data, batch_size=cfg.train.batch_size, context=context):
+            terms = [np.asarray(x, np.float64) for x in step(params, shard(batch))]
+            sums = terms if sums is None else [a + b for a, b in zip(sums, terms, strict=True)]
+        total, count, _, hits = sums
+        def per(x, count=count):
+            return [float(v) if n else None for v, n in zip(x / np.maximum(count, 1.0), count, strict=True)]
+
+        row = {"context": int(context), "val_loss": float(total.sum() / max(count.sum(), 1.0))}
+        if task:
+            row["task_accuracy"] = float(hits.sum() / max(count.sum(), 1.0))
+        row |= {"loss_by_position": per(total), "accuracy_by_position": per(hits),
+                "tokens_by_position": [int(n) for n in count]}
+        rows.append(row)
+    return rows
 
 
 def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
@@ -256,6 +297,7 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     _write_json(workdir / "status.json", {"status": "running", "step": step, **summary})
     metrics = MetricsLog(workdir, step)
     train_step, eval_step = make_steps(graphdef, tx)
+    task = cfg.data.source in TASKS  # a synthetic task: evaluations add task_accuracy
 
     if step == 0 and t.get("init_from"):  # the loss right after initialisation from another run
         metrics.write({"kind": "eval", "step": 0, **evaluate(eval_step, train_state["params"], eval_batches, shard)})
@@ -285,7 +327,7 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
                 metrics.write(last)
                 t_last, tok_since = now, 0
             if step % t.eval_every == 0 or step == total:
-                ev = evaluate(eval_step, train_state["params"], eval_batches, shard)
+                ev = evaluate(eval_step, train_state["params"], eval_batches, shard, task=task)
                 metrics.write({"kind": "eval", "step": step, **ev})
                 last.update(ev)
             if step % t.checkpoint_every == 0 or step == total:
@@ -298,6 +340,12 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
 
     summary.update(step=step, final_loss=last.get("loss"), val_loss=last.get("val_loss"),
                    val_bpb=last.get("val_bpb"))
+    if task:
+        summary["task_accuracy"] = last.get("task_accuracy")
+    if status == "done" and t.eval_contexts:
+        _write_json(workdir / "eval_contexts.json",
+                    {"train_context": t.context, "step": step,
+                     "contexts": evaluate_contexts(cfg, graphdef, train_state["params"], shard)})
     _write_json(workdir / "status.json", {"status": status, **summary})
     return TrainResult(status=status, step=step, workdir=str(workdir), run_id=rid, summary=summary)
 

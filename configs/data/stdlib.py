@@ -1,7 +1,8 @@
 """Data preset stdlib: the running Python's standard library as a byte-level corpus (no download).
 
 The ``data`` section (formats in scaling/data/corpus.py and scaling/data/pipeline.py):
-  source        one of stdlib, text_dir, jsonl, tokens
+  source        one of stdlib, text_dir, jsonl, tokens (corpora) or mqar, selective_copy, induction, needle
+                (synthetic recall tasks, scaling/data/synthetic.py; see configs/data/mqar.py)
   path          None for stdlib; a directory (text_dir), a .jsonl file (jsonl), a .npy / .bin file (tokens)
   glob          files read by text_dir, relative to path
   text_field    the string field of each jsonl record
@@ -11,6 +12,7 @@ The ``data`` section (formats in scaling/data/corpus.py and scaling/data/pipelin
                 False (default): windows within documents, padded, shuffled over the whole corpus. The stdlib's
                 files are long (18k bytes on average), so False wastes 0.3% on padding and mixes batches far better
   eval_batches  batches of the unshuffled validation stream used for evaluation
+  task          the synthetic tasks' parameters (scaling.data.synthetic.TASK_DEFAULTS); corpora ignore them
 """
 
 from ml_collections import ConfigDict
@@ -20,4 +22,6 @@ def get_config():
     return ConfigDict({"data": {
         "source": "stdlib", "path": None, "glob": "**/*.txt", "text_field": "text",
         "token_dtype": "uint16", "val_fraction": 0.02, "packing": False, "eval_batches": 8,
+        "task": {"vocab_size": 128, "num_kv_pairs": 8, "num_queries": None, "power_a": 0.01, "num_tokens": 8,
+                 "depth": None, "needle_digits": 6, "eval_seed": 1234},
     }})

@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from scaling.data.synthetic import TASK_DEFAULTS, TASKS, task_params
 from scaling.data.tokenizer import BOS, EOS, N_BYTES, VOCAB_SIZE
 
 SOURCES = ("stdlib", "text_dir", "jsonl", "tokens")
@@ -72,6 +73,8 @@ DATA_DEFAULTS: dict[str, Any] = {
     "val_fraction": 0.02,
     "packing": False,  # the stdlib files are long: whole-corpus window shuffle (see pipeline.py)
     "eval_batches": 8,
+    # parameters of the synthetic tasks (data.source in scaling.data.synthetic.TASKS); text sources ignore them
+    "task": dict(TASK_DEFAULTS),
 }
 
 _SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
@@ -131,12 +134,14 @@ def validate_data_config(cfg: Any, *, prefix: str = "data") -> dict[str, Any]:
             f"{prefix}.{unknown[0]}: unknown field; accepted fields: {', '.join(DATA_DEFAULTS)}"
         )
     c = {**DATA_DEFAULTS, **given}
+    c["task"] = task_params(c, prefix=prefix)
 
     def bad(field: str, why: str) -> ValueError:
         return ValueError(f"{prefix}.{field} = {c[field]!r}: {why}")
 
-    if c["source"] not in SOURCES:
-        raise bad("source", f"must be one of {', '.join(SOURCES)}")
+    if c["source"] not in SOURCES + TASKS:
+        raise bad("source", f"must be one of {', '.join(SOURCES)} (corpora) or {', '.join(TASKS)} "
+                            "(synthetic tasks, scaling.data.synthetic)")
     for field in ("glob", "text_field"):
         if not isinstance(c[field], str) or not c[field]:
             raise bad(field, "must be a non-empty string")
@@ -152,9 +157,10 @@ def validate_data_config(cfg: Any, *, prefix: str = "data") -> dict[str, Any]:
         raise bad("eval_batches", "must be an integer >= 1")
 
     source, path = c["source"], c["path"]
-    if source == "stdlib":
+    if source == "stdlib" or source in TASKS:
         if path is not None:
-            raise bad("path", "must be None for source 'stdlib' (the running Python's standard library)")
+            what = "the running Python's standard library" if source == "stdlib" else "a synthetic task"
+            raise bad("path", f"must be None for source {source!r} ({what})")
         return c
     what = {
         "text_dir": "a directory of text files",
@@ -386,6 +392,9 @@ def _load_cached(k: _CorpusKey) -> Corpus:
 def load_corpus(data_cfg: Any) -> Corpus:
     """Validates ``data_cfg``, reads its documents once per process and splits them (see module docstring)."""
     c = validate_data_config(data_cfg)
+    if c["source"] in TASKS:
+        raise ValueError(f"data.source = {c['source']!r}: a synthetic task has no corpus; use "
+                         "scaling.data.pipeline.make_train_iterator / make_eval_batches")
     return _load_cached(_cache_key(c))
 
 

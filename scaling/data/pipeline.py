@@ -40,6 +40,10 @@ calling thread (no grain worker processes or threads).
 
 ``make_eval_batches`` returns the first ``num_batches`` batches of the unshuffled validation stream (fewer
 if the stream is shorter; a last partial batch is filled with padding rows, loss_mask 0).
+
+Synthetic tasks (``data.source`` in :data:`scaling.data.synthetic.TASKS`) go through the same two entry
+points: the training stream is the task's examples for ``seed``, the evaluation batches come from its held-out
+``data.task.eval_seed`` stream, and the rows have this same format (see :mod:`scaling.data.synthetic`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from scaling.data import synthetic
 from scaling.data.corpus import Document, corpus_stats, load_corpus, validate_data_config
 from scaling.data.tokenizer import BOS, EOS, PAD, wrap_document
 
@@ -311,6 +316,8 @@ def make_train_iterator(data_cfg: Any, *, batch_size: int, context: int, seed: i
     batch_size = _check_int("batch_size", batch_size, 1)
     context = _check_int("context", context, 1)
     seed = _check_int("seed", seed, 0, 2**32 - 1)
+    if c["source"] in synthetic.TASKS:
+        return synthetic.make_task_train_iterator(c, batch_size=batch_size, context=context, seed=seed)
     docs = load_corpus(data_cfg).train
     if not c["packing"]:
         _check_fits(docs, context, "train")
@@ -344,6 +351,8 @@ def make_eval_batches(
     batch_size = _check_int("batch_size", batch_size, 1)
     context = _check_int("context", context, 1)
     num_batches = c["eval_batches"] if num_batches is None else _check_int("num_batches", num_batches, 1)
+    if c["source"] in synthetic.TASKS:
+        return synthetic.make_task_eval_batches(c, batch_size=batch_size, context=context, num_batches=num_batches)
     docs = load_corpus(data_cfg).validation
     if not c["packing"]:
         _check_fits(docs, context, "validation")
