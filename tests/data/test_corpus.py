@@ -51,7 +51,8 @@ def test_preset_matches_defaults_and_validates():
     "override, match",
     [
         ({"source": "foo"}, r"^data.source = 'foo': must be one of stdlib, text_dir, jsonl, tokens \(corpora\) or "
-                                r"mqar, selective_copy, induction, needle \(synthetic tasks, scaling.data.synthetic\)$"),
+                                r"mqar, selective_copy, induction, needle \(synthetic tasks, "
+                                r"scaling.data.synthetic\)$"),
         ({"path": "/x"}, r"data.path = '/x': must be None for source 'stdlib'"),
         ({"source": "jsonl"}, r"data.path = None: required for source 'jsonl'"),
         ({"source": "text_dir", "path": ""}, r"data.path = '': required for source 'text_dir'"),
