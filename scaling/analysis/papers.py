@@ -150,12 +150,16 @@ def sympow(data, out: Path) -> StudyFigure:
     ax.set_xlabel("training step")
     ax.set_ylabel("validation loss (nats/token)")
     lo = runs["final_val_loss"].min()
-    ax.set_ylim(lo - 0.05, min(ax.get_ylim()[1], lo + 1.2))
+    ax.set_ylim(lo - 0.03, min(ax.get_ylim()[1], lo + 0.5))  # the late part, where the variants separate
     ax.set_title(f"fixed parameters ({int(runs['params'].min()):,} to {int(runs['params'].max()):,}), "
                  f"context {int(runs['context'].iloc[0]):,}", fontsize=10)
     ax.grid(True, alpha=0.25)
     ax.legend(fontsize=8)
     bx.set_xscale("log")
+    bx.margins(x=0.15, y=0.15)
+    bx.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    bx.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    bx.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     bx.set_xlabel("state size S (elements per sequence)")
     bx.set_ylabel("final validation loss (nats/token)")
     bx.set_title("loss vs state size (attention: KV cache at the training context)", fontsize=10)
