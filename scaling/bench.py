@@ -1,24 +1,65 @@
 """Performance harness behind ``scaling bench``: side-by-side timings measured in one process.
 
-``scaling bench kernels`` times the chunked power retention and SSD ops through XLA and through the Pallas
-kernels at the same shapes, forward and forward+backward, and reports tokens/s and achieved FLOP/s (the
-op's FLOPs from scaling.accounting). On a CPU the Pallas kernels only run in interpret mode, which measures
-the interpreter, not the kernel: there the XLA path is timed and the Pallas rows say they need an
-accelerator. Every time is the median of ``repeats`` runs after a warm-up (compile) run.
+Sub-benches (each returns a dict with ``machine``, its settings and rows; ``scaling bench`` writes it as JSON
+and draws a plot):
+
+- ``peak``: the machine's matmul FLOP/s, a large fp32 GEMM through XLA (the best of a few sizes), and the
+  memory bandwidth of a large elementwise pass. The GEMM rate is the denominator of every utilisation figure.
+- ``ops``: each mixer op (power retention, Mamba-2 SSD) in its chunked and parallel forms, and causal softmax
+  attention, at T = 1k..16k: time, tokens/s, achieved FLOP/s and its fraction of the peak, and the log-log
+  slope of time against T. FLOPs are the op's state term in scaling.accounting (never a separate formula).
+- ``train``: the real train step of scaling.train (AdamW, clipping) for each model preset: tokens/s and MFU =
+  accounting training FLOPs (3 x ``flops_per_token``) x tokens/s / peak.
+- ``decode``: per-token latency of ``model.step`` at 1k, 4k and 16k tokens of context, and the decode step's
+  peak memory (XLA's memory analysis of the compiled step: arguments + outputs + temporaries - aliased).
+- ``kernels``: the chunked ops through XLA and through the Pallas kernels (Pallas rows need a GPU or TPU).
+
+Every time is the median of ``repeats`` runs after a warm-up (compile) run. Each ratio (chunked / parallel,
+16k / 1k decode latency, MFU) is measured side by side in the same process, with the peak measured there too.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from scaling import accounting, config
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET_DIR = ROOT / "configs" / "models"
+
+SUB_BENCHES = ("peak", "ops", "train", "decode", "all", "kernels")
+OPS = ("power_retention", "ssd", "attention")
+
+# Defaults sized so that `scaling bench all` takes a few minutes on a 2-core CPU; every one is a flag.
+PEAK_SIZES = (1024, 2048, 3072)
+OPS_CONTEXTS = (1024, 2048, 4096, 8192, 16384)
+TRAIN_PRESETS = ("transformer_small", "power_retention_small", "mamba2_small", "hybrid_small")
+DECODE_PRESETS = ("power_retention_small", "mamba2_small", "transformer_small")
+DECODE_CONTEXTS = (1024, 4096, 16384)
+
+# Targets of issue 8 (on the 2-core CPU), checked by `scaling bench all` and reported in its JSON.
+TARGETS = {
+    "retention_pct_peak": "chunked power retention (p=2, T=4096, 4 heads, head_dim 64, fp32) >= 50% of GEMM peak",
+    "chunked_slope": "time vs T log-log slope <= 1.15 from 1k to 16k for chunked power retention and SSD",
+    "decode_flat": "recurrent decode latency at 16k <= 1.2x that at 1k, peak memory flat",
+    "transformer_mfu": "transformer_small train step MFU >= 40% of GEMM peak",
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Timing, machine, progress
+# ---------------------------------------------------------------------------------------------------------
 
 
 def median_time(fn, *args, repeats: int = 5) -> float:
@@ -32,20 +73,117 @@ def median_time(fn, *args, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info() -> dict:
+    """Machine, JAX version and date for every result (the numbers mean nothing without them)."""
     dev = jax.devices()[0]
     return {"platform": dev.platform, "device": getattr(dev, "device_kind", str(dev)),
-            "processor": platform.processor() or platform.machine(), "jax": jax.__version__,
-            "date": datetime.date.today().isoformat()}
+            "processor": platform.processor() or platform.machine(), "cpu": _cpu_model(),
+            "cpu_count": os.cpu_count(), "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "date": datetime.date.today().isoformat(),
+            "time_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+class _Progress:
+    """A rich progress bar on stderr (or nothing); ``advance(label)`` after each measurement."""
+
+    def __init__(self, total: int, title: str, enabled: bool):
+        self._bar = None
+        if enabled and total:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(title, total=total)
+            self._title = title
+
+    def advance(self, label: str = "") -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, description=f"{self._title}: {label}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of log(y) against log(x): 1 for linear growth, 2 for quadratic."""
+    x, y = np.log(np.asarray(xs, np.float64)), np.log(np.asarray(ys, np.float64))
+    if x.size < 2 or np.ptp(x) == 0:
+        raise ValueError(f"loglog_slope: need at least two distinct x values, got {list(xs)}")
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def _check_positive(name: str, values) -> None:
+    for v in values if isinstance(values, list | tuple) else (values,):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise ValueError(f"{name} = {v!r}: must be an integer >= 1")
+
+
+def _check_presets(presets: Sequence[str]) -> None:
+    known = sorted(p.stem for p in PRESET_DIR.glob("*.py"))
+    bad = [p for p in presets if p not in known]
+    if bad:
+        raise ValueError(f"presets: unknown {', '.join(map(repr, bad))}; accepted: {', '.join(known)}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# peak
+# ---------------------------------------------------------------------------------------------------------
+
+
+def bench_peak(*, sizes: Sequence[int] = PEAK_SIZES, repeats: int = 5, bandwidth_mib: int = 256,
+               progress: bool = False) -> dict:
+    """Square fp32 GEMMs (2 n^3 FLOPs each) through XLA; the peak is the best rate over the sizes.
+
+    Also the memory bandwidth of ``y = 2 x`` over a ``bandwidth_mib`` MiB array (bytes read + written / time),
+    the other roofline for ops whose features and states stream through memory.
+    """
+    _check_positive("sizes", list(sizes))
+    _check_positive("repeats", repeats)
+    _check_positive("bandwidth_mib", bandwidth_mib)
+    bar = _Progress(len(sizes) + 1, "peak", progress)
+    rows = []
+    matmul = jax.jit(lambda a, b: a @ b)
+    for n in sizes:
+        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+        b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+        t = median_time(matmul, a, b, repeats=repeats)
+        rows.append({"n": n, "ms": 1e3 * t, "gflops_per_s": 2.0 * n**3 / t / 1e9})
+        bar.advance(f"GEMM {n}")
+    x = jnp.ones((bandwidth_mib * 2**20 // 4,), jnp.float32)
+    t = median_time(jax.jit(lambda x: 2.0 * x), x, repeats=repeats)
+    bar.advance("bandwidth")
+    bar.close()
+    return {"kind": "peak", "machine": machine_info(), "repeats": repeats, "rows": rows,
+            "peak_gflops_per_s": max(r["gflops_per_s"] for r in rows),
+            "bandwidth_gb_per_s": 2 * x.size * 4 / t / 1e9, "bandwidth_mib": bandwidth_mib}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# ops
+# ---------------------------------------------------------------------------------------------------------
 
 
 def _op_cfg(op: str, heads: int, head_dim: int, d_state: int, chunk: int, p: int):
     """A one-layer model config whose mixer has exactly the op's shape (for its FLOP count)."""
-    letter = {"power_retention": "R", "ssd": "M"}[op]
+    letter = {"power_retention": "R", "ssd": "M", "attention": "A"}[op]
     return config.load(None, [f"model.pattern='{letter}'", "model.n_layers=1", f"model.d_model={heads * head_dim}",
                               f"model.retention.n_heads={heads}", f"model.retention.n_kv_heads={heads}",
                               f"model.retention.p={p}", f"model.retention.chunk_size={chunk}",
                               f"model.retention.normalize='{'sum' if p % 2 == 0 else 'rmsnorm'}'",
+                              f"model.attention.n_heads={heads}", f"model.attention.n_kv_heads={heads}",
                               "model.mamba.expand=1", f"model.mamba.head_dim={head_dim}",
                               f"model.mamba.d_state={d_state}", f"model.mamba.chunk_size={chunk}"])
 
@@ -56,14 +194,17 @@ def op_flops_per_token(op: str, context: int, **shape) -> float:
     return accounting.ACCOUNTING[cfg.model.pattern].flops(cfg.model, context)["state"]
 
 
-def _op_fn(op: str, backend: str, shape: dict):
-    from scaling.ops import power_retention, ssd
+def _op_fn(op: str, backend: str, shape: dict, form: str = "chunked"):
+    from scaling.ops import attention, power_retention, ssd
 
     if op == "power_retention":
         return lambda q, k, v, lg, dt, A, B, C: power_retention(
-            q, k, v, lg, p=shape["p"], chunk_size=shape["chunk"], backend=backend,
+            q, k, v, lg, p=shape["p"], chunk_size=shape["chunk"], backend=backend, form=form,
             normalize="sum" if shape["p"] % 2 == 0 else "rmsnorm")
-    return lambda q, k, v, lg, dt, A, B, C: ssd(v, dt, A, B, C, chunk_size=shape["chunk"], backend=backend)
+    if op == "ssd":
+        return lambda q, k, v, lg, dt, A, B, C: ssd(v, dt, A, B, C, chunk_size=shape["chunk"], backend=backend,
+                                                    form=form)
+    return lambda q, k, v, lg, dt, A, B, C: attention(q, k, v)
 
 
 def op_inputs(batch, t, heads, head_dim, d_state):
@@ -75,6 +216,272 @@ def op_inputs(batch, t, heads, head_dim, d_state):
     A = -jnp.exp(jax.random.normal(ks[5], (heads,)))
     B, C = (jax.random.normal(ks[6 + i], (batch, t, 1, d_state)) for i in range(2))
     return q, k, v, log_g, dt, A, B, C
+
+
+def _op_forms(op: str) -> tuple[str, ...]:
+    return ("parallel",) if op == "attention" else ("chunked", "parallel")
+
+
+def bench_ops(*, contexts: Sequence[int] = OPS_CONTEXTS, batch: int = 1, heads: int = 4, head_dim: int = 64,
+              d_state: int = 64, chunk: int = 64, p: int = 2, repeats: int = 3, max_gib: float = 0.5,
+              backward: bool = False, ops: Sequence[str] = OPS, peak: dict | None = None,
+              progress: bool = False) -> dict:
+    """Chunked against parallel forms of each mixer op, and attention, at each context (see module doc).
+
+    A parallel form (and attention) is skipped where its [T, T] score matrix, 4 * batch * heads * T^2 bytes,
+    would exceed ``max_gib`` GiB. ``peak``: a ``bench_peak`` result for the utilisation column (measured
+    here when None). ``backward`` adds forward+backward timings (gradient w.r.t. every input; 3x FLOPs).
+    """
+    _check_positive("contexts", list(contexts))
+    for name, v in (("batch", batch), ("heads", heads), ("head_dim", head_dim), ("d_state", d_state),
+                    ("chunk", chunk), ("repeats", repeats)):
+        _check_positive(name, v)
+    if p not in (1, 2, 3, 4):
+        raise ValueError(f"p = {p!r}: must be one of 1, 2, 3, 4")
+    bad = [o for o in ops if o not in OPS]
+    if bad or not ops:
+        raise ValueError(f"ops: unknown {bad or ops}; accepted: {', '.join(OPS)}")
+    if not max_gib > 0:
+        raise ValueError(f"max_gib = {max_gib!r}: must be > 0")
+    peak = peak or bench_peak(repeats=3)
+    peak_gflops = peak["peak_gflops_per_s"]
+    shape = {"heads": heads, "head_dim": head_dim, "d_state": d_state, "chunk": chunk, "p": p}
+    todo = [(t, op, form) for t in contexts for op in ops for form in _op_forms(op)]
+    bar = _Progress(len(todo), "ops", progress)
+    rows = []
+    for t in sorted(set(contexts)):
+        args = op_inputs(batch, t, heads, head_dim, d_state)
+        for op in ops:
+            flops = op_flops_per_token(op, t, **shape) * batch * t
+            for form in _op_forms(op):
+                row = {"op": op, "form": form, "T": t, "batch": batch, **shape, "flops": flops}
+                score_gib = 4 * batch * heads * t * t / 2**30
+                if form == "parallel" and score_gib > max_gib:
+                    row["skipped"] = f"[T, T] scores {score_gib:.2f} GiB > max_gib {max_gib}"
+                else:
+                    fn = _op_fn(op, "xla", shape, form)
+                    dt_s = median_time(jax.jit(fn), *args, repeats=repeats)
+                    row.update(fwd_ms=1e3 * dt_s, tokens_per_s=batch * t / dt_s, gflops_per_s=flops / dt_s / 1e9,
+                               pct_peak=100 * flops / dt_s / 1e9 / peak_gflops)
+                    if backward:
+                        grad = jax.jit(jax.grad(lambda *a, fn=fn: jnp.sum(fn(*a)), argnums=tuple(range(8))))
+                        dt_b = median_time(grad, *args, repeats=repeats)
+                        row.update(fwd_bwd_ms=1e3 * dt_b, fwd_bwd_gflops_per_s=3 * flops / dt_b / 1e9)
+                rows.append(row)
+                bar.advance(f"{op} {form} T={t}")
+    bar.close()
+    slopes = {}
+    for op in ops:
+        for form in _op_forms(op):
+            pts = [(r["T"], r["fwd_ms"]) for r in rows if r["op"] == op and r["form"] == form and "fwd_ms" in r]
+            if len({x for x, _ in pts}) >= 2:
+                slopes[f"{op}/{form}"] = {"slope": loglog_slope(*zip(*pts, strict=True)),
+                                          "T_min": min(x for x, _ in pts), "T_max": max(x for x, _ in pts)}
+    ratios = []
+    for t in sorted(set(contexts)):
+        for op in ops:
+            r = {row["form"]: row for row in rows if row["op"] == op and row["T"] == t}
+            if "fwd_ms" in r.get("chunked", {}) and "fwd_ms" in r.get("parallel", {}):
+                ratios.append({"op": op, "T": t, "chunked_over_parallel": r["chunked"]["fwd_ms"] /
+                               r["parallel"]["fwd_ms"]})
+    return {"kind": "ops", "machine": machine_info(), "repeats": repeats, "max_gib": max_gib, "backward": backward,
+            "peak_gflops_per_s": peak_gflops, "rows": rows, "slopes": slopes, "ratios": ratios}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _preset_cfg(preset: str, overrides: Sequence[str] = ()):
+    return config.load(PRESET_DIR / f"{preset}.py", list(overrides))
+
+
+def bench_train(*, presets: Sequence[str] = TRAIN_PRESETS, batch: int = 8, context: int = 256, repeats: int = 3,
+                overrides: Sequence[str] = (), peak: dict | None = None, progress: bool = False) -> dict:
+    """Median step time of scaling.train's real train step per preset on synthetic tokens (the same
+    parameters every step: a fixed-cost step), tokens/s, achieved FLOP/s (3 x the accounting's forward FLOPs
+    per token) and MFU = achieved / measured GEMM peak. ``overrides``: config overrides for every preset."""
+    from scaling.train import init_train_state, make_steps
+
+    _check_presets(presets)
+    for name, v in (("batch", batch), ("context", context), ("repeats", repeats)):
+        _check_positive(name, v)
+    cfgs = [_preset_cfg(p, [f"train.batch_size={batch}", f"train.context={context}", *overrides]) for p in presets]
+    peak = peak or bench_peak(repeats=3)
+    bar = _Progress(len(presets), "train", progress)
+    rows = []
+    for preset, cfg in zip(presets, cfgs, strict=True):
+        graphdef, state, tx, _ = init_train_state(cfg)
+        train_step, _ = make_steps(graphdef, tx)
+        tokens = jax.random.randint(jax.random.key(0), (batch, context + 1), 0, 256)
+        b = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": jnp.ones((batch, context))}
+        dt = median_time(lambda p, o, step=train_step, b=b: step(p, o, b)[2]["loss"], state["params"],
+                         state["opt"], repeats=repeats)
+        tps = batch * context / dt
+        flops_tok = accounting.train_flops_per_token(cfg, context)
+        rows.append({"preset": preset, "pattern": cfg.model.pattern, "d_model": cfg.model.d_model,
+                     "n_layers": cfg.model.n_layers, "params": accounting.params(cfg)["total"], "batch": batch,
+                     "context": context, "step_s": dt, "tokens_per_s": tps, "train_flops_per_token": flops_tok,
+                     "gflops_per_s": tps * flops_tok / 1e9,
+                     "mfu": tps * flops_tok / 1e9 / peak["peak_gflops_per_s"]})
+        bar.advance(preset)
+    bar.close()
+    return {"kind": "train", "machine": machine_info(), "repeats": repeats, "overrides": list(overrides),
+            "peak_gflops_per_s": peak["peak_gflops_per_s"], "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# decode
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _at_position(state, context: int):
+    """The decode state with every position counter (the model's and each KV cache's ``pos``) at ``context``.
+
+    The work of one decode step depends on the state's shapes and on the position (which cache slots are
+    live), not on the values in it, so a state filled by a short prompt and moved to position ``context``
+    is timed like one that read ``context`` real tokens, without the prefill's cost.
+    """
+    def move(path, leaf):
+        last = path[-1]
+        name = getattr(last, "key", getattr(last, "name", None))
+        return jnp.asarray(context, leaf.dtype) if name == "pos" else leaf
+
+    return jax.tree_util.tree_map_with_path(move, state)
+
+
+def bench_decode(*, presets: Sequence[str] = DECODE_PRESETS, contexts: Sequence[int] = DECODE_CONTEXTS,
+                 batch: int = 1, tokens: int = 16, prompt: int = 64, overrides: Sequence[str] = (),
+                 progress: bool = False) -> dict:
+    """Per-token latency of ``model.step`` (jitted, the state donated) at each context, per preset.
+
+    For each preset and context: a state sized for ``context + prompt + tokens + 2`` tokens (attention's
+    cache; recurrent states do not depend on it), filled by a real prefill of ``prompt`` tokens and moved to
+    position ``context`` (see _at_position); then 2 warm-up steps and ``tokens`` timed steps, each its own
+    latency; the median is reported. Memory: XLA's analysis of the compiled step (arguments + outputs +
+    temporaries - donated aliases) and the accounting's state bytes.
+    """
+    from flax import nnx
+
+    from scaling import models
+
+    _check_presets(presets)
+    _check_positive("contexts", list(contexts))
+    for name, v in (("batch", batch), ("tokens", tokens), ("prompt", prompt)):
+        _check_positive(name, v)
+    cfgs = [_preset_cfg(p, overrides) for p in presets]
+    bar = _Progress(len(presets) * len(contexts), "decode", progress)
+    rows = []
+    for preset, cfg in zip(presets, cfgs, strict=True):
+        model = models.build(cfg.model)
+        graphdef, params = nnx.split(model)
+
+        def prefill(params, toks, state, graphdef=graphdef):
+            return nnx.merge(graphdef, params).prefill(toks, state)[1]
+
+        def step(params, tok, state, graphdef=graphdef):
+            logits, state = nnx.merge(graphdef, params).step(tok, state)
+            return jnp.argmax(logits, -1).astype(jnp.int32), state
+
+        prefill_j = jax.jit(prefill)
+        step_j = jax.jit(step, donate_argnums=2)
+        prompt_toks = jax.random.randint(jax.random.key(1), (batch, prompt), 0, 256)
+        for ctx in sorted(set(contexts)):
+            state = nnx.merge(graphdef, params).init_state(batch, ctx + prompt + tokens + 2)
+            state = _at_position(prefill_j(params, prompt_toks, state), ctx)
+            tok = prompt_toks[:, -1]
+            compiled = step_j.lower(params, tok, state).compile()
+            mem = compiled.memory_analysis()
+            times = []
+            for i in range(tokens + 2):
+                t0 = time.perf_counter()
+                tok, state = step_j(params, tok, state)
+                jax.block_until_ready(tok)
+                if i >= 2:
+                    times.append(time.perf_counter() - t0)
+            row = {"preset": preset, "pattern": cfg.model.pattern, "context": ctx, "batch": batch,
+                   "latency_ms": 1e3 * statistics.median(times), "latency_min_ms": 1e3 * min(times),
+                   "tokens_timed": tokens, "state_bytes": accounting.state_bytes(cfg, ctx)}
+            if mem is not None:
+                row.update(argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
+                           temp_bytes=int(mem.temp_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes))
+                row["peak_bytes"] = (row["argument_bytes"] + row["output_bytes"] + row["temp_bytes"]
+                                     - row["alias_bytes"])
+            rows.append(row)
+            bar.advance(f"{preset} {ctx}")
+    bar.close()
+    ratios = []
+    for preset in presets:
+        r = sorted((row for row in rows if row["preset"] == preset), key=lambda row: row["context"])
+        if len(r) >= 2:
+            ratios.append({"preset": preset, "context_lo": r[0]["context"], "context_hi": r[-1]["context"],
+                           "latency_ratio": r[-1]["latency_ms"] / r[0]["latency_ms"],
+                           "peak_bytes_ratio": (r[-1]["peak_bytes"] / r[0]["peak_bytes"]
+                                                if "peak_bytes" in r[0] else None)})
+    return {"kind": "decode", "machine": machine_info(), "overrides": list(overrides), "rows": rows,
+            "ratios": ratios}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# all: every sub-bench in one process, and the targets
+# ---------------------------------------------------------------------------------------------------------
+
+
+def check_targets(ops: dict | None, train: dict | None, decode: dict | None) -> dict:
+    """Each target of issue 8 that the results can judge: {name: {target, value, met}} (value None: not
+    measured at the target's shape)."""
+    out = {}
+    if ops is not None:
+        hit = [r for r in ops["rows"] if r["op"] == "power_retention" and r["form"] == "chunked" and r["T"] == 4096
+               and r["p"] == 2 and r["heads"] == 4 and r["head_dim"] == 64 and "pct_peak" in r]
+        val = hit[0]["pct_peak"] if hit else None
+        out["retention_pct_peak"] = {"target": TARGETS["retention_pct_peak"], "value": val,
+                                     "met": None if val is None else val >= 50.0}
+        sl = {k: v["slope"] for k, v in ops["slopes"].items() if k in ("power_retention/chunked", "ssd/chunked")
+              and v["T_min"] <= 1024 and v["T_max"] >= 16384}
+        out["chunked_slope"] = {"target": TARGETS["chunked_slope"], "value": sl or None,
+                                "met": (all(s <= 1.15 for s in sl.values()) if len(sl) == 2 else None)}
+    if decode is not None:
+        rec = [r for r in decode["ratios"] if "A" not in _pattern(decode, r["preset"])
+               and r["context_lo"] <= 1024 and r["context_hi"] >= 16384]
+        val = {r["preset"]: {"latency_ratio": r["latency_ratio"], "peak_bytes_ratio": r["peak_bytes_ratio"]}
+               for r in rec}
+        out["decode_flat"] = {"target": TARGETS["decode_flat"], "value": val or None,
+                              "met": (all(v["latency_ratio"] <= 1.2 and (v["peak_bytes_ratio"] or 1.0) <= 1.01
+                                          for v in val.values()) if val else None)}
+    if train is not None:
+        hit = [r for r in train["rows"] if r["preset"] == "transformer_small"]
+        val = 100 * hit[0]["mfu"] if hit else None
+        out["transformer_mfu"] = {"target": TARGETS["transformer_mfu"], "value": val,
+                                  "met": None if val is None else val >= 40.0}
+    return out
+
+
+def _pattern(decode: dict, preset: str) -> str:
+    return next(r["pattern"] for r in decode["rows"] if r["preset"] == preset)
+
+
+def bench_all(*, peak_kw: dict | None = None, ops_kw: dict | None = None, train_kw: dict | None = None,
+              decode_kw: dict | None = None, progress: bool = False,
+              log: Callable[[str], None] | None = None) -> dict:
+    """peak, ops, train and decode in one process (the peak shared by all), and the targets."""
+    log = log or (lambda s: None)
+    peak = bench_peak(progress=progress, **(peak_kw or {}))
+    log(peak_table(peak))
+    ops = bench_ops(peak=peak, progress=progress, **(ops_kw or {}))
+    log(ops_table(ops))
+    train = bench_train(peak=peak, progress=progress, **(train_kw or {}))
+    log(train_table(train))
+    decode = bench_decode(progress=progress, **(decode_kw or {}))
+    log(decode_table(decode))
+    return {"kind": "all", "machine": machine_info(), "peak": peak, "ops": ops, "train": train, "decode": decode,
+            "targets": check_targets(ops, train, decode)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# kernels (XLA against Pallas)
+# ---------------------------------------------------------------------------------------------------------
 
 
 def bench_kernels(*, contexts=(1024, 4096), batch=1, heads=4, head_dim=64, d_state=64, chunk=64, p=2,
@@ -105,7 +512,12 @@ def bench_kernels(*, contexts=(1024, 4096), batch=1, heads=4, head_dim=64, d_sta
                 rows.append(row)
                 if progress:
                     progress(row)
-    return {"machine": machine_info(), "rows": rows}
+    return {"kind": "kernels", "machine": machine_info(), "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tables (markdown) and plots
+# ---------------------------------------------------------------------------------------------------------
 
 
 def kernels_table(result: dict) -> str:
@@ -121,6 +533,182 @@ def kernels_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def peak_table(result: dict) -> str:
+    lines = ["| fp32 GEMM n x n x n | ms | GFLOP/s |", "|---|---|---|"]
+    lines += [f"| {r['n']} | {r['ms']:.1f} | {r['gflops_per_s']:.1f} |" for r in result["rows"]]
+    lines.append(f"\npeak {result['peak_gflops_per_s']:.1f} GFLOP/s; memory bandwidth "
+                 f"{result['bandwidth_gb_per_s']:.1f} GB/s ({result['bandwidth_mib']} MiB, read + write)")
+    return "\n".join(lines)
+
+
+def ops_table(result: dict) -> str:
+    bwd = result.get("backward")
+    head = "| op | form | T | fwd ms | tokens/s | GFLOP/s | % of peak |" + (" fwd+bwd ms |" if bwd else "")
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for r in result["rows"]:
+        if "skipped" in r:
+            lines.append(f"| {r['op']} | {r['form']} | {r['T']} | skipped: {r['skipped']} | | | |"
+                         + (" |" if bwd else ""))
+            continue
+        lines.append(f"| {r['op']} | {r['form']} | {r['T']} | {r['fwd_ms']:.1f} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['gflops_per_s']:.1f} | {r['pct_peak']:.1f} |" + (f" {r['fwd_bwd_ms']:.1f} |" if bwd else ""))
+    lines.append("\n| op / form | log-log slope of time vs T | T range |\n|---|---|---|")
+    lines += [f"| {k} | {v['slope']:.2f} | {v['T_min']}..{v['T_max']} |" for k, v in result["slopes"].items()]
+    return "\n".join(lines)
+
+
+def train_table(result: dict) -> str:
+    lines = ["| preset | params | batch x context | step (s) | tokens/s | GFLOP/s | MFU |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['preset']} | {r['params']:,} | {r['batch']} x {r['context']} | {r['step_s']:.3f} | "
+              f"{r['tokens_per_s']:,.0f} | {r['gflops_per_s']:.1f} | {100 * r['mfu']:.1f}% |" for r in result["rows"]]
+    return "\n".join(lines)
+
+
+def decode_table(result: dict) -> str:
+    lines = ["| preset | context | latency (ms/token) | step peak memory (MiB) | state (MiB) |",
+             "|---|---|---|---|---|"]
+    for r in result["rows"]:
+        mem = f"{r['peak_bytes'] / 2**20:.1f}" if "peak_bytes" in r else "-"
+        lines.append(f"| {r['preset']} | {r['context']:,} | {r['latency_ms']:.2f} | {mem} | "
+                     f"{r['state_bytes'] / 2**20:.2f} |")
+    lines.append("\n| preset | latency hi / lo context | peak memory hi / lo |\n|---|---|---|")
+    for r in result["ratios"]:
+        mem = "-" if r["peak_bytes_ratio"] is None else f"{r['peak_bytes_ratio']:.2f}"
+        lines.append(f"| {r['preset']} ({r['context_hi']:,} / {r['context_lo']:,}) | {r['latency_ratio']:.2f} "
+                     f"| {mem} |")
+    return "\n".join(lines)
+
+
+def targets_table(targets: dict) -> str:
+    def fmt(v):
+        if v is None:
+            return "not measured"
+        if isinstance(v, dict):
+            return "; ".join(f"{k}: {fmt(x)}" for k, x in v.items())
+        return f"{v:.2f}"
+
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    for t in targets.values():
+        met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(f"| {t['target']} | {fmt(t['value'])} | {met} |")
+    return "\n".join(lines)
+
+
+def _subtitle(result: dict) -> str:
+    m = result["machine"]
+    return f"{m['cpu']} ({m['cpu_count']} cores, {m['platform']}), jax {m['jax']}, {m['date']}"
+
+
+def plot_peak(result: dict):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.6, 4.0), layout="constrained")
+    ax = fig.subplots()
+    n = [r["n"] for r in result["rows"]]
+    ax.plot(n, [r["gflops_per_s"] for r in result["rows"]], "o-", color="#1f77b4", label="fp32 GEMM")
+    ax.axhline(result["peak_gflops_per_s"], color="k", ls="--", lw=1,
+               label=f"peak {result['peak_gflops_per_s']:.0f} GFLOP/s")
+    ax.set(xlabel="matrix size n (n x n x n)", ylabel="GFLOP/s", ylim=(0, None),
+           title=f"GEMM peak; memory {result['bandwidth_gb_per_s']:.1f} GB/s")
+    ax.legend(loc="lower right")
+    fig.suptitle(_subtitle(result), fontsize=8)
+    return fig
+
+
+_OP_COLOR = {"power_retention": "#d62728", "ssd": "#2ca02c", "attention": "#1f77b4"}
+
+
+def plot_ops(result: dict):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11.0, 4.2), layout="constrained")
+    ax_t, ax_f = fig.subplots(1, 2)
+    for key in sorted({(r["op"], r["form"]) for r in result["rows"]}):
+        pts = sorted((r["T"], r["fwd_ms"], r["gflops_per_s"]) for r in result["rows"]
+                     if (r["op"], r["form"]) == key and "fwd_ms" in r)
+        if not pts:
+            continue
+        T, ms, gf = zip(*pts, strict=True)
+        slope = result["slopes"].get(f"{key[0]}/{key[1]}")
+        label = f"{key[0]} {key[1]}" + (f" (slope {slope['slope']:.2f})" if slope else "")
+        style = {"color": _OP_COLOR[key[0]], "ls": "-" if key[1] == "chunked" else "--", "marker": "o"}
+        ax_t.plot(T, ms, label=label, **style)
+        ax_f.plot(T, gf, label=f"{key[0]} {key[1]}", **style)
+    for ax in (ax_t, ax_f):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequence length T (tokens)")
+    ax_t.set_yscale("log")
+    ax_t.set(ylabel="forward time (ms)", title="time vs T (log-log)")
+    ax_t.legend(fontsize=7)
+    ax_f.axhline(result["peak_gflops_per_s"], color="k", ls=":", lw=1, label="GEMM peak")
+    ax_f.axhline(result["peak_gflops_per_s"] / 2, color="grey", ls=":", lw=1, label="50% of peak")
+    ax_f.set(ylabel="achieved GFLOP/s (accounting FLOPs)", ylim=(0, None), title="achieved FLOP/s")
+    ax_f.legend(fontsize=7)
+    fig.suptitle(_subtitle(result), fontsize=8)
+    return fig
+
+
+def plot_train(result: dict):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
+    ax_m, ax_t = fig.subplots(1, 2)
+    names = [r["preset"] for r in result["rows"]]
+    x = np.arange(len(names))
+    ax_m.bar(x, [100 * r["mfu"] for r in result["rows"]], color="#9467bd")
+    ax_m.axhline(40, color="k", ls="--", lw=1, label="40% target")
+    ax_m.set(ylabel="MFU (% of measured GEMM peak)", title="train step MFU")
+    ax_m.legend()
+    ax_t.bar(x, [r["tokens_per_s"] for r in result["rows"]], color="#8c564b")
+    ax_t.set(ylabel="tokens/s", title="train step throughput")
+    r0 = result["rows"][0] if result["rows"] else {"batch": 0, "context": 0}
+    for ax in (ax_m, ax_t):
+        ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
+        ax.set_xlabel(f"preset (batch {r0['batch']} x context {r0['context']})")
+    fig.suptitle(_subtitle(result), fontsize=8)
+    return fig
+
+
+def plot_decode(result: dict):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10.0, 4.0), layout="constrained")
+    ax_l, ax_m = fig.subplots(1, 2)
+    for preset in dict.fromkeys(r["preset"] for r in result["rows"]):
+        rows = sorted((r for r in result["rows"] if r["preset"] == preset), key=lambda r: r["context"])
+        ctx = [r["context"] for r in rows]
+        ax_l.plot(ctx, [r["latency_ms"] for r in rows], "o-", label=preset)
+        if all("peak_bytes" in r for r in rows):
+            ax_m.plot(ctx, [r["peak_bytes"] / 2**20 for r in rows], "o-", label=preset)
+    for ax in (ax_l, ax_m):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("context (tokens)")
+        ax.legend(fontsize=8)
+    ax_l.set(ylabel="ms per token (median)", ylim=(0, None), title="decode latency")
+    ax_m.set_yscale("log")
+    ax_m.set(ylabel="MiB", title="decode step peak memory (XLA memory analysis)")
+    fig.suptitle(_subtitle(result), fontsize=8)
+    return fig
+
+
+PLOTS = {"peak": plot_peak, "ops": plot_ops, "train": plot_train, "decode": plot_decode}
+
+
+def save_plots(result: dict, out_dir) -> list[Path]:
+    """bench_<kind>.png/.svg for the result (for ``all``: one per sub-bench) in ``out_dir``."""
+    from scaling.analysis.plots import save_figure
+
+    parts = [result[k] for k in PLOTS if k in result] if result["kind"] == "all" else [result]
+    paths = []
+    for part in parts:
+        if part["kind"] in PLOTS:
+            paths += save_figure(PLOTS[part["kind"]](part), out_dir, f"bench_{part['kind']}")
+    return paths
+
+
 def write_json(result: dict, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         json.dump(result, fh, indent=2)

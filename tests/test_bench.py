@@ -1,11 +1,169 @@
-"""scaling bench kernels: rows for each op and backend, FLOPs from the accounting, Pallas skipped on CPU."""
+"""scaling bench: every sub-bench at tiny sizes writes the JSON fields docs/performance.md promises and its plots;
+FLOPs come from the accounting; the slope, the targets and the CLI's errors."""
 
 import json
+import math
 
 import jax
+import jax.numpy as jnp
+import pytest
 
-from scaling import bench
+from scaling import accounting, bench, cli
 from scaling.cli import main
+
+TINY = ["--sizes", "64", "--repeats", "1", "--context", "32", "64", "--heads", "2", "--head-dim", "8",
+        "--d-state", "8", "--chunk", "16", "--train-batch", "2", "--train-context", "16", "--tokens", "2",
+        "--set", "model.n_layers=1", "--no-progress"]
+
+
+def test_loglog_slope_on_synthetic_numbers():
+    xs = [1024, 2048, 4096, 8192, 16384]
+    assert bench.loglog_slope(xs, [3e-3 * x for x in xs]) == pytest.approx(1.0)
+    assert bench.loglog_slope(xs, [1e-9 * x**2 for x in xs]) == pytest.approx(2.0)
+    assert bench.loglog_slope(xs, [5.0 for _ in xs]) == pytest.approx(0.0, abs=1e-12)
+    # a fixed overhead pulls the slope below 1; a least-squares fit, not the end points alone
+    ys = [1.0 + 1e-3 * x for x in xs]
+    assert bench.loglog_slope(xs, ys) < 1.0
+    assert bench.loglog_slope([1, 2, 4], [1, 2.2, 4]) == pytest.approx(1.0, abs=0.1)
+    with pytest.raises(ValueError, match="two distinct"):
+        bench.loglog_slope([1024], [1.0])
+
+
+def test_bench_all_cli_writes_json_and_plots(tmp_path):
+    out = tmp_path / "b"
+    assert main(["bench", "all", "--out", str(out), "--presets", "transformer_tiny", "power_retention_tiny",
+                 *TINY]) == 0
+    data = json.loads((out / "bench_all.json").read_text())
+    for part in ("peak", "ops", "train", "decode"):
+        m = data[part]["machine"]
+        assert m["jax"] == jax.__version__ and m["date"] and m["cpu_count"] >= 1 and m["platform"]
+        assert (out / f"bench_{part}.png").stat().st_size > 0 and (out / f"bench_{part}.svg").stat().st_size > 0
+
+    peak = data["peak"]
+    assert peak["peak_gflops_per_s"] == max(r["gflops_per_s"] for r in peak["rows"]) > 0
+    assert peak["bandwidth_gb_per_s"] > 0
+    r = peak["rows"][0]
+    assert r["gflops_per_s"] == pytest.approx(2 * 64**3 / (r["ms"] / 1e3) / 1e9)
+
+    ops = data["ops"]
+    assert ops["peak_gflops_per_s"] == peak["peak_gflops_per_s"]  # one peak, shared by every ratio
+    keys = {(r["op"], r["form"], r["T"]) for r in ops["rows"]}
+    assert keys == {(op, f, t) for t in (32, 64) for op in ("power_retention", "ssd") for f in ("chunked", "parallel")
+                    } | {("attention", "parallel", t) for t in (32, 64)}
+    shape = {"heads": 2, "head_dim": 8, "d_state": 8, "chunk": 16, "p": 2}
+    for r in ops["rows"]:
+        assert r["flops"] == pytest.approx(bench.op_flops_per_token(r["op"], r["T"], **shape) * r["T"])
+        assert r["gflops_per_s"] == pytest.approx(r["flops"] / (r["fwd_ms"] / 1e3) / 1e9)
+        assert r["pct_peak"] == pytest.approx(100 * r["gflops_per_s"] / peak["peak_gflops_per_s"])
+        assert r["tokens_per_s"] == pytest.approx(r["T"] / (r["fwd_ms"] / 1e3))
+    for key in ("power_retention/chunked", "power_retention/parallel", "ssd/chunked", "attention/parallel"):
+        s = ops["slopes"][key]
+        pts = sorted((r["T"], r["fwd_ms"]) for r in ops["rows"] if f"{r['op']}/{r['form']}" == key)
+        assert s["slope"] == pytest.approx(math.log(pts[1][1] / pts[0][1]) / math.log(2))
+        assert (s["T_min"], s["T_max"]) == (32, 64)
+    assert {(x["op"], x["T"]) for x in ops["ratios"]} == {(o, t) for o in ("power_retention", "ssd") for t in (32, 64)}
+
+    train = data["train"]
+    assert [r["preset"] for r in train["rows"]] == ["transformer_tiny", "power_retention_tiny"]
+    from scaling import config
+    for r in train["rows"]:
+        cfg = config.load(bench.PRESET_DIR / f"{r['preset']}.py", ["model.n_layers=1"])
+        assert r["n_layers"] == 1 and (r["batch"], r["context"]) == (2, 16)
+        assert r["train_flops_per_token"] == pytest.approx(3 * accounting.flops_per_token(cfg, 16))
+        assert r["tokens_per_s"] == pytest.approx(32 / r["step_s"])
+        assert r["mfu"] == pytest.approx(r["gflops_per_s"] / peak["peak_gflops_per_s"])
+
+    dec = data["decode"]
+    assert {(r["preset"], r["context"]) for r in dec["rows"]} == {
+        (p, c) for p in ("transformer_tiny", "power_retention_tiny") for c in (32, 64)}
+    for r in dec["rows"]:
+        assert r["latency_ms"] > 0 and r["peak_bytes"] > 0 and r["tokens_timed"] == 2
+    assert set(data["targets"]) == set(bench.TARGETS)
+    assert all(t["value"] is None and t["met"] is None for k, t in data["targets"].items()
+               if k != "decode_flat")  # not measured at the targets' shapes
+
+
+def test_decode_memory_is_flat_for_recurrent_state_and_grows_for_attention():
+    res = bench.bench_decode(presets=("power_retention_tiny", "mamba2_tiny", "transformer_tiny"), contexts=(64, 512),
+                             tokens=2, prompt=4, overrides=["model.n_layers=1"])
+    by = {(r["preset"], r["context"]): r for r in res["rows"]}
+    for p in ("power_retention_tiny", "mamba2_tiny"):
+        assert by[p, 64]["peak_bytes"] == by[p, 512]["peak_bytes"]
+        assert by[p, 64]["state_bytes"] == by[p, 512]["state_bytes"]
+    kv = by["transformer_tiny", 512]["state_bytes"] - by["transformer_tiny", 64]["state_bytes"]
+    assert kv == 4 * 2 * (512 - 64) * 128  # one layer's K and V, fp32, d_model 128
+    assert by["transformer_tiny", 512]["peak_bytes"] > by["transformer_tiny", 64]["peak_bytes"]
+    ratios = {r["preset"]: r for r in res["ratios"]}
+    assert ratios["power_retention_tiny"]["peak_bytes_ratio"] == 1.0
+    assert ratios["transformer_tiny"]["peak_bytes_ratio"] > 1.0
+
+
+def test_at_position_moves_every_position_counter_only():
+    from scaling import config, models
+
+    cfg = config.load(bench.PRESET_DIR / "hybrid_tiny.py", [])
+    state = models.build(cfg.model).init_state(1, 40)
+    moved = bench._at_position(state, 1000)
+    assert int(moved["pos"]) == 1000
+    attn = [s for s in moved["layers"] if hasattr(s, "pos")]
+    assert attn and all(int(s.pos) == 1000 for s in attn)
+    before = [x for x in jax.tree.leaves(state) if x.ndim > 0]
+    after = [x for x in jax.tree.leaves(moved) if x.ndim > 0]
+    assert all(a is b for a, b in zip(before, after, strict=True))
+
+
+def _fake(pct, slopes, lat, mem, mfu):
+    ops = {"rows": [{"op": "power_retention", "form": "chunked", "T": 4096, "p": 2, "heads": 4, "head_dim": 64,
+                     "pct_peak": pct}],
+           "slopes": {k: {"slope": v, "T_min": 1024, "T_max": 16384} for k, v in slopes.items()}}
+    decode = {"rows": [{"preset": "power_retention_small", "pattern": "R"},
+                       {"preset": "transformer_small", "pattern": "A"}],
+              "ratios": [{"preset": "power_retention_small", "context_lo": 1024, "context_hi": 16384,
+                          "latency_ratio": lat, "peak_bytes_ratio": mem},
+                         {"preset": "transformer_small", "context_lo": 1024, "context_hi": 16384,
+                          "latency_ratio": 9.0, "peak_bytes_ratio": 5.0}]}
+    train = {"rows": [{"preset": "transformer_small", "mfu": mfu}]}
+    return bench.check_targets(ops, train, decode)
+
+
+def test_check_targets_judges_each_target():
+    ok = _fake(55.0, {"power_retention/chunked": 1.02, "ssd/chunked": 1.1}, 1.05, 1.0, 0.45)
+    assert all(t["met"] for t in ok.values())
+    assert "transformer_small" not in ok["decode_flat"]["value"]  # attention is not held to the flat target
+    bad = _fake(30.0, {"power_retention/chunked": 1.3, "ssd/chunked": 1.1}, 1.5, 1.0, 0.2)
+    assert not any(t["met"] for t in bad.values())
+    assert _fake(55.0, {"ssd/chunked": 1.0}, 1.0, 1.3, 0.45)["decode_flat"]["met"] is False  # memory grew
+    assert _fake(55.0, {"ssd/chunked": 1.0}, 1.0, 1.0, 0.45)["chunked_slope"]["met"] is None  # one op missing
+    assert "**no**" in bench.targets_table(bad) and "yes" in bench.targets_table(ok)
+
+
+def test_sub_bench_cli_writes_its_json_and_plot(tmp_path, capsys):
+    out = tmp_path / "p.json"
+    assert main(["bench", "peak", "--out", str(tmp_path), "--json", str(out), "--sizes", "32", "64",
+                 "--repeats", "1", "--no-progress"]) == 0
+    data = json.loads(out.read_text())
+    assert data["kind"] == "peak" and [r["n"] for r in data["rows"]] == [32, 64]
+    assert (tmp_path / "bench_peak.png").exists() and (tmp_path / "bench_peak.svg").exists()
+    assert "GFLOP/s" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_sub_commands_and_flags(tmp_path, capsys):
+    assert cli.SUB_BENCHES == bench.SUB_BENCHES
+    with pytest.raises(SystemExit):
+        main(["bench", "fast"])
+    assert "invalid choice: 'fast'" in capsys.readouterr().err
+    for argv, msg in ((["ops", "--context", "0"], "--context = 0: must be an integer >= 1"),
+                      (["peak", "--repeats", "0"], "--repeats = 0"),
+                      (["train", "--presets", "nope"], "unknown 'nope'; accepted: hybrid_small"),
+                      (["decode", "--tokens", "-1"], "--tokens = -1"),
+                      (["ops", "--max-gib", "0"], "--max-gib = 0.0: must be > 0")):
+        assert main(["bench", *argv, "--out", str(tmp_path)]) == 2
+        assert msg in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing timed or written before the error
+    with pytest.raises(SystemExit):
+        main(["bench", "ops", "--p", "5"])
+    with pytest.raises(ValueError, match="ops: unknown"):
+        bench.bench_ops(contexts=(16,), ops=("lstm",), peak={"peak_gflops_per_s": 1.0})
 
 
 def test_bench_kernels_rows(tmp_path):
@@ -22,10 +180,17 @@ def test_bench_kernels_rows(tmp_path):
     assert "power_retention | xla | 48" in bench.kernels_table(res)
 
 
-def test_bench_cli_writes_json(tmp_path, capsys):
+def test_bench_kernels_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "k.json"
     assert main(["bench", "kernels", "--context", "32", "--heads", "2", "--head-dim", "8", "--d-state", "8",
                  "--chunk", "16", "--repeats", "1", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["machine"]["date"] and len(data["rows"]) == 4
     assert "Pallas" in capsys.readouterr().out
+
+
+def test_op_inputs_shapes():
+    q, k, v, lg, dt, A, B, C = bench.op_inputs(2, 5, 3, 4, 6)
+    assert q.shape == k.shape == v.shape == (2, 5, 3, 4) and lg.shape == dt.shape == (2, 5, 3)
+    assert A.shape == (3,) and B.shape == C.shape == (2, 5, 1, 6)
+    assert bool(jnp.all(lg <= 0)) and bool(jnp.all(dt > 0)) and bool(jnp.all(A < 0))

@@ -175,6 +175,41 @@ def _sympow_bwd(p, x, g):
 _sympow.defvjp(_sympow_fwd, _sympow_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _sympow_rows(xT, p):
+    """phi over the second-to-last axis: xT [..., d, r] -> phi(x)^T [..., D, r], D = sympow_dim(d, p).
+
+    The feature-major layout the chunked form's matmuls want: each feature is a product of whole rows of
+    xT, so the gather copies contiguous rows (vectorised) instead of single elements of the last axis.
+    """
+    idx, weight = _sympow_table(int(xT.shape[-2]), p)
+    out = xT[..., idx[:, 0], :]
+    for m in range(1, p):
+        out = out * xT[..., idx[:, m], :]
+    return out * jnp.asarray(weight, dtype=xT.dtype)[:, None]
+
+
+def _sympow_rows_fwd(xT, p):
+    return _sympow_rows(xT, p), xT
+
+
+def _sympow_rows_bwd(p, xT, g):
+    # As _sympow_bwd, with the feature axis second to last: gather g into the ordered-tuple tensor T and
+    # contract it with x on p - 1 axes (no scatter-add).
+    d = xT.shape[-2]
+    _, weight = _sympow_table(d, p)
+    full = _sympow_full_index(d, p).reshape(-1)
+    t = (g / jnp.asarray(weight, g.dtype)[:, None])[..., full, :]  # [..., d^p, r]
+    t = t.reshape(g.shape[:-2] + (d,) * p + g.shape[-1:])
+    for _ in range(p - 1):
+        x_b = xT.reshape(xT.shape[:-2] + (1,) * (t.ndim - xT.ndim - 1) + xT.shape[-2:])
+        t = jnp.einsum("...ijr,...jr->...ir", t, x_b)
+    return (p * t,)
+
+
+_sympow_rows.defvjp(_sympow_rows_fwd, _sympow_rows_bwd)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Validation
 # ---------------------------------------------------------------------------------------------------------
@@ -328,10 +363,17 @@ def _recurrent(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p):
 
 
 def _chunked(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p, chunk_size):
-    """Chunked form in three stages: intra-chunk attention and chunk-local states for all chunks at once
-    (batched matmuls), then a scan of the cheap elementwise state recurrence across chunks, then every
-    chunk's query of the state it starts from (batched matmuls). The states before each chunk are held,
-    [batch, chunks, kv_heads, D, e]: the XLA baseline trades that memory for matmul-shaped work."""
+    """Chunked form: intra-chunk attention for all chunks at once (batched matmuls), then one lax.scan
+    over chunks in which each chunk queries the state it starts from and then adds its own keys to it.
+
+    The scan keeps the state [S, z] of one chunk step in cache ([batch, kv_heads, D, e + 1], z as the
+    last column so the value and normaliser matmuls are one), and builds each chunk's features inside
+    the step, feature-major ([D, tokens]: rows of q^T and k^T multiplied together, a contiguous gather).
+    Neither the features of the whole sequence nor the state before every chunk is ever materialised:
+    at T = 4096 those would be ~140 MB each, and streaming them through memory made the op
+    memory-bound. Under autodiff the step is rematerialised (jax.checkpoint), so the backward pass
+    recomputes the cheap features instead of saving them for every chunk.
+    """
     b, T, hk, g, d = q_bthgd.shape
     e = v_bthe.shape[-1]
     c = min(chunk_size, T)  # a chunk longer than the call only adds padding
@@ -359,28 +401,28 @@ def _chunked(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p, chunk_size):
     num = jnp.einsum("bnhgij,bnjhe->bnihge", w_bnhgij, v_bnche)
     den = jnp.einsum("bnhgij->bnihg", w_bnhgij)
 
-    # 2. Chunk-local states, then the recurrence across chunks. phi is homogeneous of degree p, so the
-    # decay e^{a - b_j} <= 1 is applied to k as e^{(a - b_j)/p}: d-sized work instead of D-sized.
-    fk_bnchD = sympow_features(k_bnchd * jnp.exp((a_bnh[:, :, None] - lb_bnch) / p)[..., None], p)
-    dS_bnhDe = jnp.einsum("bnchD,bnche->bnhDe", fk_bnchD, v_bnche)
-    dz_bnhD = jnp.sum(fk_bnchD, axis=2)
+    # 2. Across chunks. phi is homogeneous of degree p, so the decays e^{b_i} (query side) and
+    # e^{a - b_j} <= 1 (key side) are applied to the d-vectors as e^{b_i/p}, e^{(a - b_j)/p}.
+    # Per chunk, time-minor: q^T [n, b, hk, d, g*c] (columns ordered g, c), k^T [n, b, hk, d, c].
+    qT_nbhdr = (q_bncgd * jnp.exp(lb_bnch / p)[..., None, None]).transpose(1, 0, 3, 5, 4, 2)
+    qT_nbhdr = qT_nbhdr.reshape(n, b, hk, d, g * c)
+    kT_nbhdc = (k_bnchd * jnp.exp((a_bnh[:, :, None] - lb_bnch) / p)[..., None]).transpose(1, 0, 3, 4, 2)
+    v1_nbhce = jnp.concatenate([v_bnche, jnp.ones_like(v_bnche[..., :1])], -1).transpose(1, 0, 3, 2, 4)
+    decay_nbh = jnp.exp(a_bnh).transpose(1, 0, 2)
+    Sz0_bhDe = jnp.concatenate([S0, z0[..., None]], -1)  # [b, hk, D, e + 1]
 
-    def step(carry, xs):
-        S, z = carry
-        dS, dz, a_bh = xs
-        decay = jnp.exp(a_bh)
-        return (decay[..., None, None] * S + dS, decay[..., None] * z + dz), (S, z)
+    @jax.checkpoint
+    def step(Sz_bhDe, xs):
+        qT_bhdr, kT_bhdc, v1_bhce, decay_bh = xs
+        out_bher = jnp.einsum("bhDe,bhDr->bher", Sz_bhDe, _sympow_rows(qT_bhdr, p))
+        dSz_bhDe = jnp.einsum("bhDc,bhce->bhDe", _sympow_rows(kT_bhdc, p), v1_bhce)
+        return decay_bh[..., None, None] * Sz_bhDe + dSz_bhDe, out_bher
 
-    xs = tuple(jnp.moveaxis(x, 1, 0) for x in (dS_bnhDe, dz_bnhD, a_bnh))
-    (S, z), (S_before, z_before) = jax.lax.scan(step, (S0, z0), xs)
-
-    # 3. Each chunk queries the state it starts from, decayed to each token: e^{b_i} phi(q_i) = phi(e^{b_i/p} q_i).
-    fq_bncgD = sympow_features(q_bncgd * jnp.exp(lb_bnch / p)[..., None, None], p)
-    num = num + jnp.einsum("bnchgD,nbhDe->bnchge", fq_bncgD, S_before)
-    den = den + jnp.einsum("bnchgD,nbhD->bnchg", fq_bncgD, z_before)
-    num = num.reshape(b, n * c, hk, g, e)[:, :T]
-    den = den.reshape(b, n * c, hk, g)[:, :T]
-    return num, den, RetentionState(S, z)
+    Sz_bhDe, out_nbher = jax.lax.scan(step, Sz0_bhDe, (qT_nbhdr, kT_nbhdc, v1_nbhce, decay_nbh))
+    out_bncghe = out_nbher.reshape(n, b, hk, e + 1, g, c).transpose(1, 0, 5, 2, 4, 3)
+    num = (num + out_bncghe[..., :e]).reshape(b, n * c, hk, g, e)[:, :T]
+    den = (den + out_bncghe[..., e]).reshape(b, n * c, hk, g)[:, :T]
+    return num, den, RetentionState(Sz_bhDe[..., :e], Sz_bhDe[..., e])
 
 
 # ---------------------------------------------------------------------------------------------------------
