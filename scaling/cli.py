@@ -342,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--load-state", metavar="PATH", help="continue from a state saved by --save-state; the "
                    "prompt (may be empty) is appended to what it has seen")
     g.add_argument("--quiet", action="store_true", help="do not print the generated text")
-    g.add_argument("--max-tokens", type=int, default=200, help="bytes to generate (default 200)")
+    g.add_argument("--max-tokens", type=int, default=200, help="bytes to generate (default 200; 0: only prefill)")
     g.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
     g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")

@@ -275,8 +275,8 @@ def sample_logits(logits, key, *, temperature: float = 1.0, top_k: int = 0, top_
 
 
 def _validate(max_tokens, temperature, top_k, top_p):
-    if not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ValueError(f"max_tokens = {max_tokens!r}: must be an integer >= 1")
+    if not isinstance(max_tokens, int) or max_tokens < 0:
+        raise ValueError(f"max_tokens = {max_tokens!r}: must be an integer >= 0 (0: only prefill the prompt)")
     if temperature < 0:
         raise ValueError(f"temperature = {temperature!r}: must be >= 0 (0 is greedy)")
     if not isinstance(top_k, int) or top_k < 0:
