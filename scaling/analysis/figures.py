@@ -26,6 +26,9 @@ FIGURES: dict[str, tuple[str, str]] = {
     "mamba_scaling": ("scaling.analysis.papers:mamba_scaling", "Mamba-2 vs Transformer++: loss vs training FLOPs"),
     "metamorphosis": ("scaling.analysis.papers_metamorphosis:metamorphosis",
                       "Metamorphosis: a transformer's attention swapped for power retention, then retrained"),
+    # recall benchmarks (scaling/data/synthetic.py; experiments/mqar_state_size.py, length_generalisation.py)
+    "recall_vs_state": ("scaling.analysis.recall:recall_vs_state", "Recall vs state size"),
+    "loss_vs_position": ("scaling.analysis.recall:loss_vs_position", "Length generalisation: loss vs position"),
 }
 
 
