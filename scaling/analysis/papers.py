@@ -22,7 +22,7 @@ import pandas as pd
 
 from scaling.analysis import fits as _fits
 from scaling.analysis.figures import FigureSkipped, StudyFigure
-from scaling.analysis.plots import _figure, family_style, save_figure, sci
+from scaling.analysis.plots import _figure, _plain_log_axis, family_style, save_figure, sci
 
 # Published final losses of "Scaling Context Requires Rethinking Attention" (Gelada et al. 2025), Table 4:
 # ~750M backbone on LongCrawl64, attention at context 1024, window-1k attention and power attention p = 2 at 4096.
@@ -276,10 +276,9 @@ def mamba_scaling(data, out: Path) -> StudyFigure:
                     pass
         _flops_axis(ax)
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         lo, hi = cell["final_val_loss"].min(), cell["final_val_loss"].max()
         ax.set_ylim(lo * 0.97, hi * 1.15)
+        _plain_log_axis(ax.yaxis)
         ax.set_xlabel("training compute C (FLOPs)")
         ax.set_ylabel("validation loss (nats/token)")
         ax.set_title(f"context {ctx:,}", fontsize=10)
