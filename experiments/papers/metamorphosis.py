@@ -10,7 +10,7 @@ converted model gets within 5% of it in fewer steps than the scratch model.
 
 ``scale="cpu"``: d_model 64, 2 layers, 4 heads of 16 (power retention state D = C(17, 2) = 136 features a
 head), context 128, batch 16, the stdlib corpus (bytes). Source 1500 steps at lr 3e-3; the converted model
-retrains for 1000 steps at lr 1e-3; scratch trains 1500 steps at lr 3e-3, the source's own schedule.
+retrains for 1500 steps at lr 1e-3; scratch trains 1500 steps at lr 3e-3, the source's own schedule.
 
 ``scale="full"``: a ~1.1B statescale transformer (d_model 2048, 24 layers, 16 heads of 128, GQA with 8 kv heads,
 context 4096, 2^19 tokens a step) trained for 20,000 steps (10.5B tokens) on your tokenized data
@@ -70,6 +70,6 @@ def get_sweep(scale: str = "cpu") -> Sweep:
             "train.log_every": 10, "train.eval_every": 50, "train.checkpoint_every": 250,
             "data.eval_batches": 8,
         },
-        variants=_variants(1500, 1000, 1e-3, 20),
+        variants=_variants(1500, 1500, 1e-3, 20),
         figures=["metamorphosis"],
     )
