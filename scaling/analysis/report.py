@@ -185,7 +185,8 @@ def load_runs(sweep_dir: str | Path, *, statuses: Sequence[str] = ("done",)) -> 
             point = json.loads(r.get("point") or "{}")
         except json.JSONDecodeError:
             point = {}
-        rec.update(point)
+        # JSON turned tuple axis values (train.eval_contexts = (64, 128)) into lists; tuples can be grouped by
+        rec.update({k: tuple(v) if isinstance(v, list) else v for k, v in point.items()})
         try:  # other final eval metrics (runs.extra), as columns named final_<metric>
             extra = json.loads(r["extra"]) if isinstance(r.get("extra"), str) else {}
         except json.JSONDecodeError:
