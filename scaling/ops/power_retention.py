@@ -98,6 +98,11 @@ class RetentionState(NamedTuple):
 # ---------------------------------------------------------------------------------------------------------
 
 
+# lax.scan unroll of the chunked form's loop over chunks. XLA's cost analysis counts a loop body once, so
+# tests/test_accounting.py unrolls it fully (True) to compare the accounting with every chunk's FLOPs.
+SCAN_UNROLL: int | bool = 1
+
+
 def sympow_dim(d: int, p: int) -> int:
     """Number of features of the degree-p symmetric power of a d-vector: C(d+p-1, p)."""
     if not isinstance(d, int | np.integer) or isinstance(d, bool) or d < 1:
@@ -418,7 +423,8 @@ def _chunked(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p, chunk_size):
         dSz_bhDe = jnp.einsum("bhDc,bhce->bhDe", _sympow_rows(kT_bhdc, p), v1_bhce)
         return decay_bh[..., None, None] * Sz_bhDe + dSz_bhDe, out_bher
 
-    Sz_bhDe, out_nbher = jax.lax.scan(step, Sz0_bhDe, (qT_nbhdr, kT_nbhdc, v1_nbhce, decay_nbh))
+    Sz_bhDe, out_nbher = jax.lax.scan(step, Sz0_bhDe, (qT_nbhdr, kT_nbhdc, v1_nbhce, decay_nbh),
+                                      unroll=SCAN_UNROLL)
     out_bncghe = out_nbher.reshape(n, b, hk, e + 1, g, c).transpose(1, 0, 5, 2, 4, 3)
     num = (num + out_bncghe[..., :e]).reshape(b, n * c, hk, g, e)[:, :T]
     den = (den + out_bncghe[..., e]).reshape(b, n * c, hk, g)[:, :T]
