@@ -71,6 +71,21 @@ def _generate(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    from scaling.convert import convert_run
+
+    cfg, step = convert_run(args.workdir, args.out, to=args.to, overrides=args.set)
+    r = cfg.model.retention
+    print(f"converted {args.workdir} (checkpoint step {step}) -> {args.out}: pattern {cfg.model.pattern} x "
+          f"{cfg.model.n_layers}, power retention p={r.p}, {r.n_heads} heads ({r.n_kv_heads} kv), gate started "
+          f"at {r.gate_init}; q/k/v/o and every other weight copied")
+    if cfg.model.attention.window:
+        print(f"note: the source attention had a window of {cfg.model.attention.window} tokens; power retention "
+              "has none (its gate decays instead)")
+    print(f"retrain it: scaling train {args.out}   (add --set train.steps=N ... and --workdir for a new run)")
+    return 0
+
+
 def _tokenize(args) -> int:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
@@ -91,21 +106,6 @@ def _tokenize(args) -> int:
           f"({args.dtype}, BOS + bytes + EOS each) from {result.input_bytes:,} bytes")
     print(f"train on it: scaling train CONFIG --set data.source=tokens --set data.path={result.out}"
           + ("" if args.dtype == "uint16" else f" --set data.token_dtype={args.dtype}"))
-    return 0
-
-
-def _convert(args) -> int:
-    from scaling.convert import convert_run
-
-    cfg, step = convert_run(args.workdir, args.out, to=args.to, overrides=args.set)
-    r = cfg.model.retention
-    print(f"converted {args.workdir} (checkpoint step {step}) -> {args.out}: pattern {cfg.model.pattern} x "
-          f"{cfg.model.n_layers}, power retention p={r.p}, {r.n_heads} heads ({r.n_kv_heads} kv), gate started "
-          f"at {r.gate_init}; q/k/v/o and every other weight copied")
-    if cfg.model.attention.window:
-        print(f"note: the source attention had a window of {cfg.model.attention.window} tokens; power retention "
-              "has none (its gate decays instead)")
-    print(f"retrain it: scaling train {args.out}   (add --set train.steps=N ... and --workdir for a new run)")
     return 0
 
 
@@ -349,6 +349,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(func=_generate)
 
+    cv = sub.add_parser("convert", help="metamorphosis: turn a trained transformer's attention layers into power "
+                        "retention with the same weights, as a new run workdir to retrain",
+                        description="Take WORKDIR's newest checkpoint, swap each attention layer (A) for power "
+                        "retention (R) with the same q/k/v/o weights and a gate started near 1, and write NEWDIR: "
+                        "config.json (train.init_from = WORKDIR) and a step-0 checkpoint. `scaling train NEWDIR` "
+                        "then retrains all weights.", epilog=EPILOG)
+    cv.add_argument("workdir", help="a run directory written by `scaling train` (with a checkpoint)")
+    cv.add_argument("--to", required=True, help="the mixer letter to convert attention into: R")
+    cv.add_argument("--out", required=True, help="the new run directory (must not exist, or be empty)")
+    cv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a field of the converted config, e.g. model.retention.p=4, train.steps=500")
+    cv.set_defaults(func=_convert)
+
     tk = sub.add_parser("tokenize", help="convert a text directory, .jsonl or text file into a memory-mapped token "
                         "file for data.source=tokens",
                         description="Stream documents through the byte tokenizer into FILE (.bin: raw ids, or .npy), "
@@ -362,19 +375,6 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--dtype", default="uint16", choices=("uint16", "uint32"), help="id dtype (default uint16)")
     tk.add_argument("--no-progress", action="store_true", help="no progress bar")
     tk.set_defaults(func=_tokenize)
-
-    cv = sub.add_parser("convert", help="metamorphosis: turn a trained transformer's attention layers into power "
-                        "retention with the same weights, as a new run workdir to retrain",
-                        description="Take WORKDIR's newest checkpoint, swap each attention layer (A) for power "
-                        "retention (R) with the same q/k/v/o weights and a gate started near 1, and write NEWDIR: "
-                        "config.json (train.init_from = WORKDIR) and a step-0 checkpoint. `scaling train NEWDIR` "
-                        "then retrains all weights.", epilog=EPILOG)
-    cv.add_argument("workdir", help="a run directory written by `scaling train` (with a checkpoint)")
-    cv.add_argument("--to", required=True, help="the mixer letter to convert attention into: R")
-    cv.add_argument("--out", required=True, help="the new run directory (must not exist, or be empty)")
-    cv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a field of the converted config, e.g. model.retention.p=4, train.steps=500")
-    cv.set_defaults(func=_convert)
 
     f = sub.add_parser("flops", help="params, FLOPs per token, state size and the weight/state FLOP split",
                        description="Forward FLOPs per token (2 per multiply-add) at each context, split into "
