@@ -110,16 +110,23 @@ def default_config() -> ConfigDict:
 # Loading
 
 
-def _load_file(path: str | Path) -> ConfigDict:
+def import_file(path: str | Path, function: str, *, kind: str = "config file", error=None):
+    """Import the Python file ``path`` (a config or sweep spec) and return the module; it must define
+    ``function``. A missing file or function raises ``error`` (default ConfigError) naming ``kind`` and the path."""
+    error = error or ConfigError
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_statescale_cfg_{path.stem}", path)
+        raise error(f"{kind} {str(path)!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_statescale_{function}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {str(path)!r} has no get_config()")
-    return module.get_config()
+    if not hasattr(module, function):
+        raise error(f"{kind} {str(path)!r} has no {function}()")
+    return module
+
+
+def _load_file(path: str | Path) -> ConfigDict:
+    return import_file(path, "get_config").get_config()
 
 
 def merge(base: ConfigDict, update: ConfigDict | dict, prefix: str = "") -> ConfigDict:

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import inspect
 import itertools
 import json
@@ -140,13 +139,7 @@ def load_spec(path: str | Path, scale: str | None = None) -> Sweep:
     value not accepted, is a SpecError naming ``--scale``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"sweep spec {str(path)!r} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"_statescale_sweep_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_sweep"):
-        raise SpecError(f"sweep spec {str(path)!r} has no get_sweep()")
+    module = _config.import_file(path, "get_sweep", kind="sweep spec", error=SpecError)
     takes_scale = "scale" in inspect.signature(module.get_sweep).parameters
     if scale is None:
         return as_sweep(module.get_sweep())
