@@ -8,6 +8,8 @@ State size is counted per sequence, in elements, summed over layers:
 - power retention (R): kv_heads * (D * head_dim + D), D = C(head_dim + p - 1, p): the state S [D, head_dim]
   and the normaliser z [D] of each kv head (the gate is per kv head, so query heads of a group share it);
 - Mamba-2 (M): heads * head_dim * d_state (the SSD state) plus the conv state (d_conv - 1) * conv_dim.
+  Power retention with its optional short conv (retention.conv = d_conv > 0) adds that conv's state too:
+  (d_conv - 1) * (n_heads + 2 n_kv_heads) * head_dim.
 
 FLOPs are the forward pass per token at a given context T, 2 FLOPs per multiply-add, over every matmul plus
 each mixer's context-dependent term, split into "weights" (matmuls with parameters: projections, MLP, LM
@@ -70,10 +72,17 @@ def _retention_dims(m):
     return r.n_heads, r.n_kv_heads, m.d_model // r.n_heads
 
 
+def _retention_conv_channels(m) -> int:
+    """Channels of the optional short conv over q/k/v: (n_heads + 2 n_kv_heads) * head_dim (0 without it)."""
+    hq, hk, hd = _retention_dims(m)
+    return (hq + 2 * hk) * hd if m.retention.conv else 0
+
+
 def retention_params(m) -> int:
     hq, hk, hd = _retention_dims(m)
     gate = (m.d_model + 1) * hk if m.retention.gate else 0
-    return m.d_model * hd * (2 * hq + 2 * hk) + gate
+    conv = (m.retention.conv + 1) * _retention_conv_channels(m)  # weights and bias
+    return m.d_model * hd * (2 * hq + 2 * hk) + gate + conv
 
 
 def retention_flops(m, context: int) -> dict[str, float]:
@@ -98,7 +107,8 @@ def retention_flops(m, context: int) -> dict[str, float]:
     queried = hq if n_chunks > 1 else 0
     features = r.p * dim * (queried + hk)
     state = 2.0 * dim * (hd + 1) * (queried + hk) + dim * hd * hk / c
-    return {"weights": 2.0 * m.d_model * hd * (2 * hq + 2 * hk) + gate,
+    conv = 2.0 * r.conv * _retention_conv_channels(m)  # the depthwise conv, counted with the weights as Mamba's
+    return {"weights": 2.0 * m.d_model * hd * (2 * hq + 2 * hk) + gate + conv,
             "state": pad * (intra + features + state)}
 
 
@@ -106,7 +116,10 @@ def retention_state(m, context: int) -> dict[str, int]:
     del context  # constant in context: that is the point
     _, hk, hd = _retention_dims(m)
     dim = sympow_dim(hd, m.retention.p)
-    return {"float32": hk * (dim * hd + dim)}
+    ret, conv = hk * (dim * hd + dim), max(m.retention.conv - 1, 0) * _retention_conv_channels(m)
+    if not conv:
+        return {"float32": ret}
+    return {"float32": ret + conv} if m.dtype == "float32" else {"float32": ret, m.dtype: conv}
 
 
 # --- Mamba-2 -----------------------------------------------------------------------------------------------

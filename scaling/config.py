@@ -39,6 +39,7 @@ def default_mixer_configs() -> dict[str, ConfigDict]:
         "retention": ConfigDict({
             "n_heads": 4, "n_kv_heads": 4, "p": 2, "chunk_size": 64, "rope": True,
             "rope_theta": 10_000.0, "normalize": "sum", "gate": True, "gate_init": 0.999,
+            "conv": 0,  # width of a short causal conv over q/k/v (0 = none; 4 as in Mamba/Based)
         }),
         "mamba": ConfigDict({
             "d_state": 64, "expand": 2, "head_dim": 32, "n_groups": 1, "d_conv": 4, "chunk_size": 64,
@@ -260,6 +261,8 @@ def validate_retention(m, r, prefix):
               f"sum normalisation needs an even p (p = {r.p}); use normalize = 'rmsnorm'")
     if not 0.0 < r.gate_init < 1.0:
         _fail(f"{prefix}.gate_init", r.gate_init, "must be in (0, 1): the gate's initial value")
+    if not isinstance(r.conv, int) or isinstance(r.conv, bool) or r.conv < 0:
+        _fail(f"{prefix}.conv", r.conv, "must be an integer >= 0: 0 for no conv, else its width in tokens (e.g. 4)")
 
 
 def validate_mamba(m, s, prefix):

@@ -2,7 +2,8 @@
 
 Attention and power retention share their q/k/v/o projections (``scaling.models.layers.QKVO``: the same
 parameter names, shapes, RoPE and 1/sqrt(head_dim) score scale), so converting a layer keeps every weight
-and adds only the retention gate, initialised to a constant near 1 (kernel 0, bias logit(gate_init)). With
+and adds only the retention gate, initialised to a constant near 1 (kernel 0, bias logit(gate_init)), and
+the optional short conv (``retention.conv``) as the identity. With
 the gate at exactly 1 and p = 2, a converted layer computes power attention, softmax's exp(s) replaced by
 s^2 and normalised by the row sum, on the transformer's own q, k and v; retraining all weights then
 recovers the transformer's loss (Manifest AI's PowerCoder and Brumby "metamorphosis").
@@ -88,6 +89,12 @@ def _gate_init(path: str, like, gate_init: float):
     return jnp.full(like.shape, math.log(gate_init / (1 - gate_init)), like.dtype)
 
 
+def _conv_identity(path: str, like):
+    """A converted layer's short conv (retention.conv > 0) starts as the identity: the last tap 1, bias 0."""
+    zeros = jnp.zeros(like.shape, like.dtype)
+    return zeros.at[-1].set(1) if "['conv_w']" in path else zeros
+
+
 def convert_params(src_cfg, src_params, dst_cfg):
     """The parameters of ``dst_cfg``'s model from a source model's parameters (an ``nnx.State`` of Params).
 
@@ -114,6 +121,10 @@ def convert_params(src_cfg, src_params, dst_cfg):
         converted = layer is not None and src_pat[int(layer.group(1))] != dst_pat[int(layer.group(1))]
         if converted and path.startswith(f"{layer.group(0)}['mixer']['gate']"):
             out[path] = _gate_init(path, like, dst_cfg.model.retention.gate_init)
+            continue
+        if converted and path.startswith((f"{layer.group(0)}['mixer']['conv_w']",
+                                          f"{layer.group(0)}['mixer']['conv_b']")):
+            out[path] = _conv_identity(path, like)
             continue
         if path not in src_flat:
             raise ConversionError(f"parameter {path} of the new model has no counterpart in the source model")

@@ -21,6 +21,8 @@ VARIANTS = {  # small models that exercise each mixer's options
                          "model.retention.n_heads=8", "model.retention.n_kv_heads=4"],
     "retention_p4_nogate": ["model.pattern='R'", "model.retention.p=4", "model.retention.n_heads=16",
                             "model.retention.n_kv_heads=16", "model.retention.gate=False"],
+    "retention_conv_gqa": ["model.pattern='R'", "model.retention.conv=4", "model.retention.n_heads=8",
+                           "model.retention.n_kv_heads=2"],
     "mamba_groups": ["model.pattern='M'", "model.mamba.n_groups=2", "model.mamba.d_state=32",
                      "model.mamba.head_dim=16"],
     "hybrid_untied": ["model.pattern='MRA'", "model.n_layers=3", "model.tie_embeddings=False"],

@@ -83,6 +83,21 @@ def test_conversion_copies_every_weight_and_starts_the_gate_near_one():
     assert (r.n_heads, r.n_kv_heads, r.rope, r.rope_theta) == (a.n_heads, a.n_kv_heads, a.rope, a.rope_theta)
 
 
+def test_conversion_with_a_short_conv_starts_it_as_the_identity():
+    """retention.conv = 4 on the target: the conv starts as the identity, so the converted model computes exactly
+    what the conv-free conversion does (the conv's state still counts in the decode state)."""
+    src_cfg, src, plain_cfg, plain = _pair()
+    conv_cfg = convert_config(src_cfg, "R", ["model.retention.conv=4"])
+    conv = nnx.merge(nnx.graphdef(build(conv_cfg.model)),
+                     convert_params(src_cfg, nnx.state(src, nnx.Param), conv_cfg))
+    for blk in conv.blocks:
+        w = np.asarray(blk.mixer.conv_w[...])
+        assert w.shape == (4, (4 + 2 * 2) * 8) and (w[-1] == 1).all() and (w[:-1] == 0).all()
+        assert (np.asarray(blk.mixer.conv_b[...]) == 0).all()
+    tokens = jax.random.randint(jax.random.key(4), (2, 19), 0, 256)
+    assert rel_err(conv(tokens), plain(tokens)) < 1e-6
+
+
 def test_conversion_errors_name_the_problem():
     src_cfg = config.load(None, SRC)
     with pytest.raises(ConversionError, match="--to 'M': must be one of R"):

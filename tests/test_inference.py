@@ -25,6 +25,7 @@ SHRINK = ["model.d_model=32", "model.n_layers=2", "model.retention.chunk_size=8"
 MIXERS = {
     "attention": ["model.pattern='A'"],
     "retention": ["model.pattern='R'", "model.retention.n_kv_heads=2"],
+    "retention_conv": ["model.pattern='R'", "model.retention.n_kv_heads=2", "model.retention.conv=4"],
     "mamba": ["model.pattern='M'"],
     "hybrid": ["model.pattern='MRA'", "model.n_layers=3"],
 }

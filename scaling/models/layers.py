@@ -71,6 +71,25 @@ def rope(x, positions, theta: float = 10_000.0):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+def causal_conv(x, conv_state, w, b):
+    """Causal depthwise conv over time: y[t] = sum_i w[i] * x[t - (d_conv - 1) + i] + b.
+
+    x [batch, time, channels]; conv_state [batch, d_conv - 1, channels], the inputs before x (zeros at the
+    start of a sequence); w [d_conv, channels]; b [channels]. Returns (y, the new conv state).
+    """
+    full = jnp.concatenate([conv_state.astype(x.dtype), x], axis=1)
+    t, w = x.shape[1], w.astype(x.dtype)
+    y = sum(full[:, i: i + t] * w[i] for i in range(w.shape[0])) + b.astype(x.dtype)
+    return y, full[:, t:]
+
+
+def conv_params(d_conv: int, channels: int, rngs: nnx.Rngs, param_dtype) -> tuple[nnx.Param, nnx.Param]:
+    """(weight [d_conv, channels] ~ U(-1/sqrt(d_conv), 1/sqrt(d_conv)), bias [channels] = 0) of a short conv."""
+    bound = 1 / d_conv ** 0.5
+    w = jax.random.uniform(rngs.params(), (d_conv, channels), param_dtype, -bound, bound)
+    return nnx.Param(w), nnx.Param(jnp.zeros((channels,), param_dtype))
+
+
 class QKVO(nnx.Module):
     """The q/k/v/o projections and RoPE shared by attention and power retention (so a transformer's
     weights fit a retention layer). q: n_heads x head_dim; k, v: n_kv_heads x head_dim."""
@@ -85,12 +104,19 @@ class QKVO(nnx.Module):
         self.v = dense(m, m.d_model, n_kv_heads * self.head_dim, rngs)
         self.o = dense(m, n_heads * self.head_dim, m.d_model, rngs, std=out_std)
 
-    def qkv(self, x, positions):
-        """x [b, t, d_model] -> q [b, t, n_heads, head_dim], k and v [b, t, n_kv_heads, head_dim]."""
+    def qkv(self, x, positions, mix=None):
+        """x [b, t, d_model] -> q [b, t, n_heads, head_dim], k and v [b, t, n_kv_heads, head_dim].
+
+        ``mix``, if given, maps the concatenated projections [b, t, (n_heads + 2 n_kv_heads) head_dim] before
+        RoPE (power retention's short conv)."""
         b, t, _ = x.shape
-        q = self.q(x).reshape(b, t, self.n_heads, self.head_dim)
-        k = self.k(x).reshape(b, t, self.n_kv_heads, self.head_dim)
-        v = self.v(x).reshape(b, t, self.n_kv_heads, self.head_dim)
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if mix is not None:
+            q, k, v = jnp.split(mix(jnp.concatenate([q, k, v], axis=-1)),
+                                [q.shape[-1], q.shape[-1] + k.shape[-1]], axis=-1)
+        q = q.reshape(b, t, self.n_heads, self.head_dim)
+        k = k.reshape(b, t, self.n_kv_heads, self.head_dim)
+        v = v.reshape(b, t, self.n_kv_heads, self.head_dim)
         if self.rope_on:
             q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
         return q, k, v

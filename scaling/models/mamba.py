@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scaling.models.layers import dense, dtypes, rms_norm
+from scaling.models.layers import causal_conv, conv_params, dense, dtypes, rms_norm
 from scaling.ops.ssd import ssd
 
 
@@ -40,10 +40,7 @@ class Mamba2(nnx.Module):
         out_std = m.init_std / (2 * m.n_layers) ** 0.5
         self.in_proj = dense(m, m.d_model, self.d_inner + self.conv_dim + self.n_heads, rngs)
         self.out_proj = dense(m, self.d_inner, m.d_model, rngs, std=out_std)
-        bound = 1 / math.sqrt(s.d_conv)
-        self.conv_w = nnx.Param(jax.random.uniform(rngs.params(), (s.d_conv, self.conv_dim), param_dtype,
-                                                   -bound, bound))
-        self.conv_b = nnx.Param(jnp.zeros((self.conv_dim,), param_dtype))
+        self.conv_w, self.conv_b = conv_params(s.d_conv, self.conv_dim, rngs, param_dtype)
         # dt starts log-uniform in [dt_min, dt_max]; dt_bias is its inverse softplus.
         u = jax.random.uniform(rngs.params(), (self.n_heads,), jnp.float32)
         dt = jnp.exp(u * (math.log(s.dt_max) - math.log(s.dt_min)) + math.log(s.dt_min))
@@ -61,14 +58,6 @@ class Mamba2(nnx.Module):
             ssm=jnp.zeros((batch, self.n_heads, self.head_dim, self.d_state), jnp.float32),
         )
 
-    def conv(self, xbc, conv_state):
-        """Causal depthwise conv over time. xbc [b, t, c]; conv_state [b, d_conv-1, c] (earlier inputs)."""
-        full = jnp.concatenate([conv_state.astype(xbc.dtype), xbc], axis=1)
-        t = xbc.shape[1]
-        w = self.conv_w[...].astype(xbc.dtype)
-        y = sum(full[:, i: i + t] * w[i] for i in range(self.d_conv)) + self.conv_b[...].astype(xbc.dtype)
-        return y, full[:, t:]
-
     def __call__(self, x, positions, state=None, *, decode: bool = False):
         """x [batch, time, d_model] -> y [batch, time, d_model] (and the new state if state is given)."""
         del positions  # the recurrence carries position
@@ -76,7 +65,7 @@ class Mamba2(nnx.Module):
         zxbcdt = self.in_proj(x)
         z, xbc, dt = jnp.split(zxbcdt, [self.d_inner, self.d_inner + self.conv_dim], axis=-1)
         conv_state = self.init_state(b, 0).conv if state is None else state.conv
-        xbc, new_conv = self.conv(xbc, conv_state)
+        xbc, new_conv = causal_conv(xbc, conv_state, self.conv_w[...], self.conv_b[...])
         xbc = jax.nn.silu(xbc)
         gn = self.n_groups * self.d_state
         xs, B, C = jnp.split(xbc, [self.d_inner, self.d_inner + gn], axis=-1)

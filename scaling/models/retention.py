@@ -4,23 +4,37 @@ The projections match attention's (q/k/v/o), so a transformer's weights fit it, 
 gate log_g = logsigmoid(W_g x + b) whose bias starts the gate at ``gate_init`` (near 1: long memory).
 The state per sequence is n_kv_heads x (D x head_dim + D) with D = C(head_dim + p - 1, p): it is tuned by
 p and by the head split at fixed parameters.
+
+``retention.conv = d_conv > 0`` adds a short causal depthwise conv over the q/k/v projections before RoPE
+(as Based, Mamba and the flash-linear-attention layers do): it lets a key at token t depend on token t - 1,
+which associative recall needs and which a linear attention cannot otherwise focus on sharply. Its decode
+state, the last d_conv - 1 projections, adds (d_conv - 1) x (n_heads + 2 n_kv_heads) x head_dim to the state.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scaling.models.layers import QKVO, dense
+from scaling.models.layers import QKVO, causal_conv, conv_params, dense, dtypes
 from scaling.ops.power_retention import RetentionState, power_retention, sympow_dim
+
+
+class ConvRetentionState(NamedTuple):
+    """Decode state of a power retention layer with a short conv: the op's state (S, z) and the conv's."""
+
+    S: jax.Array  # [batch, kv_heads, D, head_dim] float32
+    z: jax.Array  # [batch, kv_heads, D] float32
+    conv: jax.Array  # [batch, d_conv - 1, (n_heads + 2 n_kv_heads) * head_dim]: the last projections
 
 
 class PowerRetention(nnx.Module):
     """Config: model.retention.{n_heads, n_kv_heads, p, chunk_size, rope, rope_theta, normalize, gate,
-    gate_init}; head_dim = d_model / n_heads."""
+    gate_init, conv}; head_dim = d_model / n_heads."""
 
     def __init__(self, m, rngs: nnx.Rngs):
         r = m.retention
@@ -32,17 +46,36 @@ class PowerRetention(nnx.Module):
             self.gate = dense(m, m.d_model, r.n_kv_heads, rngs, use_bias=True)
             logit = math.log(r.gate_init / (1 - r.gate_init))
             self.gate.bias[...] = jnp.full_like(self.gate.bias[...], logit)
+        self.d_conv = r.conv
+        self.dtype, param_dtype = dtypes(m)
+        if r.conv:
+            channels = (r.n_heads + 2 * r.n_kv_heads) * self.proj.head_dim
+            self.conv_w, self.conv_b = conv_params(r.conv, channels, rngs, param_dtype)
 
     def init_state(self, batch: int, max_len: int):
         del max_len  # the state does not grow with context
         hk, hd = self.proj.n_kv_heads, self.proj.head_dim
         dim = sympow_dim(hd, self.p)
-        return RetentionState(S=jnp.zeros((batch, hk, dim, hd), jnp.float32),
-                              z=jnp.zeros((batch, hk, dim), jnp.float32))
+        ret = RetentionState(S=jnp.zeros((batch, hk, dim, hd), jnp.float32),
+                             z=jnp.zeros((batch, hk, dim), jnp.float32))
+        if not self.d_conv:
+            return ret
+        channels = self.conv_w.shape[1]
+        return ConvRetentionState(*ret, conv=jnp.zeros((batch, self.d_conv - 1, channels), self.dtype))
 
     def __call__(self, x, positions, state=None, *, decode: bool = False):
         """x [batch, time, d_model] -> y [batch, time, d_model] (and the new state if state is given)."""
-        q, k, v = self.proj.qkv(x, positions)
+        conv_state = new_conv = None
+        if self.d_conv:
+            conv_state = self.init_state(x.shape[0], 0).conv if state is None else state.conv
+            state = None if state is None else RetentionState(state.S, state.z)
+
+        def mix(h):
+            nonlocal new_conv
+            h, new_conv = causal_conv(h, conv_state, self.conv_w[...], self.conv_b[...])
+            return h
+
+        q, k, v = self.proj.qkv(x, positions, mix if self.d_conv else None)
         log_g = None if self.gate is None else jax.nn.log_sigmoid(self.gate(x).astype(jnp.float32))
         out = power_retention(
             q, k, v, log_g, p=self.p, chunk_size=self.chunk_size, normalize=self.normalize,
@@ -50,4 +83,6 @@ class PowerRetention(nnx.Module):
             return_state=state is not None, backend=self.backend)
         y, new_state = out if state is not None else (out, None)
         y = self.proj.out(y)
-        return y if state is None else (y, new_state)
+        if state is None:
+            return y
+        return y, (ConvRetentionState(*new_state, conv=new_conv) if self.d_conv else new_state)
