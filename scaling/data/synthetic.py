@@ -7,8 +7,8 @@ generator with a training stream whatever ``train.seed`` is. An example is a seq
 tokens ``s``; its row is the batch row of the text pipeline (:data:`scaling.data.pipeline.BATCH_KEYS`):
 
 ==============  ==========  =======================================================================
-``inputs``      [T] i32     ``s[:-1]``
-``targets``     [T] i32     ``s[1:]`` (so ``targets[t] == inputs[t + 1]``, as for text)
+``inputs``      [T] i32     ``s[:-1]``, except for MQAR (below)
+``targets``     [T] i32     ``s[1:]`` (so ``targets[t] == inputs[t + 1]``, as for text, except at MQAR's answers)
 ``segment_ids`` [T] i32     all 1: one example per row
 ``positions``   [T] i32     ``0 .. T-1``
 ``loss_mask``   [T] f32     1.0 exactly where ``targets[t]`` is an answer token, 0.0 elsewhere
@@ -20,10 +20,13 @@ Tasks (``data.source``; parameters under ``data.task``)
     ``N = task.num_kv_pairs``: keys are drawn without replacement from ``[1, V/2)`` and values without
     replacement from ``[V/2, V)`` (as Zoology). The sequence starts with the
     ``N`` pairs ``k1 v1 k2 v2 ...``; the rest is filler (token 0) cut into slots of two tokens, and
-    ``task.num_queries`` of the keys (all ``N`` when None) are asked again as ``k v`` in slots drawn
-    without replacement with probability ``∝ g ** (task.power_a - 1)`` for slot ``g = 1, 2, ...``
+    ``task.num_queries`` of the keys (all ``N`` when None) are asked again, each as the first token of a
+    slot drawn without replacement with probability ``∝ g ** (task.power_a - 1)`` for slot ``g = 1, 2, ...``
     (Zoology's power-law placement: most queries come soon after the pairs, a few far away). The answer
-    is the value after each queried key: ``loss_mask`` is 1 at the key's input position.
+    is the key's value: ``loss_mask`` is 1 at the key's input position and ``targets`` holds the value
+    there, while the next input stays filler. As in Zoology, answers are targets only and never inputs:
+    were they fed back, a model could score (1/N + ... + 1)/N (0.34 at N = 8) without recalling anything,
+    by guessing among the values not yet answered.
 ``selective_copy``  (Mamba, Gu & Dao 2023). ``task.num_tokens = K`` data tokens from ``[2, V)`` (with
     replacement) at random positions of a region of filler (0); then a marker (1) and the ``K`` data
     tokens again in order. The answers are those ``K`` tokens (predicted from the marker on).
@@ -190,7 +193,7 @@ def mqar_example(rng: np.random.Generator, context: int, p: Mapping[str, Any]) -
     at = 2 * N + 2 * slots  # the query key's position in the sequence
     seq[at], seq[at + 1] = keys[asked], values[asked]
     mask = np.zeros(context, np.float32)
-    mask[at] = 1.0  # the input at `at` is the key; its target (seq[at + 1]) is the value
+    mask[at] = 1.0  # the input at `at` is the key; its target (seq[at + 1]) is the value, never an input
     return seq, mask
 
 
@@ -245,10 +248,14 @@ def needle_example(rng: np.random.Generator, context: int, p: Mapping[str, Any],
     return seq, mask
 
 
-def _row(seq: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+def _row(seq: np.ndarray, mask: np.ndarray, *, hide_answers: bool = False) -> dict[str, np.ndarray]:
+    """The batch row of a sequence; ``hide_answers`` puts filler in place of each answer as an input."""
     seq = seq.astype(np.int32)
     T = mask.size
-    return {"inputs": seq[:-1], "targets": seq[1:], "segment_ids": np.ones(T, np.int32),
+    inputs = seq[:-1].copy()
+    if hide_answers:
+        inputs[1:][mask[:-1] > 0] = FILLER
+    return {"inputs": inputs, "targets": seq[1:], "segment_ids": np.ones(T, np.int32),
             "positions": np.arange(T, dtype=np.int32), "loss_mask": mask}
 
 
@@ -295,7 +302,7 @@ class TaskSource:
             seq, mask = induction_example(rng, self.context, self.params)
         else:
             seq, mask = needle_example(rng, self.context, self.params, self._hay)
-        return _row(seq, mask)
+        return _row(seq, mask, hide_answers=self.task == "mqar")
 
     def __repr__(self) -> str:
         return f"TaskSource({self.task}, context={self.context}, key={self.key})"

@@ -89,13 +89,18 @@ def test_answers_sit_where_the_loss_mask_says(task):
         assert set(batch) == set(BATCH_KEYS)
         B, T = batch["inputs"].shape
         assert (B, T) == (4, CONTEXT[task])
-        np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
+        answered = batch["loss_mask"][:, :-1] > 0
+        if task == "mqar":  # an answer is a target, never an input: the next input is filler
+            assert (batch["inputs"][:, 1:][answered] == synthetic.FILLER).all()
+            assert (batch["targets"][:, :-1][answered] >= p["vocab_size"] // 2).all()
+        same = ~answered if task == "mqar" else np.ones_like(answered)
+        np.testing.assert_array_equal(batch["inputs"][:, 1:][same], batch["targets"][:, :-1][same])
         assert (batch["segment_ids"] == 1).all() and (batch["positions"] == np.arange(T)).all()
         assert batch["loss_mask"].dtype == np.float32 and batch["inputs"].dtype == np.int32
         top = 256 if task == "needle" else p["vocab_size"]
         assert batch["inputs"].min() >= 0 and batch["targets"].max() < top
         for b in range(B):
-            seq = np.concatenate([batch["inputs"][b], batch["targets"][b, -1:]])
+            seq = np.concatenate([batch["inputs"][b, :1], batch["targets"][b]])  # the answers included
             CHECKS[task](seq, batch["loss_mask"][b], p)
 
 
