@@ -2,7 +2,9 @@
 
 ``recall_vs_state``  (experiments/mqar_state_size.py) the final ``task_accuracy`` of each run against its state
     size (elements per sequence at the run's context, :func:`scaling.accounting.state_size`; attention's KV cache
-    counts as its state), log x, one line per mixer family through its variants in order of state size.
+    counts as its state), log x. Every variant is a marker; one line per mixer family joins its recall-vs-state
+    Pareto frontier (Based, Arora et al. 2024): the variants that beat every smaller state of the family.
+    Dominated variants are hollow markers, and the table marks the frontier.
 ``loss_vs_position``  (experiments/length_generalisation.py) from each run's ``eval_contexts.json`` (written when
     ``train.eval_contexts`` is set): the validation loss per position up to the longest evaluated context for
     runs on a corpus, and the task accuracy at each evaluated context for runs on a synthetic task.
@@ -14,6 +16,7 @@ import json
 import math
 from pathlib import Path
 
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 
@@ -37,8 +40,22 @@ def recall_table(runs: pd.DataFrame) -> pd.DataFrame:
     table = g.agg(state_size=("state_size", "median"), params=("params", "median"),
                   accuracy=("final_task_accuracy", "mean"), runs=("run_id", "count")).reset_index()
     order = {f: i for i, f in enumerate(_families(done))}
-    return table.sort_values(["family", "state_size"], key=lambda s: s.map(order) if s.name == "family" else s,
-                             ignore_index=True)
+    table = table.sort_values(["family", "state_size"], key=lambda s: s.map(order) if s.name == "family" else s,
+                              ignore_index=True)
+    table["frontier"] = pareto_frontier(table)
+    return table
+
+
+def pareto_frontier(table: pd.DataFrame) -> np.ndarray:
+    """Per row of a table sorted by (family, state_size): True when its accuracy beats that of every variant of
+    its family with a smaller or equal state (the first of a family is always on it)."""
+    on = np.zeros(len(table), bool)
+    for _, t in table.groupby("family", sort=False):
+        best = -np.inf
+        for i, acc in zip(t.index, t["accuracy"], strict=True):
+            on[i] = acc > best
+            best = max(best, acc)
+    return on
 
 
 def recall_vs_state(data, out: Path) -> StudyFigure:
@@ -51,21 +68,35 @@ def recall_vs_state(data, out: Path) -> StudyFigure:
     for family in _families(table):
         t = table[table["family"] == family]
         style = plots.family_style(family)
-        ax.plot(t["state_size"], t["accuracy"], color=style["color"], marker=style["marker"], label=family, lw=1.6)
-        for _, r in t.iterrows():
-            ax.annotate(r["variant"], (r["state_size"], r["accuracy"]), textcoords="offset points", xytext=(4, -10),
-                        fontsize=7, color=style["color"])
+        f = t[t["frontier"]]
+        ax.plot(f["state_size"], f["accuracy"], color=style["color"], marker=style["marker"], label=family, lw=1.6)
+        d = t[~t["frontier"]]
+        ax.scatter(d["state_size"], d["accuracy"], marker=style["marker"], facecolors="none",
+                   edgecolors=style["color"], zorder=3)
+    # labels (family prefix off) alternate below / above the points in order of state size, so neighbours part
+    rank = {i: k for k, i in enumerate(table.sort_values("state_size", kind="stable").index)}
+    for i, r in table.iterrows():
+        label = r["variant"].removeprefix(f"{r['family']}-") if r["variant"] != r["family"] else r["family"]
+        ax.annotate(label, (r["state_size"], r["accuracy"]), textcoords="offset points", fontsize=7,
+                    xytext=(4, -11 if rank[i] % 2 == 0 else 5), color=plots.family_style(r["family"])["color"])
     ax.set_xscale("log")
+    lo, hi = table["state_size"].min() / 1.3, table["state_size"].max() * 1.3
+    ticks = [m * 10.0**e for e in range(int(math.log10(lo)), int(math.log10(hi)) + 1) for m in (1, 2, 5)]
+    ax.set_xticks([t for t in ticks if lo <= t <= hi])
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlim(lo, hi)
     ax.set_ylim(-0.03, 1.05)
     ax.axhline(1.0, color="0.8", lw=0.8, zorder=0)
     ax.set_xlabel(plots.LABELS["state"])
     ax.set_ylabel("task accuracy (exact match on answer tokens)")
-    ax.set_title("recall vs state size")
+    ax.set_title("recall vs state size (lines: each family's Pareto frontier; hollow: dominated)")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(loc="lower right")
-    lines = ["| family | variant | state size | params | accuracy | runs |", "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {r.family} | {r.variant} | {int(r.state_size):,} | {int(r.params):,} | {r.accuracy:.3f} | {r.runs} |"
-              for r in table.itertuples()]
+    lines = ["| family | variant | state size | params | accuracy | runs | frontier |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    lines += [f"| {r.family} | {r.variant} | {int(r.state_size):,} | {int(r.params):,} | {r.accuracy:.3f} | {r.runs} "
+              f"| {'yes' if r.frontier else 'no'} |" for r in table.itertuples()]
     return StudyFigure(plots.save_figure(fig, out, "recall_vs_state"), lines)
 
 

@@ -18,18 +18,22 @@ def test_recall_vs_state_table_and_figure(tmp_path):
     runs = _runs([
         {"family": "retention", "variant": "p2-hd16", "state_size": 18496.0, "final_task_accuracy": 0.8},
         {"family": "retention", "variant": "p1-hd16", "state_size": 2176.0, "final_task_accuracy": 0.2},
+        {"family": "retention", "variant": "p4-hd4", "state_size": 6752.0, "final_task_accuracy": 0.15},
         {"family": "attention", "variant": "attention", "state_size": 8192.0, "final_task_accuracy": 0.9},
         {"family": "attention", "variant": "attention", "state_size": 8192.0, "final_task_accuracy": 1.0},  # 2 seeds
         {"family": "mamba", "variant": "d4", "state_size": 1840.0, "final_task_accuracy": np.nan},  # not a task run
     ])
     table = recall.recall_table(runs)
     assert table[["family", "variant"]].values.tolist() == [["attention", "attention"], ["retention", "p1-hd16"],
-                                                            ["retention", "p2-hd16"]]
-    assert table["accuracy"].tolist() == pytest.approx([0.95, 0.2, 0.8])
-    assert table["runs"].tolist() == [2, 1, 1]
+                                                            ["retention", "p4-hd4"], ["retention", "p2-hd16"]]
+    assert table["accuracy"].tolist() == pytest.approx([0.95, 0.2, 0.15, 0.8])
+    assert table["runs"].tolist() == [2, 1, 1, 1]
+    # p4-hd4 has more state than p1-hd16 but recalls less: off its family's frontier
+    assert table["frontier"].tolist() == [True, True, False, True]
     fig = recall.recall_vs_state(SimpleNamespace(runs=runs, path=tmp_path), tmp_path)
     assert {p.name for p in fig.paths} == {"recall_vs_state.png", "recall_vs_state.svg"}
-    assert "| attention | attention | 8,192 | 1,000 | 0.950 | 2 |" in fig.lines
+    assert "| attention | attention | 8,192 | 1,000 | 0.950 | 2 | yes |" in fig.lines
+    assert "| retention | p4-hd4 | 6,752 | 1,000 | 0.150 | 1 | no |" in fig.lines
     with pytest.raises(figures.FigureSkipped, match="task_accuracy"):
         recall.recall_vs_state(SimpleNamespace(runs=runs.assign(final_task_accuracy=np.nan), path=tmp_path), tmp_path)
     assert figures.FIGURES["recall_vs_state"][0] == "scaling.analysis.recall:recall_vs_state"
