@@ -65,6 +65,13 @@ def attention_state(m, context: int) -> dict[str, int]:
     return {m.dtype: 2 * t * hk * hd}
 
 
+def _recurrent_state(m, recurrent: int, conv: int) -> dict[str, int]:
+    """{dtype: elements} of a recurrent mixer: its float32 state plus a conv state kept in the compute dtype."""
+    if not conv or m.dtype == "float32":
+        return {"float32": recurrent + conv}
+    return {"float32": recurrent, m.dtype: conv}
+
+
 # --- power retention ------------------------------------------------------------------------------------
 
 def _retention_dims(m):
@@ -116,10 +123,7 @@ def retention_state(m, context: int) -> dict[str, int]:
     del context  # constant in context: that is the point
     _, hk, hd = _retention_dims(m)
     dim = sympow_dim(hd, m.retention.p)
-    ret, conv = hk * (dim * hd + dim), max(m.retention.conv - 1, 0) * _retention_conv_channels(m)
-    if not conv:
-        return {"float32": ret}
-    return {"float32": ret + conv} if m.dtype == "float32" else {"float32": ret, m.dtype: conv}
+    return _recurrent_state(m, hk * (dim * hd + dim), max(m.retention.conv - 1, 0) * _retention_conv_channels(m))
 
 
 # --- Mamba-2 -----------------------------------------------------------------------------------------------
@@ -157,8 +161,7 @@ def mamba_state(m, context: int) -> dict[str, int]:
     del context
     s = m.mamba
     _, nh, conv_dim = mamba_dims(m)
-    ssm, conv = nh * s.head_dim * s.d_state, (s.d_conv - 1) * conv_dim
-    return {"float32": ssm + conv} if m.dtype == "float32" else {"float32": ssm, m.dtype: conv}
+    return _recurrent_state(m, nh * s.head_dim * s.d_state, (s.d_conv - 1) * conv_dim)
 
 
 @dataclass(frozen=True)

@@ -104,22 +104,23 @@ class QKVO(nnx.Module):
         self.v = dense(m, m.d_model, n_kv_heads * self.head_dim, rngs)
         self.o = dense(m, n_heads * self.head_dim, m.d_model, rngs, std=out_std)
 
-    def qkv(self, x, positions, mix=None):
-        """x [b, t, d_model] -> q [b, t, n_heads, head_dim], k and v [b, t, n_kv_heads, head_dim].
+    def project(self, x):
+        """x [b, t, d_model] -> the q, k, v projections [b, t, heads * head_dim] (before the head split)."""
+        return self.q(x), self.k(x), self.v(x)
 
-        ``mix``, if given, maps the concatenated projections [b, t, (n_heads + 2 n_kv_heads) head_dim] before
-        RoPE (power retention's short conv)."""
-        b, t, _ = x.shape
-        q, k, v = self.q(x), self.k(x), self.v(x)
-        if mix is not None:
-            q, k, v = jnp.split(mix(jnp.concatenate([q, k, v], axis=-1)),
-                                [q.shape[-1], q.shape[-1] + k.shape[-1]], axis=-1)
+    def heads(self, q, k, v, positions):
+        """Projections -> q [b, t, n_heads, head_dim], k and v [b, t, n_kv_heads, head_dim], RoPE on q and k."""
+        b, t, _ = q.shape
         q = q.reshape(b, t, self.n_heads, self.head_dim)
         k = k.reshape(b, t, self.n_kv_heads, self.head_dim)
         v = v.reshape(b, t, self.n_kv_heads, self.head_dim)
         if self.rope_on:
             q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
         return q, k, v
+
+    def qkv(self, x, positions):
+        """x [b, t, d_model] -> q [b, t, n_heads, head_dim], k and v [b, t, n_kv_heads, head_dim]."""
+        return self.heads(*self.project(x), positions)
 
     def out(self, y):
         """y [b, t, n_heads, head_dim] -> [b, t, d_model]."""

@@ -60,22 +60,21 @@ class PowerRetention(nnx.Module):
                              z=jnp.zeros((batch, hk, dim), jnp.float32))
         if not self.d_conv:
             return ret
-        channels = self.conv_w.shape[1]
-        return ConvRetentionState(*ret, conv=jnp.zeros((batch, self.d_conv - 1, channels), self.dtype))
+        return ConvRetentionState(*ret, conv=self._conv_zeros(batch))
+
+    def _conv_zeros(self, batch: int):
+        return jnp.zeros((batch, self.d_conv - 1, self.conv_w.shape[1]), self.dtype)
 
     def __call__(self, x, positions, state=None, *, decode: bool = False):
         """x [batch, time, d_model] -> y [batch, time, d_model] (and the new state if state is given)."""
-        conv_state = new_conv = None
-        if self.d_conv:
-            conv_state = self.init_state(x.shape[0], 0).conv if state is None else state.conv
+        q, k, v = self.proj.project(x)
+        if self.d_conv:  # the short conv over the concatenated projections, carrying its own state
+            conv_state = self._conv_zeros(x.shape[0]) if state is None else state.conv
+            h, new_conv = causal_conv(jnp.concatenate([q, k, v], axis=-1), conv_state, self.conv_w[...],
+                                      self.conv_b[...])
+            q, k, v = jnp.split(h, [q.shape[-1], q.shape[-1] + k.shape[-1]], axis=-1)
             state = None if state is None else RetentionState(state.S, state.z)
-
-        def mix(h):
-            nonlocal new_conv
-            h, new_conv = causal_conv(h, conv_state, self.conv_w[...], self.conv_b[...])
-            return h
-
-        q, k, v = self.proj.qkv(x, positions, mix if self.d_conv else None)
+        q, k, v = self.proj.heads(q, k, v, positions)
         log_g = None if self.gate is None else jax.nn.log_sigmoid(self.gate(x).astype(jnp.float32))
         out = power_retention(
             q, k, v, log_g, p=self.p, chunk_size=self.chunk_size, normalize=self.normalize,
