@@ -25,11 +25,13 @@
 # Settings (environment variables): `STATESCALE_SWEEP` a sweep directory (holds `sweep.db`; default
 # `sweeps/state_size` under the repository, when it exists), or `synthetic`; `STATESCALE_SMALL=1` coarse start
 # grids and few bootstrap resamples (seconds, for CI). With `synthetic`, or with no sweep given and none at the
-# default place, the notebook runs on a **synthetic** sweep whose losses follow a known law, and says so.
+# default place, the notebook runs on a **synthetic** sweep whose losses follow a known law, and says so: synthetic
+# test data, written by the test suite's fixture `tests/analysis/synthetic.py` (no model is trained).
 
 # %%
 # %matplotlib inline
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -55,11 +57,17 @@ SYNTHETIC = str(sweep_dir) == "synthetic" or (
     "STATESCALE_SWEEP" not in os.environ and not (Path(sweep_dir) / "sweep.db").is_file())
 if SYNTHETIC:
     sweep_dir = Path(tempfile.mkdtemp(prefix="statescale-demo-")) / "synthetic"
+    # the synthetic sweep is test data: the test suite's fixture, importable from the repository root
+    if str(repo_root()) not in sys.path:
+        sys.path.insert(0, str(repo_root()))
+    from tests.analysis.synthetic import SYNTHETIC_LAW, synthetic_sweep
+
     # state_flops=0: C = 6ND exactly, so the law's own allocation exponents are the truth to compare with
-    report.synthetic_sweep(sweep_dir, variants=["attention", "retention-p2-hd32", "mamba-d64"], state_flops=0.0)
-    law = report.SYNTHETIC_LAW
+    synthetic_sweep(sweep_dir, variants=["attention", "retention-p2-hd32", "mamba-d64"], state_flops=0.0)
+    law = SYNTHETIC_LAW
     a_true = law["beta"] / (law["alpha"] + law["beta"])
-    display(Markdown(f"**Demo on synthetic data** (no `STATESCALE_SWEEP` given): losses follow "
+    display(Markdown("**Demo on synthetic data** (test data from `tests/analysis/synthetic.py`; no `STATESCALE_SWEEP` "
+                     "given): losses follow "
                      f"L = E + A/N^{law['alpha']} + B/D^{law['beta']} + state and context terms, so the true "
                      f"exponent of N_opt(C) is beta/(alpha+beta) = {a_true:.4f} for the recurrent groups "
                      "(attention also pays for its context, C != 6ND)."))

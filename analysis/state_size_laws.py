@@ -21,11 +21,13 @@
 # Settings (environment variables): `STATESCALE_SWEEP` a sweep directory (default `sweeps/state_size` under the
 # repository, when it exists), or `synthetic`; `STATESCALE_SMALL=1` coarse start grids and few bootstrap resamples
 # (for CI). With `synthetic`, or with no sweep given and none at the default place, the notebook runs on a
-# **synthetic** sweep whose losses follow a known law, and says so.
+# **synthetic** sweep whose losses follow a known law, and says so: synthetic test data, written by the test suite's
+# fixture `tests/analysis/synthetic.py` (no model is trained).
 
 # %%
 # %matplotlib inline
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -51,11 +53,17 @@ SYNTHETIC = str(sweep_dir) == "synthetic" or (
     "STATESCALE_SWEEP" not in os.environ and not (Path(sweep_dir) / "sweep.db").is_file())
 if SYNTHETIC:
     sweep_dir = Path(tempfile.mkdtemp(prefix="statescale-demo-")) / "synthetic"
-    report.synthetic_sweep(sweep_dir)
-    truth = pd.DataFrame(report.SYNTHETIC_LAW["state"], index=["B", "gamma"]).T
-    display(Markdown("**Demo on synthetic data** (no `STATESCALE_SWEEP` given). The true state terms B/S^gamma "
-                     f"per family, with alpha = {report.SYNTHETIC_LAW['alpha']}, "
-                     f"beta = {report.SYNTHETIC_LAW['beta']}:"))
+    # the synthetic sweep is test data: the test suite's fixture, importable from the repository root
+    if str(repo_root()) not in sys.path:
+        sys.path.insert(0, str(repo_root()))
+    from tests.analysis.synthetic import SYNTHETIC_LAW, synthetic_sweep
+
+    synthetic_sweep(sweep_dir)
+    truth = pd.DataFrame(SYNTHETIC_LAW["state"], index=["B", "gamma"]).T
+    display(Markdown("**Demo on synthetic data** (test data from `tests/analysis/synthetic.py`; no `STATESCALE_SWEEP` "
+                     "given). The true state terms B/S^gamma "
+                     f"per family, with alpha = {SYNTHETIC_LAW['alpha']}, "
+                     f"beta = {SYNTHETIC_LAW['beta']}:"))
     display(truth)
 data = report.load_sweep(sweep_dir)
 runs = data.runs[data.runs["final_val_loss"].notna()]

@@ -47,13 +47,12 @@ __all__ = [
     "load_curves",
     "load_runs",
     "load_sweep",
-    "synthetic_sweep",
     "write_report",
 ]
 
 # The report pulls in pandas and matplotlib: imported on first use, so that the fits alone stay light.
 _REPORT_EXPORTS = ("FitRecord", "SweepData", "fit_sweep", "load_curves", "load_runs", "load_sweep",
-                   "synthetic_sweep", "write_report")
+                   "write_report")
 
 
 def __getattr__(name):

@@ -36,6 +36,7 @@ from scaling.analysis import (
     fit_state_law,
     fits,
     loss_vs_state,
+    optimize,
 )
 
 CSV_NAME = "chinchilla_epoch_svg_extracted.csv"
@@ -92,17 +93,17 @@ def test_chinchilla_approach3_reproduces_epoch(chinchilla):
 
 def test_lockstep_driver_matches_scipy_minimize(chinchilla):
     """The batched setulb driver is scipy's L-BFGS-B: same end points as minimize() from the same starts."""
-    assert fits._lockstep_works()
+    assert optimize._lockstep_works()
     N, D, loss = chinchilla
     logX, logy = np.log(np.vstack([N, D])), np.log(loss)
-    starts = fits._grid_starts(None, fits.PARAMETRIC_GRID, ("e", "a", "alpha", "b", "beta"))[::113]
+    starts = optimize._grid_starts(None, fits.PARAMETRIC_GRID, ("e", "a", "alpha", "b", "beta"))[::113]
     rng = np.random.default_rng(0)
     weights = np.stack([np.bincount(rng.integers(0, len(N), len(N)), minlength=len(N)) for _ in range(2)])
-    for fg, ds in [(fits._HuberObjective(logX, logy, 1e-3), np.zeros(len(starts), int)),
-                   (fits._HuberObjective(logX, logy, 1e-3, weights.astype(float)), np.arange(len(starts)) % 2)]:
-        with fits._single_threaded_blas():
-            got = fits._lbfgsb_lockstep(fg, ds, starts, fits._LBFGSB_DEFAULT)
-            want = fits._lbfgsb_loop(fg, ds, starts, fits._LBFGSB_DEFAULT)
+    for fg, ds in [(optimize._HuberObjective(logX, logy, 1e-3), np.zeros(len(starts), int)),
+                   (optimize._HuberObjective(logX, logy, 1e-3, weights.astype(float)), np.arange(len(starts)) % 2)]:
+        with optimize._single_threaded_blas():
+            got = optimize._lbfgsb_lockstep(fg, ds, starts, optimize._LBFGSB_DEFAULT)
+            want = optimize._lbfgsb_loop(fg, ds, starts, optimize._LBFGSB_DEFAULT)
         np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
 
 
@@ -111,7 +112,7 @@ def test_fit_falls_back_to_minimize_loop(chinchilla, monkeypatch):
     N, D, loss = chinchilla
     grid = {"e": [0.0, 1.0], "a": [5.0, 10.0], "alpha": [0.5], "b": [5.0, 10.0], "beta": [0.5]}
     fast = fit_parametric(N, D, loss, init_grid=grid, bootstrap=3)
-    monkeypatch.setattr(fits, "_lockstep_works", lambda: False)
+    monkeypatch.setattr(optimize, "_lockstep_works", lambda: False)
     slow = fit_parametric(N, D, loss, init_grid=grid, bootstrap=3)
     for k in fast.params:
         assert slow.params[k] == pytest.approx(fast.params[k], rel=1e-6), k
@@ -125,7 +126,7 @@ def test_objective_gradient_matches_finite_differences():
     weights = rng.integers(0, 3, size=(2, 30)).astype(float)
     # delta large enough that both Huber branches occur at these points.
     for w in (None, weights):
-        fg = fits._HuberObjective(logX, logy, 0.05, w)
+        fg = optimize._HuberObjective(logX, logy, 0.05, w)
         TH = np.array([[0.5, 6.0, 0.3, 7.0, 0.35, 5.0, 0.3], [0.8, 3.0, 0.2, 2.0, 0.25, 4.0, 0.1]])
         ds = np.array([0, 1]) if w is not None else np.zeros(2, int)
         f, g = fg(ds, TH)
@@ -137,7 +138,7 @@ def test_objective_gradient_matches_finite_differences():
             dm[:, j] -= h
             num[:, j] = (fg(ds, dp)[0] - fg(ds, dm)[0]) / (2 * h)
         np.testing.assert_allclose(g, num, rtol=1e-5, atol=1e-7)
-        r = fits._predict_log(TH[0], logX) - logy
+        r = optimize._predict_log(TH[0], logX) - logy
         huber = np.where(np.abs(r) <= 0.05, 0.5 * r * r, 0.05 * (np.abs(r) - 0.025))
         want = huber.sum() if w is None else (w[0] * huber).sum()
         assert f[0] == pytest.approx(want, rel=1e-12)

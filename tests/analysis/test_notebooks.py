@@ -62,9 +62,9 @@ def _images(outputs) -> int:
 
 
 def test_compute_optimal_frontier(kernel_env, monkeypatch, tmp_path):
-    from scaling.analysis import report
+    from tests.analysis.synthetic import synthetic_sweep
 
-    sweep = report.synthetic_sweep(tmp_path / "sweep", variants=["retention-p2-hd32", "mamba-d64"])
+    sweep = synthetic_sweep(tmp_path / "sweep", variants=["retention-p2-hd32", "mamba-d64"])
     outputs = _execute("compute_optimal_frontier.py", {**kernel_env, "STATESCALE_SWEEP": str(sweep)}, monkeypatch)
     text = _text(outputs)
     assert str(sweep) in text and "Demo on synthetic data" not in text

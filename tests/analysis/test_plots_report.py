@@ -1,8 +1,8 @@
 """The sweep report: loading sweep.db into DataFrames, the fits the data supports, figures and report.md.
 
-Sweeps here are synthetic (``report.synthetic_sweep``): written through the store's own API, with losses from a
-known law (no training), so the fitted exponents can be checked against the truth. The fits use the coarse start
-grids (``fast=True``) and few bootstrap resamples to keep the file to seconds.
+Sweeps here are synthetic (``tests.analysis.synthetic.synthetic_sweep``): written through the store's own API,
+with losses from a known law (no training), so the fitted exponents can be checked against the truth. The fits
+use the coarse start grids (``fast=True``) and few bootstrap resamples to keep the file to seconds.
 """
 
 import hashlib
@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from scaling.analysis import fit_from_dict, plots, report
 from scaling.cli import main
 from scaling.sweep.store import Store, owner_token
+from tests.analysis import synthetic
 
 BOOT = 30
 FIGURES = ("loss_vs_flops", "isoflop", "compute_optimal_allocation", "loss_vs_state", "state_law_fit")
@@ -69,7 +70,7 @@ def _estimate(cell: str) -> tuple[float, float, float]:
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
     sweep = tmp_path_factory.mktemp("sweep")
-    report.synthetic_sweep(sweep)
+    synthetic.synthetic_sweep(sweep)
     db = (sweep / "sweep.db").read_bytes()
     result = report.write_report(sweep, bootstrap=BOOT, fast=True, progress=False)
     return sweep, result, hashlib.sha256(db).hexdigest()
@@ -103,7 +104,7 @@ def test_report_tables_hold_the_fitted_laws_with_intervals(analysed):
     _, result, _ = analysed
     md = result.report.read_text()
     assert f"percentile intervals over {BOOT} bootstrap resamples" in md
-    law = report.SYNTHETIC_LAW
+    law = synthetic.SYNTHETIC_LAW
     # state-size law per family: every parameter with its interval; retention's exponents near the truth
     header = _header(md, "State-size law")
     cells = dict(zip(header, _row(md, "State-size law", "retention"), strict=True))
@@ -153,8 +154,8 @@ def test_analysis_leaves_the_database_alone(analysed):
 
 def test_chinchilla_truth_recovered_when_C_is_6ND(tmp_path):
     """No state term and no state FLOPs: C = 6ND and the allocation exponent is beta / (alpha + beta)."""
-    law = {**report.SYNTHETIC_LAW, "state": {"mamba": (0.0, 0.3)}}
-    report.synthetic_sweep(tmp_path, variants=["mamba-d64"], law=law, state_flops=0.0)
+    law = {**synthetic.SYNTHETIC_LAW, "state": {"mamba": (0.0, 0.3)}}
+    synthetic.synthetic_sweep(tmp_path, variants=["mamba-d64"], law=law, state_flops=0.0)
     data = report.load_sweep(tmp_path)
     recs = {r.kind: r for r in report.fit_sweep(data, bootstrap=50, fast=True,
                                                  kinds=["envelope", "isoflop", "parametric"])}
@@ -170,7 +171,7 @@ def test_chinchilla_truth_recovered_when_C_is_6ND(tmp_path):
 
 def test_context_sweep_fits_the_context_law_and_draws_it(tmp_path):
     """Attention pays for context, so at fixed FLOPs its loss is U-shaped in context; Mamba's is not."""
-    report.synthetic_sweep(tmp_path, variants=["attention", "mamba-d64"], sizes=[(256, 4)],
+    synthetic.synthetic_sweep(tmp_path, variants=["attention", "mamba-d64"], sizes=[(256, 4)],
                            contexts=[256, 512, 1024, 2048, 4096, 8192], ratio_range=(0, 1e9))
     result = report.write_report(tmp_path, tmp_path / "out", bootstrap=20, fast=True, progress=False)
     assert (tmp_path / "out" / "loss_vs_context.png").stat().st_size > 20_000
