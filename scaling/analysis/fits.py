@@ -21,7 +21,7 @@ Every fit returns a dataclass (:class:`EnvelopeFit`, :class:`IsoflopFit`, :class
 
 Approach 3 follows Epoch AI's replication of the Chinchilla fit (Besiroglu et al. 2024): log L is modelled as
 ``LSE(a - alpha log N, b - beta log D, e)``, the objective is the Huber loss (delta = 1e-3) of the log-loss residuals
-summed over points, and scipy's L-BFGS-B runs from every point of a grid, keeping the best. The state-size law
+summed over points, and L-BFGS runs from every point of a grid, keeping the best. The state-size law
 reuses the same machinery with a state term (and optionally a data term).
 """
 

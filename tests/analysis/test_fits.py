@@ -2,7 +2,7 @@
 
 1. Epoch AI's replication of the Chinchilla approach-3 fit, on the points Epoch extracted from the paper.
 2. Recovery of known exponents from synthetic data with noise, by every fit, within its bootstrap interval.
-3. The batched L-BFGS-B driver against scipy's ``minimize``, gradients, JSON round trips, input validation, helpers.
+3. The batched L-BFGS driver against scipy's ``minimize``, gradients, JSON round trips, input validation, helpers.
 
 The synthetic designs use fixed data seeds (SEEDS). A 95% percentile-bootstrap interval misses the truth for some
 seeds; the fraction of seeds where every checked parameter fell inside its interval, measured with these designs:
@@ -91,9 +91,14 @@ def test_chinchilla_approach3_reproduces_epoch(chinchilla):
     np.testing.assert_allclose(resid, np.log(loss) - np.log(fit.predict(N, D)), atol=1e-12)
 
 
-def test_lockstep_driver_matches_scipy_minimize(chinchilla):
-    """The batched setulb driver is scipy's L-BFGS-B: same end points as minimize() from the same starts."""
-    assert optimize._lockstep_works()
+def test_batched_driver_matches_scipy_minimize(chinchilla):
+    """The batched L-BFGS driver against scipy's L-BFGS-B (minimize() per start) from the same starts.
+
+    Their line searches differ, so a start may end in another local optimum; what the fits use is the best end
+    point of each data set: the batched one is as good (lower, or equal to 1e-9, below the stopping rule's
+    ftol = 2.2e-9 on this ~1e-3 objective), and on the unweighted data the two land on the same optimum. Most
+    single starts end at the same objective too.
+    """
     N, D, loss = chinchilla
     logX, logy = np.log(np.vstack([N, D])), np.log(loss)
     starts = optimize._grid_starts(None, fits.PARAMETRIC_GRID, ("e", "a", "alpha", "b", "beta"))[::113]
@@ -102,21 +107,30 @@ def test_lockstep_driver_matches_scipy_minimize(chinchilla):
     for fg, ds in [(optimize._HuberObjective(logX, logy, 1e-3), np.zeros(len(starts), int)),
                    (optimize._HuberObjective(logX, logy, 1e-3, weights.astype(float)), np.arange(len(starts)) % 2)]:
         with optimize._single_threaded_blas():
-            got = optimize._lbfgsb_lockstep(fg, ds, starts, optimize._LBFGSB_DEFAULT)
+            got = optimize._lbfgs_batched(fg, ds, starts, optimize._LBFGSB_DEFAULT)
             want = optimize._lbfgsb_loop(fg, ds, starts, optimize._LBFGSB_DEFAULT)
-        np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-9)
+        f_got, f_want = fg(ds, got)[0], fg(ds, want)[0]
+        assert np.isfinite(f_got).all()
+        assert np.mean(np.abs(f_got - f_want) < 1e-9) >= 0.4
+        for r in np.unique(ds):
+            i = np.nanargmin(np.where(ds == r, f_got, np.inf))
+            j = np.nanargmin(np.where(ds == r, f_want, np.inf))
+            assert f_got[i] <= f_want[j] + 1e-9
+            if fg.weights is None:
+                assert f_got[i] == pytest.approx(f_want[j], abs=1e-9)
+                np.testing.assert_allclose(got[i], want[j], rtol=1e-3)
 
 
-def test_fit_falls_back_to_minimize_loop(chinchilla, monkeypatch):
-    """Where scipy's private setulb interface differs, the fit runs minimize() per start, with the same result."""
+def test_fit_with_scipy_minimize_loop_agrees(chinchilla, monkeypatch):
+    """The whole fit (grid, polish, bootstrap) with minimize() per start in place of the batched driver."""
     N, D, loss = chinchilla
     grid = {"e": [0.0, 1.0], "a": [5.0, 10.0], "alpha": [0.5], "b": [5.0, 10.0], "beta": [0.5]}
     fast = fit_parametric(N, D, loss, init_grid=grid, bootstrap=3)
-    monkeypatch.setattr(optimize, "_lockstep_works", lambda: False)
+    monkeypatch.setattr(optimize, "_DRIVER", optimize._lbfgsb_loop)
     slow = fit_parametric(N, D, loss, init_grid=grid, bootstrap=3)
     for k in fast.params:
-        assert slow.params[k] == pytest.approx(fast.params[k], rel=1e-6), k
-        np.testing.assert_allclose(slow.samples[k], fast.samples[k], rtol=1e-6)
+        assert slow.params[k] == pytest.approx(fast.params[k], rel=1e-4), k
+        np.testing.assert_allclose(slow.samples[k], fast.samples[k], rtol=1e-4)
 
 
 def test_objective_gradient_matches_finite_differences():
