@@ -42,7 +42,7 @@ def get_sweep():
         base="configs/models/transformer_tiny.py",
         overrides={
             "model.d_model": 64, "model.n_layers": 2, "train.warmup_steps": 20,
-            "train.log_every": 50, "train.eval_every": 500, "train.checkpoint_every": 500, "data.eval_batches": 4,
+            "train.log_every": 50, "train.eval_every": 500, "train.checkpoint_every": 500,
             "data.task.num_kv_pairs": 4, "data.task.vocab_size": 32,
         },
         variants=variants,

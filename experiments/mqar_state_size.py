@@ -59,7 +59,8 @@ def get_sweep():
         base="configs/models/transformer_tiny.py",
         overrides={
             "model.d_model": D_MODEL, "model.n_layers": 2,
-            "data.source": "mqar", "data.task.vocab_size": 64, "data.task.num_kv_pairs": 12, "data.eval_batches": 8,
+            "data.source": "mqar", "data.task.vocab_size": 64, "data.task.num_kv_pairs": 12,
+            "data.eval_tokens": 768 * 48,
             "train.context": 48, "train.batch_size": 32, "train.steps": 2000, "train.warmup_steps": 50,
             "train.weight_decay": 0.0, "train.b2": 0.999,
             "train.log_every": 50, "train.eval_every": 500, "train.checkpoint_every": 500,

@@ -1,51 +1,75 @@
-"""Quickstart sweep: three mixers x two state sizes x two FLOP budgets on the embedded corpus (12 runs).
+"""Quickstart: a small scaling ladder on the embedded corpus that ends in fitted laws and checked predictions.
 
-Tiny models (d_model 64, 2 layers, context 128, batch 8) so the whole sweep takes about ten minutes on two
-CPU cores (`scaling sweep experiments/quickstart.py --workers 2`). Each mixer is tried at a small and a large
-decode state (elements per sequence at context 128, two layers):
+Three mixer families, each as a ladder of model sizes x FLOP budgets (isoFLOP mode, Chinchilla approach 2/3):
 
-  attention      KV cache 32,768; with a 32-token sliding window 8,192
-  retention      p = 2 with heads of 16 (4 heads, D = 136): 18,496; heads of 32 (2 heads, D = 528): 69,696
-  mamba          d_state 16: 5,056; d_state 64: 17,920 (4 heads of 32, conv state included)
+  attention   2 heads (KV cache 2 * T * d_model per layer)
+  retention   power retention p = 2, 2 heads (state kv_heads * (D * head_dim + D), D = C(head_dim + 1, 2))
+  mamba       Mamba-2, d_state 16, heads of 16
 
-The budgets are training FLOPs (3 x forward, scaling.accounting.flops_per_token at context 128); each run
-gets the whole number of steps that comes closest (within 1% here), so runs of one budget cost the same:
-about 170 to 370 steps at 3e11 and 570 to 1,240 at 1e12, ~20 to ~100 s a run with two workers on two cores.
+Sizes are d_model 16, 24, 32, 48 at 2 layers, context 128, batch 16; budgets 1e11, 2e11, 4e11 training FLOPs
+(3 x forward, scaling.accounting.flops_per_token). A size is trained at a budget when its tokens per
+non-embedding parameter lie in [3, 200], so each budget has the sizes around its optimum (Chinchilla's is ~20).
+On top of the ladder:
+
+- state sizes at 2e11: retention with 1 and 4 heads, Mamba-2 with d_state 4 and 64, at d_model 16 and 32, so
+  that state size varies apart from parameters and a state-size law L(N, S, D) can be fitted per family;
+- seeds: the d_model-24 runs at 2e11 three times (train.seed 0, 1, 2), the seed-to-seed spread of the loss;
+- a held-out budget, 8e11, for the sizes in range: `scaling analyze --holdout` fits on the other budgets and
+  predicts these runs.
+
+Every loss is the final loss on the fixed held-out evaluation set (data.eval_tokens = 65,536 tokens, the same
+512 sequences for every run) with its standard error. About 45 runs, ~10 minutes with two workers on two cores.
 """
 
 from scaling.sweep import Sweep
 
-BUDGETS = [3.0e11, 1.0e12]
+SIZES = {f"d{d}": {"model.d_model": d} for d in (16, 24, 32, 48)}
+LADDER_BUDGETS = [1.0e11, 2.0e11, 4.0e11]
+HOLDOUT_BUDGET = 8.0e11
+STATE_BUDGET = 2.0e11
+RATIO_RANGE = (3.0, 200.0)  # tokens per non-embedding parameter
+
+
+def _variant(label: str, **over) -> dict:
+    return {label: {"model.name": label, **over}}
+
+
+def _attention() -> dict:
+    return _variant("attention", **{"model.pattern": "A", "model.attention.n_heads": 2,
+                                    "model.attention.n_kv_heads": 2})
+
+
+def _retention(heads: int) -> dict:
+    return _variant(f"retention-h{heads}", **{"model.pattern": "R", "model.retention.p": 2,
+                                              "model.retention.n_heads": heads, "model.retention.n_kv_heads": heads})
+
+
+def _mamba(d_state: int) -> dict:
+    return _variant(f"mamba-d{d_state}", **{"model.pattern": "M", "model.mamba.d_state": d_state,
+                                            "model.mamba.head_dim": 16})
 
 
 def get_sweep():
+    ladder = _attention() | _retention(2) | _mamba(16)
     return Sweep(
         name="quickstart",
-        description="3 mixers x 2 state sizes x 2 FLOP budgets, tiny models on the stdlib corpus",
+        description="attention, power retention and Mamba-2 ladders (4 sizes x 3 budgets + a held-out budget), "
+                    "state sizes and seeds, tiny models on the stdlib corpus",
         base="configs/models/transformer_tiny.py",
         overrides={
-            "model.d_model": 64, "model.n_layers": 2,
-            "train.batch_size": 8, "train.context": 128, "train.lr": 3e-3, "train.warmup_steps": 10,
-            "train.log_every": 10, "train.eval_every": 100, "train.checkpoint_every": 50,
-            "data.eval_batches": 4,
+            "model.n_layers": 2,
+            "train.batch_size": 16, "train.context": 128, "train.lr": 3e-3, "train.warmup_steps": 10,
+            "train.log_every": 10, "train.eval_every": 1000, "train.checkpoint_every": 250,
+            "data.eval_tokens": 65536,
             # windows shuffled over the whole corpus (0.3% padding): the packed stream shuffles rows within
-            # a finite window, so at 8 x 128 tokens a step one large file (pydoc_data/topics.py, ~5,600 rows)
-            # fills a long stretch of consecutive steps and the validation loss rises there
+            # a finite window, so one large file (pydoc_data/topics.py) would fill a long stretch of steps
             "data.packing": False,
         },
-        variants={
-            "attention": {"model.name": "attention", "model.pattern": "A", "model.attention.n_heads": 4,
-                          "model.attention.n_kv_heads": 4},
-            "attention-w32": {"model.name": "attention-w32", "model.pattern": "A", "model.attention.n_heads": 4,
-                              "model.attention.n_kv_heads": 4, "model.attention.window": 32},
-            "retention-hd16": {"model.name": "retention-hd16", "model.pattern": "R", "model.retention.p": 2,
-                               "model.retention.n_heads": 4, "model.retention.n_kv_heads": 4},
-            "retention-hd32": {"model.name": "retention-hd32", "model.pattern": "R", "model.retention.p": 2,
-                               "model.retention.n_heads": 2, "model.retention.n_kv_heads": 2},
-            "mamba-d16": {"model.name": "mamba-d16", "model.pattern": "M", "model.mamba.d_state": 16,
-                          "model.mamba.head_dim": 32},
-            "mamba-d64": {"model.name": "mamba-d64", "model.pattern": "M", "model.mamba.d_state": 64,
-                          "model.mamba.head_dim": 32},
-        },
-        budgets=BUDGETS,
+        parts=[
+            {"variants": ladder, "sizes": SIZES, "budgets": LADDER_BUDGETS + [HOLDOUT_BUDGET],
+             "ratio_range": RATIO_RANGE},
+            {"variants": _retention(1) | _retention(4) | _mamba(4) | _mamba(64),
+             "sizes": {k: SIZES[k] for k in ("d16", "d32")}, "budgets": [STATE_BUDGET]},
+            {"variants": ladder, "sizes": {"d24": SIZES["d24"]}, "budgets": [STATE_BUDGET], "seeds": 3},
+        ],
     )

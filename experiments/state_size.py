@@ -38,7 +38,7 @@ def get_sweep():
                     "against attention, FLOP-matched",
         base="configs/models/transformer_small.py",
         overrides={"model.d_model": 256, "train.lr": 2e-3, "train.warmup_steps": 100, "train.eval_every": 250,
-                   "train.checkpoint_every": 250, "train.log_every": 25, "data.eval_batches": 16},
+                   "train.checkpoint_every": 250, "train.log_every": 25, "data.eval_tokens": 2**20},
         sizes={"L2": {"model.n_layers": 2}, "L4": {"model.n_layers": 4}, "L8": {"model.n_layers": 8}},
         variants=variants,
         axes={"train.context,train.batch_size": [(256, 256), (1024, 64), (4096, 16)]},

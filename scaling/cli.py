@@ -281,24 +281,6 @@ def _bench(args) -> int:
     return 0
 
 
-def _analyze(args) -> int:
-    from scaling.analysis import report
-
-    if args.bootstrap < 0:
-        print(f"--bootstrap {args.bootstrap}: must be >= 0 (number of resamples)", file=sys.stderr)
-        return 2
-    result = report.write_report(args.sweep_dir, args.out, bootstrap=args.bootstrap, seed=args.seed,
-                                 params=args.params, curve_loss=args.curve_loss, fast=args.fast,
-                                 progress=not args.no_progress and sys.stderr.isatty())
-    fitted = sum(r.ok for r in result.records)
-    counts = ", ".join(f"{v} {k}" for k, v in result.data.counts.items() if v) or "no runs"
-    print(f"analysed {len(result.data.runs)} done runs ({counts}): {fitted} fits, "
-          f"{len(result.records) - fitted} skipped (reasons in the report), "
-          f"{len({p.stem for p in result.figures})} figures (PNG + SVG)")
-    print(f"report: {result.report}")
-    return 0
-
-
 def _fmt(x):
     return "-" if x is None else f"{x:.4f}"
 
@@ -463,26 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write the flat run table: csv PATH or parquet PATH (parquet needs pyarrow)")
     st.set_defaults(func=_status)
 
-    an = sub.add_parser("analyze", help="fit scaling laws to a sweep's finished runs; write figures and report.md",
-                        description="Load SWEEP_DIR/sweep.db (read-only; safe while the sweep runs), fit the laws "
-                        "the finished runs support (Chinchilla approaches 1-3 per model group, the state-size law "
-                        "per mixer family, the context law), and write PNG + SVG figures, report.md (fitted laws "
-                        "with 95% bootstrap intervals, skipped fits with the reason, the run table), fits.json and "
-                        "runs.csv.")
-    an.add_argument("sweep_dir", help="a sweep directory (holds sweep.db)")
-    an.add_argument("--out", help="output folder (default: SWEEP_DIR/analysis)")
-    an.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the 95%% intervals "
-                    "(default 200; 0: estimates only)")
-    an.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    an.add_argument("--params", choices=("non_embedding", "total"), default="non_embedding",
-                    help="parameter count used as N (default non_embedding)")
-    an.add_argument("--curve-loss", choices=("auto", "train", "val"), default="auto",
-                    help="loss curves for approach 1 and the loss-vs-FLOPs figure (auto: validation when every "
-                    "run logged >= 3 evaluations, else training)")
-    an.add_argument("--fast", action="store_true", help="coarse start grids for the parametric and state-law "
-                    "fits (seconds instead of tens of seconds a fit)")
-    an.add_argument("--no-progress", action="store_true", help="no progress bar")
-    an.set_defaults(func=_analyze)
+    from scaling import cli_analysis
+
+    cli_analysis.add_parsers(sub)
     return p
 
 

@@ -84,15 +84,16 @@ def make_optimizer(t, total: int) -> tuple[optax.GradientTransformation, optax.S
     return tx, schedule
 
 
-def _loss_terms(graphdef, params, batch, *, per_position: bool = False):
+def _loss_terms(graphdef, params, batch, *, per_position: bool = False, per_row: bool = False):
     """Sum of masked cross-entropy (nats), number of loss tokens, number of byte targets, number of loss tokens
-    whose argmax prediction is the target. Each summed over the batch: [T] per position if ``per_position``."""
+    whose argmax prediction is the target. Each summed over the batch: [T] per position if ``per_position``,
+    [B] per row (sequence) if ``per_row``."""
     model = nnx.merge(graphdef, params)
     logits = model(batch["inputs"])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     mask = batch["loss_mask"]
     hit = (jnp.argmax(logits, axis=-1) == batch["targets"]) * mask
-    axis = 0 if per_position else None
+    axis = 0 if per_position else (1 if per_row else None)
     n_bytes = jnp.sum(mask * (batch["targets"] < N_BYTES), axis=axis)
     return jnp.sum(ce * mask, axis=axis), jnp.sum(mask, axis=axis), n_bytes, jnp.sum(hit, axis=axis)
 
@@ -110,8 +111,8 @@ def make_steps(graphdef, tx):
         return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     @jax.jit
-    def eval_step(params, batch):
-        return _loss_terms(graphdef, params, batch)
+    def eval_step(params, batch):  # per row: the standard error is taken over sequences
+        return _loss_terms(graphdef, params, batch, per_row=True)
 
     return train_step, eval_step
 
@@ -191,21 +192,46 @@ def load_run(workdir, *, step: int | None = None):
     return cfg, nnx.merge(graphdef, train_state["params"]), restored.step
 
 
+EVAL_BATCH_TOKENS = 8192  # evaluation batches hold at least this many tokens (forward only: no activations kept)
+
+
+def eval_batch_size(batch_size: int, context: int) -> int:
+    """Rows per evaluation batch: a multiple of the training batch (so it shards the same way) holding at least
+    EVAL_BATCH_TOKENS tokens. The evaluation rows themselves do not depend on it."""
+    return int(batch_size) * max(1, -(-EVAL_BATCH_TOKENS // (int(batch_size) * int(context))))
+
+
 def evaluate(eval_step, params, batches, shard, *, task: bool = False) -> dict:
-    """val_loss (nats per loss token), val_bpb and, for a synthetic task (``task``), ``task_accuracy``: the
-    exact-match accuracy of the argmax prediction on answer tokens (scaling.data.synthetic.answer_accuracy)."""
-    total = count = n_bytes = hits = 0.0
-    for batch in batches:
-        t, c, nb, h = eval_step(params, shard(batch))
-        total, count, n_bytes, hits = total + float(t), count + float(c), n_bytes + float(nb), hits + float(h)
-    out = {"val_loss": total / max(count, 1.0), "val_bpb": total / max(n_bytes, 1.0) / LN2}
+    """Loss on the fixed evaluation set: ``val_loss`` (nats per loss token), its standard error ``val_loss_se``
+    over the set's sequences, ``val_bpb``, ``val_tokens`` (loss tokens) and, for a synthetic task (``task``),
+    ``task_accuracy``: the exact-match accuracy of the argmax prediction on answer tokens.
+
+    ``val_loss`` = sum_i l_i / sum_i n_i over sequences i with loss sum l_i over n_i tokens (a ratio estimator);
+    its standard error is sqrt(sum_i (l_i - val_loss n_i)^2 / (m (m - 1))) / mean(n_i) over the m sequences
+    with at least one loss token.
+    """
+    parts = [np.asarray(x, np.float64) for x in zip(*(eval_step(params, shard(b)) for b in batches), strict=True)]
+    rows = [np.concatenate(p) for p in parts] if parts else [np.zeros(0)] * 4
+    loss_sum, count, n_bytes, hits = rows
+    total, n = float(loss_sum.sum()), float(count.sum())
+    mean = total / max(n, 1.0)
+    real = count > 0
+    m = int(real.sum())
+    if m > 1:
+        dev = loss_sum[real] - mean * count[real]
+        se = float(np.sqrt((dev**2).sum() / (m * (m - 1))) / count[real].mean())
+    else:
+        se = float("nan")
+    out = {"val_loss": mean, "val_loss_se": se, "val_bpb": total / max(float(n_bytes.sum()), 1.0) / LN2,
+           "val_tokens": int(n)}
     if task:
-        out["task_accuracy"] = hits / max(count, 1.0)
+        out["task_accuracy"] = float(hits.sum()) / max(n, 1.0)
     return out
 
 
 def evaluate_contexts(cfg, graphdef, params, shard) -> list[dict]:
-    """Evaluation at each of ``train.eval_contexts`` (length generalisation), on ``data.eval_batches`` batches.
+    """Evaluation at each of ``train.eval_contexts`` (length generalisation), on the fixed evaluation set of each
+    context (``data.eval_tokens`` tokens).
 
     One row per context: ``context``, ``val_loss`` (nats per loss token), ``task_accuracy`` (synthetic tasks),
     and per position t of the row: ``loss_by_position`` (mean loss, None where no loss token),
@@ -216,7 +242,8 @@ def evaluate_contexts(cfg, graphdef, params, shard) -> list[dict]:
     rows = []
     for context in cfg.train.eval_contexts:
         sums = None
-        for batch in make_eval_batches(cfg.data, batch_size=cfg.train.batch_size, context=context):
+        for batch in make_eval_batches(cfg.data, batch_size=eval_batch_size(cfg.train.batch_size, context),
+                                       context=context):
             terms = [np.asarray(x, np.float64) for x in step(params, shard(batch))]
             sums = terms if sums is None else [a + b for a, b in zip(sums, terms, strict=True)]
         total, count, _, hits = sums
@@ -269,7 +296,8 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     train_state = jax.device_put(train_state, replicated)
 
     data_iter = make_train_iterator(cfg.data, batch_size=t.batch_size, context=t.context, seed=t.seed)
-    eval_batches = make_eval_batches(cfg.data, batch_size=t.batch_size, context=t.context)
+    eval_batches = make_eval_batches(cfg.data, batch_size=eval_batch_size(t.batch_size, t.context),
+                                     context=t.context)
 
     ckpt = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints)
     step = 0
@@ -339,7 +367,7 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
         ckpt.close()
 
     summary.update(step=step, final_loss=last.get("loss"), val_loss=last.get("val_loss"),
-                   val_bpb=last.get("val_bpb"))
+                   val_loss_se=last.get("val_loss_se"), val_bpb=last.get("val_bpb"))
     if task:
         summary["task_accuracy"] = last.get("task_accuracy")
     if status == "done" and t.eval_contexts:

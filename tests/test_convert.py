@@ -19,7 +19,7 @@ from tests.helpers import rel_err
 SRC = ["model.pattern='A'", "model.d_model=32", "model.n_layers=2", "model.attention.n_heads=4",
        "model.attention.n_kv_heads=2", "model.retention.chunk_size=8"]
 TRAIN = ["train.batch_size=4", "train.context=32", "train.log_every=1", "train.eval_every=2",
-         "data.eval_batches=1", "train.warmup_steps=1", "train.checkpoint_every=2"]
+         "data.eval_tokens=256", "train.warmup_steps=1", "train.checkpoint_every=2"]
 
 
 def _pair(seed=3, gate_logit=None):

@@ -19,7 +19,7 @@ ROOT = Path(__file__).parents[1]
 PRESET = str(ROOT / "configs/models/power_retention_tiny.py")
 TINY = ["model.d_model=32", "model.n_layers=1", "model.retention.n_heads=2", "model.retention.n_kv_heads=2",
         "model.retention.chunk_size=16", "train.batch_size=4", "train.context=32", "train.log_every=1",
-        "data.eval_batches=2", "train.warmup_steps=5"]
+        "data.eval_tokens=512", "train.warmup_steps=5"]
 
 
 def _cli(args, **kw):

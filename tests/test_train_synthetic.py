@@ -14,7 +14,7 @@ from scaling.train import load_run, train
 ROOT = Path(__file__).parents[1]
 TINY = ["model.d_model=32", "model.n_layers=1", "model.pattern=M", "model.mamba.head_dim=16",
         "model.mamba.d_state=8", "model.mamba.chunk_size=16", "train.batch_size=4", "train.context=32",
-        "train.log_every=1", "data.eval_batches=2", "train.warmup_steps=2", "data.source=mqar",
+        "train.log_every=1", "data.eval_tokens=256", "train.warmup_steps=2", "data.source=mqar",
         "data.task.vocab_size=16", "data.task.num_kv_pairs=4", "train.checkpoint_every=3"]
 
 
@@ -56,7 +56,7 @@ def test_train_writes_task_accuracy_and_per_position_evaluation(tmp_path):
 
 
 def test_text_runs_write_no_task_accuracy(tmp_path):
-    cfg = config.load(None, [o for o in TINY if not o.startswith("data.")] + ["data.eval_batches=1",
+    cfg = config.load(None, [o for o in TINY if not o.startswith("data.")] + ["data.eval_tokens=128",
                                                                               "train.steps=2", "train.eval_every=2"])
     train(cfg, tmp_path, progress=False)
     (ev,) = _rows(tmp_path, "eval")

@@ -11,7 +11,8 @@ The ``data`` section (formats in scaling/data/corpus.py and scaling/data/pipelin
   packing       True: concatenate documents and split into windows (rows shuffled within windows of 1024 rows);
                 False (default): windows within documents, padded, shuffled over the whole corpus. The stdlib's
                 files are long (18k bytes on average), so False wastes 0.3% on padding and mixes batches far better
-  eval_batches  batches of the unshuffled validation stream used for evaluation
+  eval_tokens   size of the fixed held-out evaluation set: ceil(eval_tokens / context) rows spread evenly over
+                the validation stream, the same rows for every run of one source and context (any batch size)
   task          the synthetic tasks' parameters (scaling.data.synthetic.TASK_DEFAULTS); corpora ignore them
 """
 
@@ -21,7 +22,7 @@ from ml_collections import ConfigDict
 def get_config():
     return ConfigDict({"data": {
         "source": "stdlib", "path": None, "glob": "**/*.txt", "text_field": "text",
-        "token_dtype": "uint16", "val_fraction": 0.02, "packing": False, "eval_batches": 8,
+        "token_dtype": "uint16", "val_fraction": 0.02, "packing": False, "eval_tokens": 65536,
         "task": {"vocab_size": 128, "num_kv_pairs": 8, "num_queries": None, "power_a": 0.01, "num_tokens": 8,
                  "depth": None, "needle_digits": 6, "eval_seed": 1234},
     }})

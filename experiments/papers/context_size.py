@@ -47,7 +47,7 @@ def get_sweep(scale: str = "cpu") -> Sweep:
                 "train.warmup_steps": 2000, "train.min_lr_ratio": 0.1, "train.weight_decay": 0.1,
                 "train.b1": 0.9, "train.b2": 0.95, "train.grad_clip": 1.0,
                 "train.log_every": 50, "train.eval_every": 1000, "train.checkpoint_every": 1000,
-                "data.source": "tokens", "data.token_dtype": "uint16", "data.eval_batches": 32,
+                "data.source": "tokens", "data.token_dtype": "uint16", "data.eval_tokens": 2**22,
             },
             variants=variants,
             axes={"train.context,train.batch_size": [(2**k, 2**19 // 2**k) for k in range(9, 16)]},
@@ -63,7 +63,7 @@ def get_sweep(scale: str = "cpu") -> Sweep:
         overrides={
             "train.lr": 3e-3, "train.warmup_steps": 20, "train.min_lr_ratio": 0.1,
             "train.log_every": 10, "train.eval_every": 250, "train.checkpoint_every": 250,
-            "data.eval_batches": 4, "data.packing": False,
+            "data.packing": False,
         },
         variants={f"d{d}": _size(2, d) for d in (32, 64, 96)},
         axes={"train.context,train.batch_size": [(16, 128), (64, 32), (256, 8), (1024, 2)]},

@@ -70,7 +70,7 @@ def get_sweep(scale: str = "cpu") -> Sweep:
                 "train.warmup_steps": 1000, "train.min_lr_ratio": 0.01,
                 "train.weight_decay": 0.1, "train.b1": 0.9, "train.b2": 0.95, "train.grad_clip": 1.0,
                 "train.log_every": 50, "train.eval_every": 500, "train.checkpoint_every": 1000,
-                "data.source": "tokens", "data.token_dtype": "uint16", "data.eval_batches": 32,
+                "data.source": "tokens", "data.token_dtype": "uint16", "data.eval_tokens": 2**22,
             },
             variants=variants,
             axes={"train.context,train.batch_size": [(2048, 256), (8192, 64)]},
@@ -82,7 +82,7 @@ def get_sweep(scale: str = "cpu") -> Sweep:
     overrides = {
         "train.lr": 3e-3, "train.warmup_steps": 20, "train.min_lr_ratio": 0.1,
         "train.log_every": 10, "train.eval_every": 50, "train.checkpoint_every": 100,
-        "data.eval_batches": 4, "data.packing": False,
+        "data.packing": False,
     }
     variants = {}
     for d in CPU_WIDTHS:

@@ -56,7 +56,7 @@ def get_sweep(scale: str = "cpu") -> Sweep:
                 "train.lr": 3e-4, "train.warmup_steps": 2000, "train.min_lr_ratio": 1e-5 / 3e-4,
                 "train.weight_decay": 0.1, "train.b1": 0.9, "train.b2": 0.999, "train.grad_clip": 1.0,
                 "train.log_every": 50, "train.eval_every": 1000, "train.checkpoint_every": 1000,
-                "data.source": "tokens", "data.token_dtype": "uint16", "data.eval_batches": 32,
+                "data.source": "tokens", "data.token_dtype": "uint16", "data.eval_tokens": 2**22,
             },
             variants=variants,
             # softmax attention at 1024 on 15B tokens: 15e9 x 3 x 1.664e9 forward FLOPs per token (accounting)
@@ -78,7 +78,7 @@ def get_sweep(scale: str = "cpu") -> Sweep:
             "train.lr": 3e-3, "train.warmup_steps": 20, "train.min_lr_ratio": 0.1,
             "train.weight_decay": 0.1, "train.b1": 0.9, "train.b2": 0.999, "train.grad_clip": 1.0,
             "train.log_every": 10, "train.eval_every": 100, "train.checkpoint_every": 100,
-            "data.eval_batches": 4, "data.packing": False,
+            "data.packing": False,
         },
         variants=variants,
         budgets=[1.0e12, 3.0e12],

@@ -26,8 +26,9 @@ FAMILIES = {"A": "attention", "R": "retention", "M": "mamba"}
 RUN_COLUMNS = (
     "run_id", "sweep", "variant", "size", "family", "pattern", "n_layers", "d_model", "params",
     "non_embedding_params", "state_size", "context", "batch_size", "tokens", "flops", "budget", "flops_per_token",
-    "steps", "total_steps", "final_val_loss", "final_val_bpb", "final_train_loss", "status",
+    "steps", "total_steps", "final_val_loss", "final_val_bpb", "final_train_loss", "status", "seed",
 )
+SEED_AXIS = "train.seed"
 CURVE_COLUMNS = ("run_id", "step", "tokens", "flops", "train_loss", "val_loss", "val_bpb", "lr")
 
 
@@ -68,10 +69,12 @@ def _connect(sweep_dir: str | Path):
 
 def _config_fields(config_json: str | None) -> dict[str, Any]:
     try:
-        model = json.loads(config_json or "{}").get("model", {})
+        cfg = json.loads(config_json or "{}")
     except json.JSONDecodeError:
-        model = {}
-    return {"pattern": model.get("pattern"), "n_layers": model.get("n_layers"), "d_model": model.get("d_model")}
+        cfg = {}
+    model = cfg.get("model", {})
+    return {"pattern": model.get("pattern"), "n_layers": model.get("n_layers"), "d_model": model.get("d_model"),
+            "seed": cfg.get("train", {}).get("seed")}
 
 
 def load_runs(sweep_dir: str | Path, *, statuses: Sequence[str] = ("done",)) -> pd.DataFrame:
@@ -83,7 +86,8 @@ def load_runs(sweep_dir: str | Path, *, statuses: Sequence[str] = ("done",)) -> 
     (elements per sequence at the run's context); ``context`` (tokens), ``batch_size`` (sequences);
     ``tokens`` (trained), ``flops`` (training FLOPs spent, 3 x forward), ``budget`` (the FLOP budget it was
     matched to, NaN without FLOP matching), ``flops_per_token`` (forward); ``steps``, ``total_steps``;
-    ``final_val_loss``, ``final_train_loss`` (nats per token) and ``final_val_bpb`` (bits per byte); ``status``.
+    ``final_val_loss``, ``final_train_loss`` (nats per token) and ``final_val_bpb`` (bits per byte); ``status``;
+    ``seed`` (train.seed: runs that differ only in it are replicates of one point, never an axis).
     A run's other final eval metrics (``runs.extra``, e.g. a synthetic task's ``task_accuracy``) become columns
     ``final_<metric>`` after the axes.
     """
@@ -105,7 +109,8 @@ def load_runs(sweep_dir: str | Path, *, statuses: Sequence[str] = ("done",)) -> 
         except json.JSONDecodeError:
             point = {}
         # JSON turned tuple axis values (train.eval_contexts = (64, 128)) into lists; tuples can be grouped by
-        rec.update({k: tuple(v) if isinstance(v, list) else v for k, v in point.items()})
+        # a seed is a replicate, not an axis: the analysis pools runs that differ only in seed (column "seed")
+        rec.update({k: tuple(v) if isinstance(v, list) else v for k, v in point.items() if k != SEED_AXIS})
         try:  # other final eval metrics (runs.extra), as columns named final_<metric>
             extra = json.loads(r["extra"]) if isinstance(r.get("extra"), str) else {}
         except json.JSONDecodeError:
@@ -118,7 +123,7 @@ def load_runs(sweep_dir: str | Path, *, statuses: Sequence[str] = ("done",)) -> 
     df = df.reindex(columns=list(RUN_COLUMNS) + axes + extras)
     for col in extras:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
-    for col in ("params", "non_embedding_params", "state_size", "context", "batch_size", "tokens", "flops",
+    for col in ("seed", "params", "non_embedding_params", "state_size", "context", "batch_size", "tokens", "flops",
                 "budget", "flops_per_token", "steps", "total_steps", "final_val_loss", "final_val_bpb",
                 "final_train_loss", "n_layers", "d_model"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)

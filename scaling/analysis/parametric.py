@@ -17,9 +17,9 @@ from scaling.analysis.fit_base import (
     _check_delta,
     _ci_from_samples,
     _Fit,
-    _power_law_eval,
 )
 from scaling.analysis.optimize import _fit_power_sum, _grid_starts, _predict_log, _replicate_samples
+from scaling.analysis.predict import PowerSumPrediction, broadcast_log
 
 __all__ = ["PARAMETRIC_GRID", "ParametricFit", "fit_parametric"]
 
@@ -35,7 +35,7 @@ PARAMETRIC_GRID: dict[str, tuple[float, ...]] = {
 
 
 @dataclass
-class ParametricFit(_Fit):
+class ParametricFit(PowerSumPrediction, _Fit):
     """Chinchilla approach 3 (see :func:`fit_parametric`): L(N, D) = E + A / N^alpha + B / D^beta.
 
     params: ``E``, ``A``, ``B``, ``alpha``, ``beta`` and the derived ``a`` = beta / (alpha + beta),
@@ -62,13 +62,41 @@ class ParametricFit(_Fit):
         out = self.E + self.A / N**self.alpha + self.B / D**self.beta
         return float(out) if np.ndim(out) == 0 else out
 
+    def predict_interval(self, N: Any, D: Any, level: float = 0.9) -> tuple[Any, Any]:
+        """(lo, hi): an interval expected to hold a new run's loss at (``N``, ``D``) with probability ``level``.
+
+        It combines the parameter uncertainty (delta method) with the scatter of the fitted runs around the law,
+        Student-t with n - 5 degrees of freedom (scaling.analysis.predict). Scalars in, floats out."""
+        logX, scalar = broadcast_log(N, D)
+        lo, hi = self._interval(logX, level)
+        return (float(lo[0]), float(hi[0])) if scalar else (lo, hi)
+
+    def _fit_covariates(self) -> np.ndarray:
+        return np.vstack([self.data["N"], self.data["D"]])
+
+    @property
+    def cost(self):
+        """The FLOP convention of N_opt / D_opt: ``info["cost"]`` (a scaling.analysis.cost.CostModel from the
+        runs' accounting, training FLOPs per token = k N^e) when the fit has one, else Chinchilla's 6 N."""
+        from scaling.analysis.cost import CostModel
+
+        return CostModel.from_dict(self.info["cost"]) if self.info.get("cost") else CostModel(6.0, 1.0)
+
     def N_opt(self, C: Any) -> np.ndarray | float:
-        """Loss-minimising parameters at training FLOPs ``C`` = 6 N D: G (C / 6)^a."""
-        return _power_law_eval(self.G, self.a, np.asarray(C, dtype=np.float64) / 6)
+        """Loss-minimising parameters at training FLOPs ``C`` = cost(N) D with cost(N) = k N^e (:attr:`cost`):
+        N_opt = (alpha A / (beta e B k^beta))^(1 / (alpha + e beta)) C^(beta / (alpha + e beta)); for k = 6, e = 1
+        this is Chinchilla's G (C / 6)^a."""
+        k, e = self.cost.k, self.cost.e
+        al, be = self.alpha, self.beta
+        C = np.asarray(C, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            out = (al * self.A / (be * e * self.B * k**be)) ** (1 / (al + e * be)) * C ** (be / (al + e * be))
+        return float(out) if np.ndim(out) == 0 else out
 
     def D_opt(self, C: Any) -> np.ndarray | float:
-        """Loss-minimising tokens at training FLOPs ``C`` = 6 N D: (1 / G) (C / 6)^b."""
-        return _power_law_eval(1 / self.G, self.b, np.asarray(C, dtype=np.float64) / 6)
+        """Loss-minimising tokens at training FLOPs ``C``: C / cost(N_opt(C))."""
+        out = np.asarray(C, dtype=np.float64) / self.cost(self.N_opt(C))
+        return float(out) if np.ndim(out) == 0 else out
 
 
 def _parametric_params(theta: np.ndarray) -> dict[str, float]:

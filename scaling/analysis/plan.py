@@ -7,7 +7,8 @@ Which fits run, and on which runs (a fit that the data cannot support is skipped
   variant and sweep-axis point, e.g. one mixer configuration at one context). N is the non-embedding parameter
   count (``params="total"`` for all parameters), D the training tokens, C the training FLOPs, loss the final
   validation loss in nats per token.
-  Approach 1 (lower envelope of the loss curves) needs >= 3 model sizes with logged curves; approach 2 (isoFLOP
+  Approach 1 (lower envelope of loss vs FLOPs over the runs' final evaluations, seeds averaged) needs >= 3
+  model sizes with final losses at >= 2 budgets; approach 2 (isoFLOP
   parabolas) >= 2 budgets with >= 3 sizes each; approach 3 (L = E + A/N^alpha + B/D^beta) >= 3 sizes, >= 3 token
   counts and >= 10 runs (two per parameter).
 - The state-size law L = E + A/N^alpha + B/S^gamma [+ C/D^beta] per mixer family and training context: >= 3 state
@@ -35,12 +36,13 @@ import pandas as pd
 
 from scaling.analysis import fits as _fits
 from scaling.analysis import plots as _plots
+from scaling.analysis.cost import fit_cost
 from scaling.analysis.load import SweepData
 
 __all__ = ["FIT_KINDS", "FitRecord", "choose_curve_loss", "fit_sweep", "plan_fits"]
 
 FIT_KINDS = {
-    "envelope": "Chinchilla approach 1: lower envelope of the loss curves",
+    "envelope": "Chinchilla approach 1: lower envelope of the final losses vs FLOPs",
     "isoflop": "Chinchilla approach 2: isoFLOP parabolas",
     "parametric": "Chinchilla approach 3: L(N, D) = E + A/N^alpha + B/D^beta",
     "state_law": "State-size law: L(N, S [, D]) = E + A/N^alpha + B/S^gamma [+ C/D^beta]",
@@ -265,21 +267,27 @@ def _chinchilla_jobs(keys, label, g, curves, n_col, curve_col, bootstrap, seed, 
     budget = _budget_of(g)
 
     def envelope():
+        # What completed schedules measure: each run's final evaluation (never a mid-schedule or training
+        # loss). Seeds of one (size, budget) are averaged first: the envelope's minimum would pick the luckiest.
         if n_sizes < MIN_SIZES:
             raise _Skip(f"needs >= {MIN_SIZES} model sizes, has {n_sizes}")
-        c = curves[curves["run_id"].isin(set(g["run_id"]))]
-        c = c[c[curve_col].notna() & (c["tokens"] > 0) & (c["flops"] > 0) & (c[curve_col] > 0)]
-        size_of = dict(zip(g["run_id"], N, strict=True))
-        cN = c["run_id"].map(size_of).to_numpy(float)
-        per_size = pd.Series(cN).value_counts()
-        sizes_with_curves = int((per_size >= 2).sum())
-        if sizes_with_curves < MIN_SIZES:
-            raise _Skip(f"needs logged {curve_col.replace('_', ' ')} curves (>= 2 points) for >= {MIN_SIZES} "
-                        f"model sizes, has {sizes_with_curves}")
-        fit = _fits.fit_envelope(cN, c["tokens"].to_numpy(float), c["flops"].to_numpy(float),
-                                 c[curve_col].to_numpy(float), bootstrap=bootstrap, seed=seed)
-        fit.info["curve_loss"] = curve_col
-        return fit, len(c)
+        cells = (pd.DataFrame({"N": N, "D": D, "C": g["flops"].to_numpy(float), "budget": budget, "loss": loss})
+                 .groupby(["N", "budget"], as_index=False).mean())
+        per_size = cells["N"].value_counts()
+        if int((per_size >= 2).sum()) < MIN_SIZES:
+            raise _Skip(f"needs >= {MIN_SIZES} model sizes with final losses at >= 2 budgets, has "
+                        f"{int((per_size >= 2).sum())}")
+        # One FLOP value per budget, each the lowest final loss among the runs of that budget ("bin"): with
+        # final points only there is no curve to interpolate between budgets.
+        budgets = np.unique(cells["budget"].to_numpy())
+        if len(budgets) < 2:
+            raise _Skip(f"needs final losses at >= 2 FLOP budgets, has {len(budgets)}")
+        fit = _fits.fit_envelope(cells["N"].to_numpy(), cells["D"].to_numpy(), cells["C"].to_numpy(),
+                                 cells["loss"].to_numpy(), method="bin", n_bins=len(budgets),
+                                 C_range=(float(budgets.min()), float(budgets.max())), bootstrap=bootstrap,
+                                 seed=seed)
+        fit.info["loss"] = "final validation loss of each run (seeds averaged)"
+        return fit, len(cells)
 
     def isoflop():
         per_budget = {b: len(np.unique(N[budget == b])) for b in np.unique(budget)}
@@ -302,6 +310,7 @@ def _chinchilla_jobs(keys, label, g, curves, n_col, curve_col, bootstrap, seed, 
         grid = FAST_PARAMETRIC_GRID if fast else None
         fit = _fits.fit_parametric(N, D, loss, bootstrap=bootstrap, seed=seed, init_grid=grid)
         fit.info["grid"] = "fast" if fast else "Epoch AI (4500 starts)"
+        fit.info["cost"] = fit_cost(N, 3.0 * g["flops_per_token"].to_numpy(float)).to_dict()
         return fit, len(g)
 
     return [_Job("envelope", label, keys, envelope), _Job("isoflop", label, keys, isoflop),
@@ -335,6 +344,7 @@ def _state_job(g, n_col, loss_col, bootstrap, seed, fast):
         fit = _fits.fit_state_law(N, S, loss, D=D if with_D else None, bootstrap=bootstrap, seed=seed,
                                   init_grid=grid)
         fit.info["grid"] = "fast" if fast else "default"
+        fit.info["cost"] = fit_cost(N, 3.0 * g["flops_per_token"].to_numpy(float)[ok], S).to_dict()
         if not with_D:
             fit.info["tokens"] = float(np.median(D))
         return fit, len(S)

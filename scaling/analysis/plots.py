@@ -197,15 +197,26 @@ def _ordered_families(runs: pd.DataFrame) -> list[str]:
 # Loss vs FLOPs with the frontier
 
 
+def ema(y: Any, weight: float = 0.9) -> np.ndarray:
+    """Exponential moving average (bias-corrected, as TensorBoard's smoothing) of a 1-D series in order."""
+    y = np.asarray(y, np.float64)
+    out, acc = np.empty_like(y), 0.0
+    for i, v in enumerate(y):
+        acc = weight * acc + (1 - weight) * v
+        out[i] = acc / (1 - weight ** (i + 1))
+    return out
+
+
 def plot_loss_vs_flops(runs: pd.DataFrame, curves: pd.DataFrame | None = None, *, curve_loss: str = "train_loss",
-                       final_loss: str = "final_val_loss") -> Figure:
-    """Loss against training FLOPs for every run, coloured by state size (log scale), with the lower envelope.
+                       final_loss: str = "final_val_loss", frontiers: Sequence[tuple[str, Any]] = ()) -> Figure:
+    """Loss against training FLOPs for every run, coloured by state size (log scale), with the fitted frontiers.
 
     ``runs``: one row per run with ``run_id``, ``family``, ``state_size``, ``flops``, ``final_loss``;
-    ``curves``: one row per logged step with ``run_id``, ``flops``, ``curve_loss`` (optional). Lines are the curves,
-    markers (shape = mixer family) the final losses; the black line is the compute-optimal frontier: the lowest
-    loss over all curves at each compute value (:func:`curve_envelope`), or without curves the final losses below
-    every final loss with less compute (:func:`lower_envelope`).
+    ``curves``: one row per logged step with ``run_id``, ``flops``, ``curve_loss`` (optional; single-batch
+    training losses are smoothed by an EMA, :func:`ema`, and the legend says which loss they are). Markers (shape =
+    mixer family) are the final losses on the held-out evaluation set. The black lines are the compute-optimal
+    frontiers of the approach-1 fits in ``frontiers`` ((label, EnvelopeFit) pairs): the very points those fits
+    were fitted to, so the figure and the fit are one code path.
     """
     fig, axes = _figure(1, 1, panel=(7.5, 5.0), extra_w=1.2)
     ax = axes[0, 0]
@@ -216,30 +227,29 @@ def plot_loss_vs_flops(runs: pd.DataFrame, curves: pd.DataFrame | None = None, *
         return cmap(norm(s)) if norm is not None and np.isfinite(s) and s > 0 else "0.5"
 
     state_of = dict(zip(runs["run_id"], runs["state_size"].astype(float), strict=True))
-    fx, fy = [], []
     has_curves = bool(curves is not None and len(curves) and curve_loss in curves)
+    smooth = curve_loss.startswith("train")
     if has_curves:
         c = curves[curves["run_id"].isin(state_of) & curves[curve_loss].notna() & (curves["flops"] > 0)]
-        segments = []
+        n = 0
         for rid, g in c.groupby("run_id", sort=False):
             g = g.sort_values("flops")
-            ax.plot(g["flops"], g[curve_loss], color=colour(state_of[rid]), lw=0.9, alpha=0.55, zorder=1)
-            segments.append((g["flops"].to_numpy(float), g[curve_loss].to_numpy(float)))
-        has_curves = bool(segments)
-        if segments:
-            fx, fy = curve_envelope(segments)
+            y = ema(g[curve_loss]) if smooth else g[curve_loss]
+            ax.plot(g["flops"], y, color=colour(state_of[rid]), lw=0.9, alpha=0.55, zorder=1)
+            n += 1
+        has_curves = n > 0
     fin = runs[runs[final_loss].notna() & (runs["flops"] > 0)]
     for fam in _ordered_families(fin):
         sub = fin[fin["family"] == fam]
         st = family_style(fam)
         ax.scatter(sub["flops"], sub[final_loss], c=[colour(s) for s in sub["state_size"].astype(float)],
                    marker=st["marker"], s=36, edgecolors="black", linewidths=0.5, zorder=3)
-    if has_curves:
-        ex, ey = fx, fy
-    else:
-        ex, ey = lower_envelope(fin["flops"], fin[final_loss])
-    if len(ex):
-        ax.plot(ex, ey, color="black", lw=2.0, zorder=4)
+    styles = ("-", "--", ":", "-.")
+    for i, (label, fit) in enumerate(frontiers):
+        d = fit.data
+        order = np.argsort(d["frontier_C"])
+        ax.plot(d["frontier_C"][order], d["frontier_loss"][order], color="black", lw=2.0, ls=styles[i % 4],
+                zorder=4, label=f"frontier, approach 1: {label}")
     ax.set_xscale("log")
     ax.set_yscale("log")
     _plain_log_axis(ax.yaxis)
@@ -254,9 +264,11 @@ def plot_loss_vs_flops(runs: pd.DataFrame, curves: pd.DataFrame | None = None, *
     for h in handles:
         h.set_label(f"{h.get_label()} (final {final_what} loss)")
     if has_curves:
-        handles.append(Line2D([], [], color="0.5", lw=1, label=f"curves: {curve_what} loss"))
-    handles.append(Line2D([], [], color="black", lw=2, label="compute-optimal frontier (lower envelope)"))
-    ax.legend(handles=handles, loc="upper right", fontsize=9, framealpha=0.9)
+        what = f"{curve_what} loss" + (", single batches, EMA 0.9" if smooth else "")
+        handles.append(Line2D([], [], color="0.5", lw=1, label=f"curves: {what}"))
+    for i, (label, _) in enumerate(frontiers):
+        handles.append(Line2D([], [], color="black", lw=2, ls=styles[i % 4], label=f"approach-1 frontier: {label}"))
+    ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.9)
     if norm is not None:
         fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=LABELS["state"], pad=0.01)
     return fig

@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from scaling.analysis import figures as _study_figures
+from scaling.analysis import holdout as _holdout
 from scaling.analysis import plots as _plots
+from scaling.analysis import plots_predict as _plots_predict
 from scaling.analysis.load import (
     CURVE_COLUMNS,
     FAMILIES,
@@ -88,6 +91,13 @@ class Report:
     records: list[FitRecord]
     data: SweepData
     skipped_figures: dict[str, str]
+    holdout: pd.DataFrame | None = None  # per held-out run and law: predicted, interval, measured, error
+    holdout_summary: pd.DataFrame | None = None  # per family and law: median / max error, coverage
+    seeds: pd.DataFrame | None = None  # points run over several seeds: mean, std, se
+
+    def headline(self) -> list[tuple[str, str, str]]:
+        """The laws' headline numbers (exponents with 95% intervals, held-out errors and coverage)."""
+        return _holdout.headline(self.records, self.holdout_summary)
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -145,7 +155,8 @@ def _fit_tables(records: list[FitRecord], bootstrap: int) -> list[str]:
         lines += [f"### {FIT_KINDS['parametric']}", "",
                   "Huber loss (delta 1e-3) on log-loss residuals, L-BFGS-B from a grid of starts (Epoch AI's "
                   "replication). a = beta/(alpha+beta) and b = alpha/(alpha+beta) are the allocation exponents "
-                  "this law implies under C = 6ND.", ""]
+                  "under Chinchilla's C = 6ND; the allocation figure and `scaling predict` use the accounting's cost "
+                  "instead (FLOP convention below).", ""]
         lines += _table(["group", "E", "A", "alpha", "B", "beta", "a", "b", "runs", "RMS log resid.", "starts"],
                         [(r.group, *(_cell(r.fit, k) for k in ("E", "A", "alpha", "B", "beta", "a", "b")),
                           r.n_points, _fmt(float(np.sqrt(np.mean(r.fit.residuals["log_loss"] ** 2))), 3),
@@ -225,6 +236,47 @@ def _run_tables(data: SweepData, n_col: str) -> list[str]:
     return lines
 
 
+def _prediction_lines(pred, summary, held_budget, spread) -> list[str]:
+    lines: list[str] = []
+    if pred is not None:
+        lines += ["## Held-out predictions", "",
+                  f"The runs at {_plots.sci(held_budget)} FLOPs were left out of every fit above and predicted by "
+                  f"the laws fitted on the smaller budgets, with {100 * _holdout.PREDICT_LEVEL:.0f}% prediction "
+                  "intervals (parameter uncertainty by the delta method plus the runs' scatter around the law, "
+                  "Student-t; scaling.analysis.predict). Measured: final loss ± its standard error over the "
+                  "evaluation set's sequences.", ""]
+        if len(pred):
+            lines += _table(["family", "law", "held-out runs", "median abs. error", "max abs. error", "coverage"],
+                            [(r.family, r.law, r.runs, f"{100 * r.median_abs_rel_error:.2f}%",
+                              f"{100 * r.max_abs_rel_error:.2f}%", f"{100 * r.coverage:.0f}%")
+                             for r in summary.itertuples()])
+            lines += [""]
+            lines += _table(["run", "variant", "law", "N", "D", "S", "predicted", "interval", "measured", "error"],
+                            [(r.run_id, r.variant, r.law, _plots.sci(r.N, 3), _plots.sci(r.D, 3), _plots.sci(r.S, 3),
+                              f"{r.predicted:.4f}", f"[{r.lo:.4f}, {r.hi:.4f}]",
+                              f"{r.measured:.4f} ± {r.measured_se:.4f}", f"{100 * r.rel_error:+.2f}%"
+                              + ("" if r.covered else " (outside)")) for r in pred.itertuples()])
+        else:
+            lines += ["No held-out run has a fitted law of its group to predict it (see *Skipped fits*)."]
+        lines.append("")
+    if spread is not None and len(spread):
+        lines += ["## Seed-to-seed spread", "",
+                  "Points run over several seeds (train.seed: initialisation and data order). A difference "
+                  "between variants smaller than about twice the combined standard error is within the seed "
+                  "spread, not a finding. eval SE: the evaluation sample's own standard error.", ""]
+        lines += _table(["variant", "size", "budget", "seeds", "mean loss", "std", "SE of mean", "eval SE"],
+                        [(r.variant, r.size or "-", _plots.sci(r.budget), r.seeds, f"{r.mean:.4f}", f"{r.std:.4f}",
+                          f"{r.se:.4f}", f"{r.eval_se:.4f}") for r in spread.itertuples()])
+        diffs = _holdout.variant_differences(spread)
+        if len(diffs):
+            lines += ["", "Differences between variants at the same point (b − a, seed means):", ""]
+            lines += _table(["size", "budget", "a", "b", "b − a", "SE", "verdict"],
+                            [(r.size or "-", _plots.sci(r.budget), r.a, r.b, f"{r.diff:+.4f}", f"{r.se:.4f}",
+                              r.verdict) for r in diffs.itertuples()])
+        lines.append("")
+    return lines
+
+
 def _progress(enabled: bool, console=None):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -236,7 +288,7 @@ def _progress(enabled: bool, console=None):
 
 def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, bootstrap: int = 200, seed: int = 0,
                  params: str = "non_embedding", curve_loss: str = "auto", fast: bool = False,
-                 progress: bool = True, console=None) -> Report:
+                 progress: bool = True, console=None, holdout: bool | float = False) -> Report:
     """Analyse ``<sweep_dir>/sweep.db``: fits, figures (PNG + SVG) and ``report.md`` in ``out``
     (default ``<sweep_dir>/analysis``), plus ``fits.json`` (every record, reloadable with
     ``scaling.analysis.fit_from_dict``) and ``runs.csv`` (the run table).
@@ -244,7 +296,8 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, bootst
     Options: ``bootstrap`` resamples for the 95% intervals; ``seed``; ``params``: "non_embedding" (default) or
     "total" parameters as N; ``curve_loss``: "auto", "train" or "val", the loss curves for approach 1 and the
     loss-vs-FLOPs figure; ``fast``: coarse start grids (see :mod:`scaling.analysis.plan`); ``progress``: a rich progress
-    bar on stderr.
+    bar on stderr; ``holdout``: True (the largest budget) or a FLOP budget whose runs are left out of every fit and
+    predicted by the laws fitted on the rest (a table, ``holdout.csv`` and a figure, scaling.analysis.holdout).
     """
     _check_options(bootstrap, seed, params, curve_loss)
     out = Path(out) if out is not None else Path(sweep_dir) / "analysis"
@@ -252,7 +305,10 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, bootst
     n_label = "non-embedding parameters" if params == "non_embedding" else "parameters"
     with _progress(progress, console) as bar:
         task = bar.add_task("loading sweep.db", total=None)
-        data = load_sweep(sweep_dir)
+        all_data = data = load_sweep(sweep_dir)
+        held = None
+        if holdout is not False:
+            data, held, held_budget = _holdout.split_holdout(data, None if holdout is True else float(holdout))
         curve_col = choose_curve_loss(data, curve_loss)
 
         def on_job(i, n, job):
@@ -264,6 +320,16 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, bootst
         out.mkdir(parents=True, exist_ok=True)
         figures, skipped = _write_figures(data, records, out, n_col, n_label, curve_col,
                                           lambda: bar.advance(task))
+        pred = summary = None
+        if held is not None:
+            pred = _holdout.predict_holdout(records, held, n_col)
+            summary = _holdout.summarize_holdout(pred)
+            pred.to_csv(out / "holdout.csv", index=False)
+            if len(pred):
+                figures.extend(_plots.save_figure(_plots_predict.plot_holdout(pred), out, "holdout_predictions"))
+            else:
+                skipped["holdout_predictions"] = "no held-out run has a fitted law to predict it"
+        spread = _holdout.seed_spread(all_data.runs, all_data.axes)
         names = _study_figures.requested(data)
         if names:
             bar.update(task, description=f"drawing study figures: {', '.join(names)}")
@@ -272,6 +338,8 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, bootst
         (out / "fits.json").write_text(json.dumps([r.to_dict() for r in records], indent=1, allow_nan=False))
         data.runs.to_csv(out / "runs.csv", index=False)
         lines = _report_lines(data, records, figures, skipped, out, bootstrap, params, curve_col, fast, n_col)
+        i = lines.index("## Runs")
+        lines[i:i] = _prediction_lines(pred, summary, held_budget if held is not None else None, spread)
         if names:
             study = ["## Study figures", "", *study_lines]
             study += [f"- not drawn: {_study_figures.FIGURES[k][1]}: {why}" for k, why in study_skipped.items()]
@@ -281,7 +349,8 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, bootst
         skipped.update(study_skipped)
         path = out / "report.md"
         path.write_text("\n".join(lines) + "\n")
-    return Report(out=out, report=path, figures=figures, records=records, data=data, skipped_figures=skipped)
+    return Report(out=out, report=path, figures=figures, records=records, data=data, skipped_figures=skipped,
+                  holdout=pred, holdout_summary=summary, seeds=spread)
 
 
 FIGURES = {
@@ -291,6 +360,7 @@ FIGURES = {
     "loss_vs_state": "Loss vs state size per mixer family",
     "state_law_fit": "State-size law: the state term",
     "loss_vs_context": "Loss vs training context at fixed FLOPs",
+    "holdout_predictions": "Held-out runs: predicted vs measured loss",
 }
 
 
@@ -304,7 +374,9 @@ def _write_figures(data, records, out, n_col, n_label, curve_col, tick) -> tuple
         figures.extend(_plots.save_figure(fig, out, name))
 
     if len(runs):
-        save(_plots.plot_loss_vs_flops(runs, data.curves, curve_loss=curve_col), "loss_vs_flops")
+        frontiers = [(r.group, r.fit) for r in ok["envelope"]]
+        save(_plots.plot_loss_vs_flops(runs, data.curves, curve_loss=curve_col, frontiers=frontiers),
+             "loss_vs_flops")
     else:
         skipped["loss_vs_flops"] = "no finished run has a final validation loss"
     tick()
@@ -352,6 +424,9 @@ def _report_lines(data, records, figures, skipped, out, bootstrap, params, curve
              "- loss: final validation loss (nats/token); N: "
              f"{'non-embedding' if params == 'non_embedding' else 'total'} parameters; D: training tokens; "
              "C: training FLOPs (3 x forward); S: state size (elements per sequence)",
+             "- FLOP convention: C = tokens x training FLOPs per token from scaling.accounting (3 x forward: every "
+             "matmul plus the mixer's context term), as the sweep matched its budgets; the approach-3 and state-law "
+             "allocations use a power-law fit of that cost per group (fits.json: info.cost), not 6ND",
              f"- loss curves (approach 1, loss vs FLOPs): {curve_col.replace('_', ' ')}",
              f"- start grids of the parametric and state-law fits: {'fast (coarse)' if fast else 'full'}; "
              f"bootstrap resamples: {bootstrap}", ""]

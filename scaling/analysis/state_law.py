@@ -21,6 +21,7 @@ from scaling.analysis.fit_base import (
 )
 from scaling.analysis.optimize import _fit_power_sum, _grid_starts, _predict_log, _replicate_samples
 from scaling.analysis.parametric import PARAMETRIC_GRID
+from scaling.analysis.predict import PowerSumPrediction, broadcast_log
 
 __all__ = ["STATE_GRID", "STATE_GRID_WITH_D", "StateLawFit", "compute_optimal_state", "fit_state_law",
            "loss_vs_state"]
@@ -46,7 +47,7 @@ STATE_GRID_WITH_D: dict[str, tuple[float, ...]] = {
 
 
 @dataclass
-class StateLawFit(_Fit):
+class StateLawFit(PowerSumPrediction, _Fit):
     """State-size law (see :func:`fit_state_law`): L = E + A / N^alpha + B / S^gamma [+ C / D^beta].
 
     params: ``E``, ``A``, ``alpha``, ``B``, ``gamma`` and, when fitted with D, ``C``, ``beta``.
@@ -80,6 +81,19 @@ class StateLawFit(_Fit):
         elif D is not None:
             raise ValueError("D: this state law has no data term (fitted without D); leave D=None")
         return float(out) if np.ndim(out) == 0 else out
+
+    def predict_interval(self, N: Any, S: Any, D: Any = None, level: float = 0.9) -> tuple[Any, Any]:
+        """(lo, hi): an interval expected to hold a new run's loss at (``N``, ``S`` [, ``D``]) with probability
+        ``level`` (parameter uncertainty by the delta method plus the runs' scatter around the law, Student-t;
+        scaling.analysis.predict). Scalars in, floats out."""
+        self.predict(N, S, D)  # the same argument checks
+        logX, scalar = broadcast_log(N, S, D) if self.has_D else broadcast_log(N, S)
+        lo, hi = self._interval(logX, level)
+        return (float(lo[0]), float(hi[0])) if scalar else (lo, hi)
+
+    def _fit_covariates(self) -> np.ndarray:
+        keys = ("N", "S", "D") if self.has_D else ("N", "S")
+        return np.vstack([self.data[k] for k in keys])
 
 
 def _state_params(theta: np.ndarray) -> dict[str, float]:

@@ -72,7 +72,9 @@ DATA_DEFAULTS: dict[str, Any] = {
     "token_dtype": "uint16",
     "val_fraction": 0.02,
     "packing": False,  # the stdlib files are long: whole-corpus window shuffle (see pipeline.py)
-    "eval_batches": 8,
+    # the fixed held-out evaluation set: ceil(eval_tokens / context) rows spread evenly over the validation
+    # stream, the same rows for every run of that data source and context whatever its batch size
+    "eval_tokens": 65536,
     # parameters of the synthetic tasks (data.source in scaling.data.synthetic.TASKS); text sources ignore them
     "task": dict(TASK_DEFAULTS),
 }
@@ -152,9 +154,9 @@ def validate_data_config(cfg: Any, *, prefix: str = "data") -> dict[str, Any]:
         raise bad("val_fraction", "must be a number in the open interval (0, 1)")
     if not isinstance(c["packing"], bool):
         raise bad("packing", "must be True or False")
-    eb = c["eval_batches"]
-    if isinstance(eb, bool) or not isinstance(eb, int) or eb < 1:
-        raise bad("eval_batches", "must be an integer >= 1")
+    et = c["eval_tokens"]
+    if isinstance(et, bool) or not isinstance(et, int) or et < 1:
+        raise bad("eval_tokens", "must be an integer >= 1 (tokens of the held-out evaluation set)")
 
     source, path = c["source"], c["path"]
     if source == "stdlib" or source in TASKS:

@@ -38,8 +38,9 @@ windows (no packing) are shuffled by ``seed`` and every epoch is reshuffled with
 fresh iterator, so a resumed run sees exactly the batches of an uninterrupted one. All work happens in the
 calling thread (no grain worker processes or threads).
 
-``make_eval_batches`` returns the first ``num_batches`` batches of the unshuffled validation stream (fewer
-if the stream is shorter; a last partial batch is filled with padding rows, loss_mask 0).
+``make_eval_batches`` returns the fixed evaluation set: ceil(``data.eval_tokens`` / context) rows spread evenly
+over the unshuffled validation stream, the same rows whatever the batch size (fewer if the stream is shorter;
+a last partial batch is filled with padding rows, loss_mask 0).
 
 Synthetic tasks (``data.source`` in :data:`scaling.data.synthetic.TASKS`) go through the same two entry
 points: the training stream is the task's examples for ``seed``, the evaluation batches come from its held-out
@@ -63,6 +64,7 @@ __all__ = [
     "BATCH_KEYS",
     "DataIterator",
     "corpus_stats",
+    "eval_rows",
     "make_eval_batches",
     "make_train_iterator",
     "packed_windows_reference",
@@ -336,23 +338,47 @@ def _padding_rows(n: int, context: int) -> dict[str, np.ndarray]:
     }
 
 
+def eval_rows(data_cfg: Any, context: int) -> int:
+    """Rows of the fixed evaluation set at ``context``: ceil(``data.eval_tokens`` / context)."""
+    c = validate_data_config(data_cfg)
+    return -(-c["eval_tokens"] // _check_int("context", context, 1))
+
+
+def _batch_rows(picked: Sequence[dict[str, np.ndarray]], batch_size: int, context: int) -> list[dict[str, np.ndarray]]:
+    """Stack rows into ``[batch_size, context]`` batches in order; the last one is filled with padding rows."""
+    batches = []
+    for start in range(0, len(picked), batch_size):
+        chunk = picked[start: start + batch_size]
+        batch = {k: np.stack([np.asarray(r[k]) for r in chunk]) for k in BATCH_KEYS}
+        if len(chunk) < batch_size:
+            fill = _padding_rows(batch_size - len(chunk), context)
+            batch = {k: np.concatenate([batch[k], fill[k].astype(batch[k].dtype)]) for k in BATCH_KEYS}
+        batches.append(batch)
+    return batches
+
+
 def make_eval_batches(
     data_cfg: Any, *, batch_size: int, context: int, num_batches: int | None = None
 ) -> list[dict[str, np.ndarray]]:
-    """``num_batches`` (default ``data.eval_batches``) batches of rows spread evenly over the whole
-    unshuffled validation stream, in stream order.
+    """The fixed held-out evaluation set as ``[batch_size, context]`` batches, in stream order.
 
-    Spreading the rows makes the estimate represent every validation document, not the first few. Deterministic
-    and the same on every call. Every batch has shape ``[batch_size, context]``; if the stream has fewer rows than
-    asked for, all of them are used, the list is shorter and its last batch is filled with padding rows
-    (loss_mask 0).
+    The set is :func:`eval_rows` rows (ceil(``data.eval_tokens`` / context)) spread evenly over the whole
+    unshuffled validation stream (for a synthetic task: the first rows of its held-out stream). The rows depend
+    on the data source and the context only, never on ``batch_size``, so every run of a sweep at one context is
+    evaluated on the same tokens; ``batch_size`` only groups them (the last batch is filled with padding rows,
+    loss_mask 0). ``num_batches`` asks for ``num_batches * batch_size`` rows instead. If the stream has fewer
+    rows than asked for, all of them are used. Spreading the rows makes the estimate represent every validation
+    document, not the first few. Deterministic and the same on every call.
     """
     c = validate_data_config(data_cfg)
     batch_size = _check_int("batch_size", batch_size, 1)
     context = _check_int("context", context, 1)
-    num_batches = c["eval_batches"] if num_batches is None else _check_int("num_batches", num_batches, 1)
+    if num_batches is None:
+        want = eval_rows(c, context)
+    else:
+        want = _check_int("num_batches", num_batches, 1) * batch_size
     if c["source"] in synthetic.TASKS:
-        return synthetic.make_task_eval_batches(c, batch_size=batch_size, context=context, num_batches=num_batches)
+        return _batch_rows(synthetic.task_eval_rows(c, context=context, num_rows=want), batch_size, context)
     docs = load_corpus(data_cfg).validation
     if not c["packing"]:
         _check_fits(docs, context, "validation")
@@ -361,15 +387,6 @@ def make_eval_batches(
         return _rows(docs, context, packing=c["packing"], seed=None)
 
     n_rows = sum(1 for _ in rows())
-    want = num_batches * batch_size
     keep = set(range(n_rows)) if want >= n_rows else set(((np.arange(want) * n_rows) // want).tolist())
     picked = [row for i, row in enumerate(rows()) if i in keep]
-    batches = []
-    for start in range(0, len(picked), batch_size):
-        chunk = picked[start: start + batch_size]
-        batch = {k: np.stack([r[k] for r in chunk]) for k in BATCH_KEYS}
-        if len(chunk) < batch_size:
-            fill = _padding_rows(batch_size - len(chunk), context)
-            batch = {k: np.concatenate([batch[k], fill[k]]) for k in BATCH_KEYS}
-        batches.append(batch)
-    return batches
+    return _batch_rows(picked, batch_size, context)

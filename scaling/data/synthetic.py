@@ -325,14 +325,13 @@ def make_task_train_iterator(data_cfg: Any, *, batch_size: int, context: int, se
     return DataIterator(iter(ds), _pipeline_id(c, src.params, batch_size=batch_size, context=context, seed=seed))
 
 
-def make_task_eval_batches(data_cfg: Any, *, batch_size: int, context: int, num_batches: int):
-    """The first ``num_batches`` batches of the held-out stream (seed ``data.task.eval_seed``)."""
+def task_eval_rows(data_cfg: Any, *, context: int, num_rows: int) -> list[dict[str, np.ndarray]]:
+    """The first ``num_rows`` rows of the held-out stream (seed ``data.task.eval_seed``)."""
     from scaling.data.corpus import validate_data_config
 
     c = validate_data_config(data_cfg)
     src = TaskSource(c, context=context, stream="eval", seed=task_params(c)["eval_seed"])
-    ds = grain.MapDataset.source(src).batch(batch_size, drop_remainder=True)
-    return [ds[i] for i in range(num_batches)]
+    return [src[i] for i in range(num_rows)]
 
 
 # ----------------------------------------------------------------------------------------------------------

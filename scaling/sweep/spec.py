@@ -30,6 +30,15 @@ its fields). Every config key below is a dotted run-config field (``"model.reten
     ``ratio_params`` ("non_embedding" or "total") parameters.
 ``tolerance``
     The largest relative difference allowed between a run's FLOPs (whole steps) and its budget (0.05).
+``seeds``
+    Replicates: each point is run with ``train.seed`` = base seed + 0, 1, ..., seeds - 1 (model init and data
+    order). The seed is recorded in the run's point; the analysis treats runs that differ only in seed as
+    replicates of one point (mean +- standard error, error bars, every replicate a point of the fits).
+``parts``
+    A union of grids: a list of dicts of the fields above (variants, sizes, axes, budgets, seeds, ratio_range,
+    overrides, ...), each expanded as this spec with those fields replaced (``overrides`` are merged), and the
+    runs of all parts pooled (deduplicated by run id). E.g. a ladder of sizes x budgets, plus state sizes at one
+    budget, plus three seeds at one point, plus one larger budget held out for prediction.
 ``figures``
     Study figures ``scaling analyze`` draws besides the generic ones, by name from
     ``scaling.analysis.figures.FIGURES`` (e.g. ``["recall_vs_state"]``).
@@ -87,6 +96,8 @@ class Sweep:
     tolerance: float = 0.05
     description: str = ""
     figures: list[str] = field(default_factory=list)
+    seeds: int = 1
+    parts: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -206,6 +217,10 @@ def _labelled(items, field_name: str) -> list[tuple[str, dict[str, Any]]]:
 def _check_spec(s: Sweep) -> None:
     if not isinstance(s.name, str) or not s.name.strip() or "/" in s.name:
         raise SpecError(f"sweep.name = {s.name!r}: must be a non-empty name without '/'")
+    if isinstance(s.seeds, bool) or not isinstance(s.seeds, int) or s.seeds < 1:
+        raise SpecError(f"sweep.seeds = {s.seeds!r}: must be an integer >= 1 (replicates of each point)")
+    if s.seeds > 1 and any("train.seed" in [k.strip() for k in key.split(",")] for key in s.axes):
+        raise SpecError("sweep.seeds: train.seed is also an axis; use one or the other")
     if not isinstance(s.overrides, dict):
         raise SpecError(f"sweep.overrides = {s.overrides!r}: must be a dict {{key: value}}")
     if not isinstance(s.axes, dict):
@@ -321,7 +336,11 @@ def expand(spec: Sweep | dict, *, check_data: bool = True) -> list[RunPlan]:
     Raises SpecError (a ConfigError) naming the problem before anything runs.
     """
     s = as_sweep(spec)
+    if s.parts:
+        return _expand_parts(s, check_data)
     _check_spec(s)
+    if s.seeds > 1:
+        s = dataclasses.replace(s, axes={**s.axes, "train.seed": _seed_values(s)})
     base = _config.load(resolve_base(s.base))
     _apply(base, s.overrides, "sweep.overrides")
     variants = _labelled(s.variants, "variants")
@@ -351,6 +370,39 @@ def expand(spec: Sweep | dict, *, check_data: bool = True) -> list[RunPlan]:
                         plans.append(plan)
     if s.sizes and s.ratio_range is not None:
         _check_isoflop_coverage(s, sizes, missing)
+    return _resolve_init_from(plans)
+
+
+PART_FIELDS = ("variants", "sizes", "axes", "budgets", "seeds", "ratio_range", "ratio_params", "overrides",
+               "tolerance")
+
+
+def _seed_values(s: Sweep) -> list[int]:
+    base = _config.load(resolve_base(s.base))
+    _apply(base, s.overrides, "sweep.overrides")
+    return [int(base.train.seed) + k for k in range(s.seeds)]
+
+
+def _expand_parts(s: Sweep, check_data: bool) -> list[RunPlan]:
+    if not isinstance(s.parts, (list, tuple)):
+        raise SpecError(f"sweep.parts = {s.parts!r}: must be a list of dicts of sweep fields")
+    plans: list[RunPlan] = []
+    seen: set[str] = set()
+    for i, part in enumerate(s.parts):
+        if not isinstance(part, dict):
+            raise SpecError(f"sweep.parts[{i}] = {part!r}: must be a dict of sweep fields")
+        unknown = sorted(set(part) - set(PART_FIELDS))
+        if unknown:
+            raise SpecError(f"sweep.parts[{i}]: unknown field(s) {', '.join(unknown)}; a part may set "
+                            f"{', '.join(PART_FIELDS)}")
+        fields = {**part, "overrides": {**s.overrides, **part.get("overrides", {})}}
+        try:
+            for plan in expand(dataclasses.replace(s, parts=[], **fields), check_data=check_data):
+                if plan.run_id not in seen:
+                    seen.add(plan.run_id)
+                    plans.append(plan)
+        except SpecError as e:
+            raise SpecError(f"sweep.parts[{i}]: {e}") from None
     return _resolve_init_from(plans)
 
 

@@ -90,7 +90,7 @@ def test_report_writes_every_figure_as_png_and_svg(analysed):
         assert "(FLOPs)" in texts or "(elements per sequence)" in texts or "parameters" in texts
     _, texts = _svg_texts(out / "loss_vs_flops.svg")
     for label in ("training compute C (FLOPs)", "state size S (elements per sequence)", "nats/token",
-                  "compute-optimal frontier"):
+                  "approach-1 frontier", "curves: validation loss"):
         assert label in texts
     # the sweep has one context: no context figure, and report.md says why
     assert not (out / "loss_vs_context.png").exists()
@@ -120,7 +120,9 @@ def test_report_tables_hold_the_fitted_laws_with_intervals(analysed):
     for section in ("Chinchilla approach 1", "Chinchilla approach 2"):
         cells = dict(zip(_header(md, section), _row(md, section, "mamba-d64"), strict=True))
         v, lo, hi = _estimate(cells["a (N_opt)"])
-        assert 0.35 < v < 0.6 and lo < v < hi
+        # approach 1 on final points: each budget's best run, so N_opt sits on the size grid and a bootstrap may
+        # reproduce the same winners (lo = v); approach 2's parabolas interpolate between sizes
+        assert 0.35 < v < 0.6 and lo <= v <= hi and lo < hi
     cells = dict(zip(_header(md, "Chinchilla approach 3"), _row(md, "Chinchilla approach 3", "retention-p2-hd32"),
                      strict=True))
     for name in ("E", "A", "alpha", "B", "beta", "a", "b"):

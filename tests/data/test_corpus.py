@@ -61,7 +61,7 @@ def test_preset_matches_defaults_and_validates():
         ({"val_fraction": True}, r"data.val_fraction = True: must be"),
         ({"token_dtype": "float32"}, r"data.token_dtype = 'float32': must be one of uint8, uint16"),
         ({"packing": 1}, r"data.packing = 1: must be True or False"),
-        ({"eval_batches": 0}, r"data.eval_batches = 0: must be an integer >= 1"),
+        ({"eval_tokens": 0}, r"data.eval_tokens = 0: must be an integer >= 1"),
         ({"glob": ""}, r"data.glob = '': must be a non-empty string"),
         ({"text_field": None}, r"data.text_field = None: must be a non-empty string"),
         ({"shuffle": True}, r"data.shuffle: unknown field; accepted fields: source, path"),

@@ -230,10 +230,18 @@ def test_eval_batches_match_reference(cfg, packing):
     _assert_same(first[0], {k: v[idx] for k, v in ref.items()})
 
 
-def test_eval_batches_default_count(tmp_path):
-    cfg = {**_text_dir(tmp_path, [50] * 20, n_val=10), "eval_batches": 3}
-    batches = pipeline.make_eval_batches(cfg, batch_size=2, context=8)
-    assert len(batches) == 3
+def test_eval_set_is_fixed_by_tokens_not_batch_size(tmp_path):
+    # data.eval_tokens = 48 at context 8: ceil(48 / 8) = 6 rows, whatever the batch size groups them into
+    cfg = {**_text_dir(tmp_path, [50] * 20, n_val=10), "eval_tokens": 48}
+    assert pipeline.eval_rows(cfg, 8) == 6
+    assert pipeline.eval_rows(cfg, 7) == 7  # ceil(48 / 7)
+    by_2 = pipeline.make_eval_batches(cfg, batch_size=2, context=8)
+    by_4 = pipeline.make_eval_batches(cfg, batch_size=4, context=8)
+    assert len(by_2) == 3 and len(by_4) == 2
+    real = lambda bs: {k: np.concatenate([b[k] for b in bs])[np.concatenate([b["loss_mask"].sum(1) > 0 for b in bs])]
+                       for k in pipeline.BATCH_KEYS}
+    _assert_same(real(by_2), real(by_4))  # the same rows, in the same order
+    assert by_4[-1]["loss_mask"][2:].sum() == 0  # 6 rows in batches of 4: the last two rows are padding
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -317,7 +325,7 @@ def test_stdlib_default_pipeline():
         _check_batch(batch, 2, 64)
     _assert_same(_rows(a), _rows(b))
     evals = pipeline.make_eval_batches(cfg, batch_size=2, context=64)
-    assert len(evals) == cfg.eval_batches
+    assert len(evals) == -(-pipeline.eval_rows(cfg, 64) // 2)
     for batch in evals:
         _check_batch(batch, 2, 64)
         assert batch["loss_mask"].sum() > 0

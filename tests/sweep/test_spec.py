@@ -1,5 +1,6 @@
 """Sweep specs: deterministic expansion, stable ids, FLOP matching, isoFLOP selection, validation, dry runs."""
 
+import importlib
 import json
 import re
 
@@ -140,17 +141,43 @@ def test_spec_files_and_dry_run(tmp_path, capsys):
     assert "train.lr" in capsys.readouterr().err and not (tmp_path / "sw").exists()
 
 
-def test_quickstart_spec_is_flop_matched_within_5_percent(capsys):
+def test_quickstart_spec_is_a_ladder_with_state_sizes_seeds_and_a_holdout(capsys):
+    qs = importlib.import_module("experiments.quickstart")
     plans = expand(load_spec(ROOT / "experiments/quickstart.py"))
-    assert len(plans) == 12
     assert {p.cfg.model.pattern for p in plans} == {"A", "R", "M"}
-    for pattern in "ARM":  # two state sizes per mixer
-        assert len({p.state_size for p in plans if p.cfg.model.pattern == pattern}) == 2
-    assert len({p.budget for p in plans}) == 2
     for p in plans:
         assert abs(p.flops / p.budget - 1) < 0.05
+    ladder = [p for p in plans if p.variant in ("attention", "retention-h2", "mamba-d16")]
+    for variant in ("attention", "retention-h2", "mamba-d16"):
+        mine = [p for p in ladder if p.variant == variant]
+        for budget in qs.LADDER_BUDGETS:  # isoFLOP: >= 3 sizes at every ladder budget
+            assert len({p.size for p in mine if p.budget == budget}) >= 3, (variant, budget)
+        assert any(p.budget == qs.HOLDOUT_BUDGET for p in mine)
+        seeds = {p.cfg.train.seed for p in mine if p.size == "d24" and p.budget == qs.STATE_BUDGET}
+        assert seeds == {0, 1, 2}
+    for pattern in "RM":  # state size varies apart from the parameters: >= 3 state sizes at one model size
+        at = [p for p in plans if p.cfg.model.pattern == pattern and p.size == "d32" and p.budget == qs.STATE_BUDGET]
+        assert len({p.state_size for p in at}) >= 3
+    assert len({p.run_id for p in plans}) == len(plans)
     assert cli.main(["sweep", str(ROOT / "experiments/quickstart.py"), "--dry-run"]) == 0
-    assert "12 runs" in capsys.readouterr().out
+    assert f"{len(plans)} runs" in capsys.readouterr().out
+
+
+def test_parts_and_seeds(tmp_path):
+    base = spec_dict("p", budgets=[])
+    one = expand({**base, "variants": [{}], "seeds": 3})
+    assert [p.cfg.train.seed for p in one] == [0, 1, 2] and len({p.run_id for p in one}) == 3
+    assert [p.point for p in one] == [{"train.seed": s} for s in (0, 1, 2)]
+    # parts pool their runs; a run two parts share is one run (seed 0 of the seeded part is the plain run)
+    both = expand({**base, "parts": [{"variants": [{}]}, {"variants": [{}], "seeds": 2},
+                                     {"variants": [{}], "overrides": {"train.lr": 1e-3}}]})
+    assert len(both) == 3
+    with pytest.raises(SpecError, match=r"sweep.parts\[0\]: unknown field\(s\) name"):
+        expand({**base, "parts": [{"name": "x"}]})
+    with pytest.raises(SpecError, match="sweep.seeds = 0"):
+        expand({**base, "seeds": 0})
+    with pytest.raises(SpecError, match="train.seed is also an axis"):
+        expand({**base, "seeds": 2, "axes": {"train.seed": [0, 1]}})
 
 
 def test_state_size_spec_dry_run(capsys):

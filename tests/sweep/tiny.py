@@ -10,7 +10,7 @@ OVERRIDES = {
     "model.retention.n_heads": 2, "model.retention.n_kv_heads": 2, "model.retention.chunk_size": 16,
     "model.mamba.head_dim": 16, "model.mamba.chunk_size": 16,
     "train.batch_size": 4, "train.context": 32, "train.warmup_steps": 2, "train.log_every": 1,
-    "train.eval_every": 1000, "train.checkpoint_every": 10, "data.eval_batches": 1,
+    "train.eval_every": 1000, "train.checkpoint_every": 10, "data.eval_tokens": 256,
 }
 
 

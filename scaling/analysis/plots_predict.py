@@ -1,0 +1,56 @@
+"""Figures of prediction: held-out runs, predicted against measured (scaling.analysis.holdout)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from scaling.analysis.plots import _figure, family_style
+
+__all__ = ["plot_holdout"]
+
+_LAW_STYLE = {"approach 3: L(N, D)": ("o", "#1f77b4"), "state law: L(N, S, D)": ("s", "#d62728")}
+
+
+def plot_holdout(pred: pd.DataFrame, level: float = 0.9) -> Figure:
+    """Predicted against measured final loss of each held-out run, one panel per mixer family: the marker is the
+    law's prediction, the vertical bar its ``level`` prediction interval, the horizontal bar +-2 standard errors of
+    the measured loss; on the diagonal the prediction is exact. Hollow markers: the interval missed the run."""
+    fams = sorted(pred["family"].unique())
+    fig, axes = _figure(1, max(len(fams), 1), panel=(4.6, 4.2))
+    for ax, fam in zip(axes.flat, fams, strict=False):
+        sub = pred[pred["family"] == fam]
+        lo_all = min(sub["lo"].min(), sub["measured"].min())
+        hi_all = max(sub["hi"].max(), sub["measured"].max())
+        pad = 0.03 * (hi_all - lo_all)
+        lim = (lo_all - pad, hi_all + pad)
+        ax.plot(lim, lim, color="0.6", lw=1, zorder=1)
+        for law, g in sub.groupby("law", sort=True):
+            marker, col = _LAW_STYLE.get(law, ("^", "0.3"))
+            se = 2 * np.nan_to_num(g["measured_se"].to_numpy(float))
+            yerr = np.vstack([g["predicted"] - g["lo"], g["hi"] - g["predicted"]])
+            ax.errorbar(g["measured"], g["predicted"], yerr=yerr, xerr=se, fmt="none", ecolor=col, alpha=0.6,
+                        lw=1.2, zorder=2)
+            cov = g["covered"].to_numpy(bool)
+            ax.scatter(g["measured"][cov], g["predicted"][cov], marker=marker, s=40, color=col,
+                       edgecolors="black", linewidths=0.5, zorder=3)
+            ax.scatter(g["measured"][~cov], g["predicted"][~cov], marker=marker, s=40, facecolors="white",
+                       edgecolors=col, linewidths=1.2, zorder=3)
+        ax.set_xlim(lim)
+        ax.set_ylim(lim)
+        ax.set_aspect("equal")
+        ax.set_xlabel("measured final validation loss (nats/token)")
+        ax.set_ylabel("predicted loss (nats/token)")
+        budgets = ", ".join(f"{b:.2g}" for b in sorted(sub["budget"].unique()))
+        ax.set_title(f"{fam}: held-out budget {budgets} FLOPs", color=family_style(fam)["color"], fontsize=10)
+        ax.grid(True, alpha=0.25)
+    handles = [Line2D([], [], marker=m, color=c, ls="", label=law) for law, (m, c) in _LAW_STYLE.items()
+               if law in set(pred["law"])]
+    handles.append(Line2D([], [], color="0.4", lw=1.2, label=f"{100 * level:.0f}% prediction interval"))
+    handles.append(Line2D([], [], marker="o", color="0.4", ls="", markerfacecolor="white",
+                          label="interval missed the run"))
+    axes.flat[0].legend(handles=handles, fontsize=8, loc="upper left")
+    fig.suptitle("Held-out runs: predicted by laws fitted on the smaller budgets", fontsize=11)
+    return fig
