@@ -21,11 +21,12 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -n 2 -m slow
 
-# The main job: the quickstart sweep (3 mixers x 2 state sizes x 2 FLOP budgets) on the embedded corpus,
-# then its figures and report. Rerunning resumes: finished runs are skipped.
+# The main job: the quickstart ladder (3 mixers x 4 sizes x 3 FLOP budgets + state sizes, seeds and a held-out
+# budget) on the embedded corpus, then its fitted laws, held-out predictions, figures and report.
+# Rerunning resumes: finished runs are skipped.
 quickstart: install
 	$(BIN)/scaling sweep experiments/quickstart.py --sweep-dir sweeps/quickstart
-	$(BIN)/scaling analyze sweeps/quickstart
+	$(BIN)/scaling analyze sweeps/quickstart --holdout
 
 lint: install
 	$(BIN)/ruff check .
