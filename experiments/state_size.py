@@ -10,7 +10,13 @@ step held at 65,536 (batch x context), and the mixer's state size is varied inde
 
 All runs of a budget spend the same training FLOPs (3 x forward, scaling.accounting.flops_per_token at the
 run's context) within 5%. 10 variants x 3 depths x 3 contexts x 2 budgets = 180 runs: a GPU-cluster study
-(`scaling sweep experiments/state_size.py --launcher ray`); `--dry-run` prints the table.
+(`scaling sweep experiments/state_size.py --scale full --launcher ray`); `--dry-run` prints the table.
+
+``scale="cpu"`` fits the state-size law L(N, S, D) of power retention and Mamba-2 on the embedded corpus in
+minutes: d_model 16, 24 and 32 (2 layers, context 128, batch 16) x three state sizes per family (retention
+p = 2 with 1, 2 and 4 heads; Mamba-2 d_state 4, 16 and 64) x budgets 1e11 and 2e11, plus the d_model-24 models
+at 4e11 held out: `scaling analyze sweeps/state_size-cpu --holdout` fits on the first two budgets and predicts
+those runs (42 runs, ~6 minutes with two workers on two cores).
 """
 
 from scaling.sweep import Sweep
@@ -26,7 +32,35 @@ def _mamba(d_state: int) -> dict:
     return {"model.pattern": "M", "model.mamba.d_state": d_state, "model.mamba.head_dim": 64}
 
 
-def get_sweep():
+SCALES = ("cpu", "full")
+CPU_BUDGETS = [1e11, 2e11]
+CPU_HOLDOUT = 4e11
+
+
+def _cpu_sweep():
+    ret = {f"retention-h{h}": {"model.pattern": "R", "model.retention.p": 2, "model.retention.n_heads": h,
+                               "model.retention.n_kv_heads": h} for h in (1, 2, 4)}
+    mam = {f"mamba-d{n}": {"model.pattern": "M", "model.mamba.d_state": n, "model.mamba.head_dim": 16}
+           for n in (4, 16, 64)}
+    variants = ret | mam
+    for label, over in variants.items():
+        over["model.name"] = label
+    sizes = {f"d{d}": {"model.d_model": d} for d in (16, 24, 32)}
+    return Sweep(
+        name="state_size-cpu",
+        description="state-size law of power retention and Mamba-2 at CPU scale, with a held-out budget",
+        base="configs/models/transformer_tiny.py",
+        overrides={"model.n_layers": 2, "train.batch_size": 16, "train.context": 128, "train.lr": 3e-3,
+                   "train.warmup_steps": 10, "train.log_every": 10, "train.eval_every": 1000,
+                   "train.checkpoint_every": 250, "data.eval_tokens": 65536, "data.packing": False},
+        parts=[{"variants": variants, "sizes": sizes, "budgets": CPU_BUDGETS},
+               {"variants": variants, "sizes": {"d24": sizes["d24"]}, "budgets": [CPU_HOLDOUT]}],
+    )
+
+
+def get_sweep(scale: str = "full"):
+    if scale == "cpu":
+        return _cpu_sweep()
     variants = {"attention": {"model.pattern": "A", "model.attention.n_heads": 8, "model.attention.n_kv_heads": 8}}
     variants |= {f"retention-p{p}-hd{hd}": _retention(p, hd) for p, hd in ((1, 32), (2, 16), (2, 32), (4, 16))}
     variants |= {f"mamba-d{n}": _mamba(n) for n in (16, 32, 64, 128, 256)}
