@@ -1,19 +1,32 @@
 """Tests for scaling.analysis.fits.
 
-1. Epoch AI's replication of the Chinchilla approach-3 fit, on the points Epoch extracted from the paper.
-2. Recovery of known exponents from synthetic data with noise, by every fit, within its bootstrap interval.
+1. Epoch AI's replication of the Chinchilla approach-3 fit, on the points Epoch extracted from the paper (vendored in
+   tests/data/), and a held-out check: the largest models predicted from the others.
+2. Recovery of known laws from synthetic data with noise, by every fit, and the coverage of its 95% bootstrap
+   intervals over many data seeds.
 3. The batched L-BFGS driver against scipy's ``minimize``, gradients, JSON round trips, input validation, helpers.
 
-The synthetic designs use fixed data seeds (SEEDS). A 95% percentile-bootstrap interval misses the truth for some
-seeds; the fraction of seeds where every checked parameter fell inside its interval, measured with these designs:
-approach 1 39/40, approach 2 38/40, approach 3 18/20, state law 17/20 (with D 16/20), context law 40/40.
-SEEDS holds, per test, the first seed that passes (all but approach 2 and the state law without D pass at seed 0).
+Coverage (section 2): no test relies on a seed that happens to pass. For each fit the synthetic design is drawn
+with seeds 0, 1, ... and the test asserts the fraction of seeds whose 95% percentile-bootstrap interval holds the
+true parameter, per parameter. Measured rates per parameter (all parameters at once in brackets):
+
+- fast settings (40 resamples, plan.FAST_*_GRID starts), 100 seeds: approach 1 a 0.98; approach 2 a 0.91;
+  approach 3 alpha 0.93, beta 0.91, a = 1 - b 0.91, E 0.89 [0.80]; state law alpha 0.94, gamma 0.94 [0.88];
+  with D alpha 0.98, gamma 0.93, beta 0.93 [0.86]; context law a 0.98. The fast test runs seeds 0-19 and asserts
+  >= 0.7 per parameter, which a rate of 0.89 misses with probability 0.4% (binomial); seeds 0-19 gave 0.85-1.0
+  (lowest: approach 3's alpha, 17/20).
+- full settings (200 resamples, the default start grids), 60 seeds: approach 1 a 1.00; approach 2 a 0.98;
+  approach 3 alpha 0.93, beta 0.97, a 0.95, E 0.95 [0.88]; state law alpha 0.98, gamma 0.97 [0.95]; with D
+  alpha 1.00, gamma 0.93, beta 0.93 [0.88]; context law a 1.00. The slow test runs seeds 0-39 and asserts >= 0.8
+  per parameter (a rate of 0.93 misses it with probability 0.15%); seeds 0-39 gave 0.925-1.0.
+
+The percentile intervals run a little below nominal for approach 3 and the state law, most with few resamples; the
+allocation-exponent intervals of approaches 1 and 2 and the context law are conservative.
 """
 
 import csv
 import json
 import math
-import os
 import warnings
 from pathlib import Path
 
@@ -38,27 +51,15 @@ from scaling.analysis import (
     loss_vs_state,
     optimize,
 )
+from scaling.analysis.plan import FAST_PARAMETRIC_GRID, FAST_STATE_GRID, FAST_STATE_GRID_WITH_D
 
-CSV_NAME = "chinchilla_epoch_svg_extracted.csv"
-
-
-def _chinchilla_csv() -> Path | None:
-    """$STATESCALE_SHARED/reference/ (or $STATESCALE_SHARED itself), else <repo root>/../shared/reference/."""
-    candidates = []
-    env = os.environ.get("STATESCALE_SHARED")
-    if env:
-        candidates += [Path(env) / "reference" / CSV_NAME, Path(env) / CSV_NAME]
-    candidates.append(Path(__file__).resolve().parents[2].parent / "shared" / "reference" / CSV_NAME)
-    return next((p for p in candidates if p.is_file()), None)
+# Epoch AI's extraction of the Chinchilla paper's Figure 4 points, vendored (provenance: tests/data/README.md).
+CHINCHILLA_CSV = Path(__file__).resolve().parents[1] / "data" / "chinchilla_epoch_svg_extracted.csv"
 
 
-@pytest.fixture(scope="module")
-def chinchilla():
+def _chinchilla_points() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N, D, loss) of Epoch's 245 points less the 5 with the highest loss, D = C / (6 N), as Epoch did."""
-    path = _chinchilla_csv()
-    if path is None:
-        pytest.skip(f"{CSV_NAME} not found: set STATESCALE_SHARED to the shared folder holding reference/{CSV_NAME}")
-    with open(path, newline="") as f:
+    with open(CHINCHILLA_CSV, newline="") as f:
         rows = list(csv.DictReader(f))
     N = np.array([float(r["Model Size"]) for r in rows])
     C = np.array([float(r["Training FLOP"]) for r in rows])
@@ -66,6 +67,11 @@ def chinchilla():
     assert len(rows) == 245
     keep = np.argsort(loss)[:-5]
     return N[keep], C[keep] / (6 * N[keep]), loss[keep]
+
+
+@pytest.fixture(scope="module")
+def chinchilla():
+    return _chinchilla_points()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -89,6 +95,39 @@ def test_chinchilla_approach3_reproduces_epoch(chinchilla):
     assert np.argmin(fit.predict(Ns, 1e24 / (6 * Ns))) == 20
     resid = fit.residuals["log_loss"]
     np.testing.assert_allclose(resid, np.log(loss) - np.log(fit.predict(N, D)), atol=1e-12)
+
+
+def test_chinchilla_held_out_largest_models(chinchilla):
+    """Fit approach 3 below N = 2.5e9 (203 runs), predict the 37 runs of the largest models (N = 2.64e9 - 1.62e10,
+    the largest 15%) with their 90% prediction intervals.
+
+    Measured: relative error |pred - measured| / measured median 0.0085, max 0.0365; 25/37 = 0.676 inside the 90%
+    interval. The extrapolation is biased: all 6 held-out runs above 1e10 parameters have a higher loss than
+    predicted, by 2.0-3.6%, and none lies inside its interval (the interval holds noise and parameter uncertainty,
+    not the law bending away); below 1e10 coverage is 25/31. Start grid: plan.FAST_PARAMETRIC_GRID (243 starts),
+    which reaches the same optimum as Epoch's 4500-start grid here (E = 1.777, A = 225.4, B = 3927, alpha = 0.3016,
+    beta = 0.3976) in a tenth of the time.
+    """
+    N, D, loss = chinchilla
+    train, held = N < 2.5e9, N >= 2.5e9
+    assert (train.sum(), held.sum()) == (203, 37)
+    fit = fit_parametric(N[train], D[train], loss[train], init_grid=FAST_PARAMETRIC_GRID)
+    assert fit.alpha == pytest.approx(0.3016, abs=1e-3) and fit.beta == pytest.approx(0.3976, abs=1e-3)
+    pred = fit.predict(N[held], D[held])
+    lo, hi = fit.predict_interval(N[held], D[held], level=0.9)
+    y = loss[held]
+    rel = np.abs(pred - y) / y
+    inside = (lo <= y) & (y <= hi)
+    assert np.median(rel) < 0.012
+    assert rel.max() < 0.05
+    coverage = inside.mean()
+    assert 0 <= coverage <= 1 and math.isfinite(coverage)
+    assert 0.55 <= coverage < 0.8  # below the nominal 0.9: see the docstring
+    # The bias at the top, as measured: the largest models are all under-predicted, outside their intervals.
+    top = N[held] > 1e10
+    assert top.sum() == 6
+    assert np.all(pred[top] < y[top] * 0.985) and not inside[top].any()
+    assert inside[~top].mean() > 0.75
 
 
 def test_batched_driver_matches_scipy_minimize(chinchilla):
@@ -167,18 +206,8 @@ TRUE_b = TRUE["alpha"] / (TRUE["alpha"] + TRUE["beta"])
 TRUE_G = (TRUE["alpha"] * TRUE["A"] / (TRUE["beta"] * TRUE["B"])) ** (1 / (TRUE["alpha"] + TRUE["beta"]))
 
 
-# Data seeds of the recovery tests (see the module docstring on coverage).
-SEEDS = {"envelope": 0, "isoflop": 1, "parametric": 0, "state": 1, "state_D": 0, "context": 0}
-
-
 def chinchilla_law(N, D):
     return TRUE["E"] + TRUE["A"] / N ** TRUE["alpha"] + TRUE["B"] / D ** TRUE["beta"]
-
-
-def _assert_within_ci(fit, truth: dict):
-    for name, value in truth.items():
-        lo, hi = fit.ci[name]
-        assert lo <= value <= hi, f"{name}: truth {value:.4g} outside the bootstrap interval ({lo:.4g}, {hi:.4g})"
 
 
 def _envelope_data(seed):
@@ -193,10 +222,10 @@ def _envelope_data(seed):
 
 
 def test_envelope_recovers_allocation_exponents():
-    N, D, C, loss = _envelope_data(SEEDS["envelope"])
-    fit = fit_envelope(N, D, C, loss, bootstrap=100, seed=0)
+    N, D, C, loss = _envelope_data(0)
+    fit = fit_envelope(N, D, C, loss, bootstrap=20, seed=0)
     assert isinstance(fit, EnvelopeFit)
-    _assert_within_ci(fit, {"a": TRUE_a, "b": TRUE_b})
+    assert set(fit.ci) >= {"a", "b"} and fit.ci["a"][0] <= fit.a <= fit.ci["a"][1]
     assert fit.a == pytest.approx(TRUE_a, abs=0.02)
     assert fit.data["on_envelope"].sum() < len(N)  # noisy points above the running minimum are dropped
     # The frontier's sizes follow the true optimum within a factor of 2.
@@ -233,13 +262,18 @@ def _isoflop_data(seed):
     return N, D, C, chinchilla_law(N, D) * np.exp(rng.normal(0, 0.003, len(N)))
 
 
+def _jitter(C, seed):
+    """Each run's FLOPs within 1% of its budget (whole-step FLOP matching)."""
+    return C * (1 + 0.01 * np.random.default_rng(1000 + seed).uniform(-1, 1, len(C)))
+
+
 def test_isoflop_recovers_allocation_exponents():
-    N, D, C, loss = _isoflop_data(SEEDS["isoflop"])
-    C_jittered = C * (1 + 0.01 * np.random.default_rng(5).uniform(-1, 1, len(C)))  # whole-step FLOP matching
-    fit = fit_isoflop(N, D, C_jittered, loss, bootstrap=200, seed=0)
+    N, D, C, loss = _isoflop_data(0)
+    C_jittered = _jitter(C, 0)
+    fit = fit_isoflop(N, D, C_jittered, loss, bootstrap=20, seed=0)
     assert isinstance(fit, IsoflopFit)
     assert len(fit.data["budget_C"]) == 5
-    _assert_within_ci(fit, {"a": TRUE_a, "b": TRUE_b})
+    assert fit.a == pytest.approx(TRUE_a, abs=0.015)  # sd over seeds 0.004
     np.testing.assert_allclose(fit.a + fit.b, 1, atol=1e-12)  # D_opt = C / (6 N_opt)
     assert np.all(fit.data["budget_N_opt_lo"] <= fit.data["budget_N_opt"])
     assert np.all(fit.data["budget_N_opt"] <= fit.data["budget_N_opt_hi"])
@@ -269,13 +303,14 @@ def _parametric_data(seed):
 
 
 def test_parametric_recovers_law():
-    N, D, loss = _parametric_data(SEEDS["parametric"])
-    fit = fit_parametric(N, D, loss, init_grid=SMALL_GRID, bootstrap=100, seed=0)
+    N, D, loss = _parametric_data(0)
+    fit = fit_parametric(N, D, loss, init_grid=SMALL_GRID, bootstrap=20, seed=0)
     assert isinstance(fit, ParametricFit)
-    _assert_within_ci(fit, {"alpha": TRUE["alpha"], "beta": TRUE["beta"], "a": TRUE_a, "b": TRUE_b, "E": TRUE["E"]})
     assert set(fit.ci) == {"E", "A", "B", "alpha", "beta", "a", "b", "G"}
     assert fit.info["bootstrap_failed"] == 0
-    assert len(fit.samples["alpha"]) == 100
+    assert len(fit.samples["alpha"]) == 20
+    # sd over seeds 0.005
+    assert fit.alpha == pytest.approx(TRUE["alpha"], abs=0.02) and fit.beta == pytest.approx(TRUE["beta"], abs=0.02)
     # Without noise the fit is exact.
     exact = fit_parametric(N, D, chinchilla_law(N, D), init_grid=SMALL_GRID)
     for name, value in TRUE.items():
@@ -306,15 +341,16 @@ def _state_data(seed, with_D):
 
 def test_state_law_recovers_exponents():
     t = STATE_TRUE
-    N, S, _, loss = _state_data(SEEDS["state"], with_D=False)
-    fit = fit_state_law(N, S, loss, init_grid=STATE_GRID, bootstrap=60, seed=0)
+    N, S, _, loss = _state_data(0, with_D=False)
+    fit = fit_state_law(N, S, loss, init_grid=STATE_GRID, bootstrap=10, seed=0)
     assert isinstance(fit, StateLawFit) and not fit.has_D
-    _assert_within_ci(fit, {"alpha": t["alpha"], "gamma": t["gamma"]})
+    assert set(fit.ci) >= {"alpha", "gamma"}
+    assert fit.params["gamma"] == pytest.approx(t["gamma"], abs=0.02)  # sd over seeds 0.004
 
-    N, S, D, loss = _state_data(SEEDS["state_D"], with_D=True)
-    fit = fit_state_law(N, S, loss, D=D, init_grid=STATE_GRID_D, bootstrap=60, seed=0)
-    assert fit.has_D
-    _assert_within_ci(fit, {"alpha": t["alpha"], "gamma": t["gamma"], "beta": t["beta"]})
+    N, S, D, loss = _state_data(0, with_D=True)
+    fit = fit_state_law(N, S, loss, D=D, init_grid=STATE_GRID_D, bootstrap=10, seed=0)
+    assert fit.has_D and set(fit.ci) >= {"alpha", "gamma", "beta"}
+    assert fit.params["beta"] == pytest.approx(t["beta"], abs=0.025)  # sd over seeds 0.006
     np.testing.assert_allclose(np.exp(fit.residuals["log_loss"]), loss / fit.predict(N, S, D), rtol=1e-12)
 
 
@@ -336,11 +372,11 @@ def _context_data(seed):
 
 
 def test_context_law_recovers_exponent():
-    T, C, loss = _context_data(SEEDS["context"])
-    fit = fit_context_law(T, loss, budgets=C, bootstrap=200, seed=0)
+    T, C, loss = _context_data(0)
+    fit = fit_context_law(T, loss, budgets=C, bootstrap=20, seed=0)
     assert isinstance(fit, ContextLawFit)
     assert len(fit.data["budget_C"]) == 4
-    _assert_within_ci(fit, {"a": 0.25})
+    assert fit.params["a"] == pytest.approx(0.25, abs=0.035)  # sd over seeds 0.008
     # The cubic part of the U pulls each parabola's vertex ~20% low, by about the same factor at every budget, so the
     # exponent is unbiased while the optima themselves are off by that factor.
     ratio = fit.data["budget_context_opt"] / (2048 * (fit.data["budget_C"] / 1e18) ** 0.25)
@@ -352,6 +388,84 @@ def test_context_law_recovers_exponent():
     lo, hi = one.ci["context_opt"]
     assert lo <= one.context_opt() <= hi
     assert one.context_opt() == pytest.approx(2048 * 0.1**0.25, rel=0.3)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The bootstrap intervals hold the truth at about their nominal rate, over many data seeds
+
+# Per fit: (fit of seed s's data with fast or full settings, {parameter: true value}). Fast: 40 bootstrap
+# resamples and plan.FAST_*_GRID starts; full: 200 resamples (the CLI's default) and the default start grids.
+FAST_BOOTSTRAP, FULL_BOOTSTRAP = 40, 200
+
+
+def _envelope_case(seed, fast):
+    N, D, C, loss = _envelope_data(seed)
+    fit = fit_envelope(N, D, C, loss, bootstrap=FAST_BOOTSTRAP if fast else FULL_BOOTSTRAP, seed=seed)
+    return fit, {"a": TRUE_a, "b": TRUE_b}
+
+
+def _isoflop_case(seed, fast):
+    N, D, C, loss = _isoflop_data(seed)
+    fit = fit_isoflop(N, D, _jitter(C, seed), loss, bootstrap=FAST_BOOTSTRAP if fast else FULL_BOOTSTRAP, seed=seed)
+    return fit, {"a": TRUE_a, "b": TRUE_b}
+
+
+def _parametric_case(seed, fast):
+    N, D, loss = _parametric_data(seed)
+    fit = fit_parametric(N, D, loss, init_grid=FAST_PARAMETRIC_GRID if fast else None,
+                         bootstrap=FAST_BOOTSTRAP if fast else FULL_BOOTSTRAP, seed=seed)
+    return fit, {"alpha": TRUE["alpha"], "beta": TRUE["beta"], "a": TRUE_a, "b": TRUE_b, "E": TRUE["E"]}
+
+
+def _state_case(seed, fast):
+    N, S, _, loss = _state_data(seed, with_D=False)
+    fit = fit_state_law(N, S, loss, init_grid=FAST_STATE_GRID if fast else None,
+                        bootstrap=FAST_BOOTSTRAP if fast else FULL_BOOTSTRAP, seed=seed)
+    return fit, {k: STATE_TRUE[k] for k in ("alpha", "gamma")}
+
+
+def _state_D_case(seed, fast):
+    N, S, D, loss = _state_data(seed, with_D=True)
+    fit = fit_state_law(N, S, loss, D=D, init_grid=FAST_STATE_GRID_WITH_D if fast else None,
+                        bootstrap=FAST_BOOTSTRAP if fast else FULL_BOOTSTRAP, seed=seed)
+    return fit, {k: STATE_TRUE[k] for k in ("alpha", "gamma", "beta")}
+
+
+def _context_case(seed, fast):
+    T, C, loss = _context_data(seed)
+    return fit_context_law(T, loss, budgets=C, bootstrap=FAST_BOOTSTRAP if fast else FULL_BOOTSTRAP, seed=seed), \
+        {"a": 0.25}
+
+
+COVERAGE_CASES = {"envelope": _envelope_case, "isoflop": _isoflop_case, "parametric": _parametric_case,
+                  "state": _state_case, "state_D": _state_D_case, "context": _context_case}
+
+
+def _coverage_rates(case: str, seeds, fast: bool) -> tuple[dict[str, float], float]:
+    """Per parameter, the fraction of seeds whose 95% interval holds the truth; and the fraction where all do."""
+    inside = []
+    for seed in seeds:
+        fit, truth = COVERAGE_CASES[case](seed, fast)
+        inside.append({k: fit.ci[k][0] <= v <= fit.ci[k][1] for k, v in truth.items()})
+    per = {k: float(np.mean([row[k] for row in inside])) for k in inside[0]}
+    return per, float(np.mean([all(row.values()) for row in inside]))
+
+
+@pytest.mark.parametrize("case", list(COVERAGE_CASES))
+def test_bootstrap_interval_coverage(case):
+    """20 seeds, fast settings: every parameter's interval holds the truth for at least 70% of them (module
+    docstring: the rates measured over 100 seeds are 0.89-0.98, where 70% of 20 fails with probability < 0.5%)."""
+    per, joint = _coverage_rates(case, range(20), fast=True)
+    assert all(r >= 0.7 for r in per.values()), (per, joint)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(COVERAGE_CASES))
+def test_bootstrap_interval_coverage_many_seeds(case):
+    """40 seeds, full settings: at least 80% per parameter (measured rates: module docstring)."""
+    per, joint = _coverage_rates(case, range(40), fast=False)
+    print(f"{case}: per parameter {per}, all {joint}")
+    assert all(r >= 0.8 for r in per.values()), (per, joint)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -89,19 +89,14 @@ def test_notebook_rejects_a_missing_sweep(kernel_env, monkeypatch, tmp_path):
                  monkeypatch)
 
 
-def _chinchilla_csv() -> Path | None:
-    env = os.environ.get("STATESCALE_SHARED")
-    cands = [Path(env) / "reference" / CSV, Path(env) / CSV] if env else []
-    cands.append(ROOT.parent / "shared" / "reference" / CSV)
-    return next((p for p in cands if p.is_file()), None)
-
-
 def test_chinchilla_reproduction(kernel_env, monkeypatch):
-    if _chinchilla_csv() is None:
-        pytest.skip(f"{CSV} not found: set STATESCALE_SHARED to the shared folder holding reference/{CSV}")
+    monkeypatch.delenv("STATESCALE_CHINCHILLA_CSV", raising=False)
     outputs = _execute("chinchilla_reproduction.py", kernel_env, monkeypatch)
     text = _text(outputs)
+    assert str(ROOT / "tests" / "data" / CSV) in text  # the vendored copy
     assert "245 points, 240 used" in text
+    # the held-out section: the 37 runs with N >= 2.5e9 predicted from the others (numbers: test_fits.py)
+    assert "held out 37 runs" in text and "inside the 90% interval 25/37" in text
     # the comparison table: this fit next to Epoch's values, within 1% (the notebook prints the differences)
     table = next(o["data"]["text/plain"] for o in outputs if "Epoch AI (this file)" in o.get("data", {}).get(
         "text/plain", ""))
