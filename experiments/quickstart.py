@@ -11,10 +11,11 @@ Sizes are d_model 16, 24, 32, 48 at 2 layers, context 128, batch 16; budgets 1e1
 non-embedding parameter lie in [3, 200], so each budget has the sizes around its optimum (Chinchilla's is ~20).
 On top of the ladder:
 
-- state sizes at 2e11: retention with 1 and 4 heads, Mamba-2 with d_state 4 and 64, at d_model 16 and 32, so
+- state sizes at 1e11: retention with 1 and 4 heads, Mamba-2 with d_state 4 and 64, at d_model 16 and 32, so
   that state size varies apart from parameters and a state-size law L(N, S, D) can be fitted per family;
-- seeds: the d_model-24 runs at 2e11 three times (train.seed 0, 1, 2), the seed-to-seed spread of the loss;
-- a held-out budget, 8e11, for the sizes in range: `scaling analyze --holdout` fits on the other budgets and
+- seeds: the d_model-24 runs at 1e11 three times (train.seed 0, 1, 2), the seed-to-seed spread of the loss;
+- a held-out budget, 6e11, at d_model 32 and 48 (the sizes around its optimum): `scaling analyze --holdout`
+  fits on the other budgets and
   predicts these runs.
 
 Every loss is the final loss on the fixed held-out evaluation set (data.eval_tokens = 65,536 tokens, the same
@@ -25,8 +26,8 @@ from scaling.sweep import Sweep
 
 SIZES = {f"d{d}": {"model.d_model": d} for d in (16, 24, 32, 48)}
 LADDER_BUDGETS = [1.0e11, 2.0e11, 4.0e11]
-HOLDOUT_BUDGET = 8.0e11
-STATE_BUDGET = 2.0e11
+HOLDOUT_BUDGET = 6.0e11
+STATE_BUDGET = 1.0e11
 RATIO_RANGE = (3.0, 200.0)  # tokens per non-embedding parameter
 
 
@@ -66,8 +67,8 @@ def get_sweep():
             "data.packing": False,
         },
         parts=[
-            {"variants": ladder, "sizes": SIZES, "budgets": LADDER_BUDGETS + [HOLDOUT_BUDGET],
-             "ratio_range": RATIO_RANGE},
+            {"variants": ladder, "sizes": SIZES, "budgets": LADDER_BUDGETS, "ratio_range": RATIO_RANGE},
+            {"variants": ladder, "sizes": {k: SIZES[k] for k in ("d32", "d48")}, "budgets": [HOLDOUT_BUDGET]},
             {"variants": _retention(1) | _retention(4) | _mamba(4) | _mamba(64),
              "sizes": {k: SIZES[k] for k in ("d16", "d32")}, "budgets": [STATE_BUDGET]},
             {"variants": ladder, "sizes": {"d24": SIZES["d24"]}, "budgets": [STATE_BUDGET], "seeds": 3},

@@ -56,6 +56,8 @@ def test_train_learns_and_writes_artifacts(tmp_path):
     assert [r["step"] for r in eval_rows] == [20, 40]
     assert np.mean([r["loss"] for r in train_rows[-5:]]) < np.mean([r["loss"] for r in train_rows[:5]]) - 1.0
     assert eval_rows[-1]["val_bpb"] == pytest.approx(eval_rows[-1]["val_loss"] / np.log(2), rel=0.1)
+    # the fixed evaluation set: ceil(eval_tokens / context) = 16 rows of 32 tokens, with a standard error
+    assert eval_rows[-1]["val_tokens"] <= 512 and 0 < eval_rows[-1]["val_loss_se"] < 0.5 * eval_rows[-1]["val_loss"]
     for key in ("lr", "grad_norm", "tokens_per_s", "flops", "tokens"):
         assert key in train_rows[-1]
     assert train_rows[-1]["tokens"] == 40 * 4 * 32
@@ -181,3 +183,23 @@ def test_pallas_kernels_train_like_xla(tmp_path):
         losses[kernel] = [r["loss"] for r in _rows(tmp_path / kernel, "train")] + [
             r["val_loss"] for r in _rows(tmp_path / kernel, "eval")]
     np.testing.assert_allclose(losses["pallas"], losses["xla"], rtol=1e-5)
+
+
+def test_evaluate_reports_the_ratio_estimator_and_its_standard_error():
+    from scaling.train import evaluate
+
+    rng = np.random.default_rng(0)
+    loss_sum = rng.uniform(50, 150, 24)
+    count = rng.integers(20, 40, 24).astype(float)
+    count[-3:] = 0.0  # padding rows carry no loss token and are left out of the standard error
+    loss_sum[-3:] = 0.0
+    rows = [loss_sum, count, count, np.zeros(24)]
+    batches = [slice(0, 8), slice(8, 16), slice(16, 24)]
+    out = evaluate(lambda params, b: [r[b] for r in rows], None, batches, lambda b: b)
+    mean = loss_sum.sum() / count.sum()
+    assert out["val_loss"] == pytest.approx(mean) and out["val_tokens"] == int(count.sum())
+    # the same number by the delta method on (sum of losses, sum of counts) over the 21 real sequences
+    l, n = loss_sum[:21], count[:21]
+    cov = np.cov(np.stack([l, n]))  # ddof 1
+    var = (cov[0, 0] - 2 * mean * cov[0, 1] + mean**2 * cov[1, 1]) / 21 / n.mean() ** 2
+    assert out["val_loss_se"] == pytest.approx(np.sqrt(var), rel=1e-9)
