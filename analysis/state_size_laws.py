@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 
-from scaling.analysis import compute_optimal_state, plots, report
+from scaling.analysis import compute_optimal_state, plots_state, report
 
 SMALL = os.environ.get("STATESCALE_SMALL") == "1"
 BOOTSTRAP = 20 if SMALL else 200
@@ -95,11 +95,11 @@ for r in records:
         print(f"skipped {r.group}: {r.reason}")
 
 # %%
-display(plots.plot_loss_vs_state(runs, [(r.keys["family"], r.fit, r.keys) for r in fitted]))
+display(plots_state.plot_loss_vs_state(runs, [(r.keys["family"], r.fit, r.keys) for r in fitted]))
 
 # %%
 if fitted:
-    display(plots.plot_state_law([(r.group, r.fit) for r in fitted]))
+    display(plots_state.plot_state_law([(r.group, r.fit) for r in fitted]))
 else:
     print("no state law fitted")
 

@@ -141,7 +141,8 @@ def _sweep(args) -> int:
 
     from scaling.config import parse_override
     from scaling.sweep import launchers, load_spec
-    from scaling.sweep.spec import expand, wall_defaults
+    from scaling.sweep.spec import expand
+    from scaling.sweep.table import wall_defaults
 
     overrides = dict(parse_override(item) for item in args.set)
     if args.dry_run:

@@ -126,9 +126,10 @@ def fit_parametric(
 
     log L is modelled as LSE(a - alpha log N, b - beta log D, e) with A = exp(a), B = exp(b), E = exp(e). The
     objective is the Huber loss (threshold ``delta`` = 1e-3) of predicted minus observed log L, summed over points.
-    scipy's L-BFGS-B (analytic gradient) runs from every point of ``init_grid`` (a mapping of e, a, alpha, b, beta
-    to value lists, crossed; missing keys from :data:`PARAMETRIC_GRID`, Epoch's 4500-point grid) with default
-    tolerances; the best end point is then polished with tight tolerances.
+    L-BFGS (analytic gradient; all starts batched, scaling.analysis.optimize) runs from every point of
+    ``init_grid`` (a mapping of e, a, alpha, b, beta to value lists, crossed; missing keys from
+    :data:`PARAMETRIC_GRID`, Epoch's 4500-point grid) with default tolerances; the best end point is then
+    polished with tight tolerances.
 
     ``bootstrap=k`` resamples the points with replacement k times and refits each replicate. The full grid is
     only used for the main fit: a replicate starts from the main fit's optimum plus the next best distinct local

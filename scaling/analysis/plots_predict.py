@@ -24,15 +24,15 @@ def plot_holdout(pred: pd.DataFrame, level: float = 0.9) -> Figure:
         sub = pred[pred["family"] == fam]
         lo_all = min(sub["lo"].min(), sub["measured"].min())
         hi_all = max(sub["hi"].max(), sub["measured"].max())
+        # a square panel holding every interval and the diagonal
         pad = 0.03 * (hi_all - lo_all)
         lim = (lo_all - pad, hi_all + pad)
         ax.plot(lim, lim, color="0.6", lw=1, zorder=1)
         for law, g in sub.groupby("law", sort=True):
             marker, col = _LAW_STYLE.get(law, ("^", "0.3"))
-            se = 2 * np.nan_to_num(g["measured_se"].to_numpy(float))
             yerr = np.vstack([g["predicted"] - g["lo"], g["hi"] - g["predicted"]])
-            ax.errorbar(g["measured"], g["predicted"], yerr=yerr, xerr=se, fmt="none", ecolor=col, alpha=0.6,
-                        lw=1.2, zorder=2)
+            ax.errorbar(g["measured"], g["predicted"], yerr=yerr, fmt="none", ecolor=col, alpha=0.6, lw=1.2,
+                        capsize=3, zorder=2)
             cov = g["covered"].to_numpy(bool)
             ax.scatter(g["measured"][cov], g["predicted"][cov], marker=marker, s=40, color=col,
                        edgecolors="black", linewidths=0.5, zorder=3)
@@ -44,7 +44,7 @@ def plot_holdout(pred: pd.DataFrame, level: float = 0.9) -> Figure:
         ax.set_xlabel("measured final validation loss (nats/token)")
         ax.set_ylabel("predicted loss (nats/token)")
         budgets = ", ".join(f"{b:.2g}" for b in sorted(sub["budget"].unique()))
-        ax.set_title(f"{fam}: held-out budget {budgets} FLOPs", color=family_style(fam)["color"], fontsize=10)
+        ax.set_title(f"{fam}: {budgets} FLOPs", color=family_style(fam)["color"], fontsize=10)
         ax.grid(True, alpha=0.25)
     handles = [Line2D([], [], marker=m, color=c, ls="", label=law) for law, (m, c) in _LAW_STYLE.items()
                if law in set(pred["law"])]
@@ -52,5 +52,5 @@ def plot_holdout(pred: pd.DataFrame, level: float = 0.9) -> Figure:
     handles.append(Line2D([], [], marker="o", color="0.4", ls="", markerfacecolor="white",
                           label="interval missed the run"))
     axes.flat[0].legend(handles=handles, fontsize=8, loc="upper left")
-    fig.suptitle("Held-out runs: predicted by laws fitted on the smaller budgets", fontsize=11)
+    fig.suptitle("Held-out runs, predicted by the laws\nfitted on the smaller budgets", fontsize=10)
     return fig

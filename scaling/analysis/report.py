@@ -27,6 +27,7 @@ from scaling.analysis import figures as _study_figures
 from scaling.analysis import holdout as _holdout
 from scaling.analysis import plots as _plots
 from scaling.analysis import plots_predict as _plots_predict
+from scaling.analysis import plots_state as _plots_state
 from scaling.analysis.load import (
     CURVE_COLUMNS,
     FAMILIES,
@@ -153,10 +154,10 @@ def _fit_tables(records: list[FitRecord], bootstrap: int) -> list[str]:
         lines.append("")
     if by_kind["parametric"]:
         lines += [f"### {FIT_KINDS['parametric']}", "",
-                  "Huber loss (delta 1e-3) on log-loss residuals, L-BFGS-B from a grid of starts (Epoch AI's "
-                  "replication). a = beta/(alpha+beta) and b = alpha/(alpha+beta) are the allocation exponents "
-                  "under Chinchilla's C = 6ND; the allocation figure and `scaling predict` use the accounting's cost "
-                  "instead (FLOP convention below).", ""]
+                  "Huber loss (delta 1e-3) on log-loss residuals, L-BFGS (batched over starts) from a grid of "
+                  "starts (Epoch AI's replication). a = beta/(alpha+beta) and b = alpha/(alpha+beta) are the "
+                  "allocation exponents under Chinchilla's C = 6ND; the allocation figure and `scaling predict` "
+                  "use the accounting's cost instead (FLOP convention above).", ""]
         lines += _table(["group", "E", "A", "alpha", "B", "beta", "a", "b", "runs", "RMS log resid.", "starts"],
                         [(r.group, *(_cell(r.fit, k) for k in ("E", "A", "alpha", "B", "beta", "a", "b")),
                           r.n_points, _fmt(float(np.sqrt(np.mean(r.fit.residuals["log_loss"] ** 2))), 3),
@@ -244,7 +245,9 @@ def _prediction_lines(pred, summary, held_budget, spread) -> list[str]:
                   f"the laws fitted on the smaller budgets, with {100 * _holdout.PREDICT_LEVEL:.0f}% prediction "
                   "intervals (parameter uncertainty by the delta method plus the runs' scatter around the law, "
                   "Student-t; scaling.analysis.predict). Measured: final loss ± its standard error over the "
-                  "evaluation set's sequences.", ""]
+                  "evaluation set's sequences (the error of the estimate of the loss on the whole validation "
+                  "distribution; every run is evaluated on the same sequences, so the differences between runs "
+                  "are measured more precisely than that).", ""]
         if len(pred):
             lines += _table(["family", "law", "held-out runs", "median abs. error", "max abs. error", "coverage"],
                             [(r.family, r.law, r.runs, f"{100 * r.median_abs_rel_error:.2f}%",
@@ -394,19 +397,19 @@ def _write_figures(data, records, out, n_col, n_label, curve_col, tick) -> tuple
         skipped["compute_optimal_allocation"] = "no approach 1-3 fit succeeded"
     tick()
     state_runs = runs[runs["state_size"] > 0]
-    if _plots.state_contexts(state_runs):
+    if _plots_state.state_contexts(state_runs):
         fits = [(r.keys["family"], r.fit, r.keys) for r in ok["state_law"]]
-        save(_plots.plot_loss_vs_state(state_runs, fits, n_col=n_col), "loss_vs_state")
+        save(_plots_state.plot_loss_vs_state(state_runs, fits, n_col=n_col), "loss_vs_state")
     else:
         skipped["loss_vs_state"] = "no mixer family has two state sizes at one training context"
     tick()
     if ok["state_law"]:
-        save(_plots.plot_state_law([(r.group, r.fit) for r in ok["state_law"]]), "state_law_fit")
+        save(_plots_state.plot_state_law([(r.group, r.fit) for r in ok["state_law"]]), "state_law_fit")
     else:
         skipped["state_law_fit"] = "no state-size law fitted"
     tick()
     if runs["context"].nunique() > 1:
-        save(_plots.plot_loss_vs_context(runs, [(r.family, r.fit) for r in ok["context_law"]]), "loss_vs_context")
+        save(_plots_state.plot_loss_vs_context(runs, [(r.family, r.fit) for r in ok["context_law"]]), "loss_vs_context")
     else:
         skipped["loss_vs_context"] = "a single training context"
     tick()

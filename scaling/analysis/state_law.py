@@ -122,7 +122,7 @@ def fit_state_law(
     ``loss`` final losses, optional ``D`` training tokens: flat arrays [n], n > number of parameters (5 or 7).
 
     The machinery of :func:`fit_parametric`: log L = LSE(a - alpha log N, b - gamma log S, [c - beta log D,] e),
-    Huber loss (``delta``) on log-loss residuals summed over points, L-BFGS-B from every point of ``init_grid``
+    Huber loss (``delta``) on log-loss residuals summed over points, L-BFGS (batched) from every point of ``init_grid``
     (keys e, a, alpha, b, gamma [, c, beta]; defaults :data:`STATE_GRID`, 4500 starts, or
     :data:`STATE_GRID_WITH_D`, 2187 starts), best end point polished; bootstrap refits start from the best
     optimum plus the next distinct local optima (``bootstrap_starts`` in all).

@@ -13,7 +13,7 @@ import importlib
 _EXPORTS = {
     "LAUNCHERS": "launchers", "SweepResult": "launchers", "prepare": "launchers", "run_sweep": "launchers",
     "RunPlan": "spec", "SpecError": "spec", "Sweep": "spec", "expand": "spec", "load_spec": "spec",
-    "match_budget": "spec", "table_rows": "spec", "Store": "store",
+    "match_budget": "spec", "table_rows": "table", "Store": "store",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -593,7 +593,9 @@ def print_plan(plans, console=None, *, peak_flops: float | None = None, mfu: flo
     from rich.table import Table
 
     console = console or Console()
-    rows = _spec.table_rows(plans, peak_flops, mfu)
+    from scaling.sweep.table import table_rows
+
+    rows = table_rows(plans, peak_flops, mfu)
     timed = peak_flops is not None and mfu is not None
     table = Table(title=f"{len(rows)} runs", show_lines=False)
     has_size = any(r["size"] for r in rows)
