@@ -40,7 +40,8 @@ CPU_HOLDOUT = 4e11
 def _cpu_sweep():
     ret = {f"retention-h{h}": {"model.pattern": "R", "model.retention.p": 2, "model.retention.n_heads": h,
                                "model.retention.n_kv_heads": h} for h in (1, 2, 4)}
-    mam = {f"mamba-d{n}": {"model.pattern": "M", "model.mamba.d_state": n, "model.mamba.head_dim": 16}
+    mam = {f"mamba-d{n}": {"model.pattern": "M", "model.mamba.d_state": n, "model.mamba.head_dim": 16,
+                           "model.mamba.chunk_size": 32}
            for n in (4, 16, 64)}
     variants = ret | mam
     for label, over in variants.items():
