@@ -95,7 +95,8 @@ def predict(args) -> int:
     finally:
         db.close()
     name = (data.sweeps[0] if data.sweeps else Path(args.sweep_dir).name) + f"-rung-{args.budget:.0e}"
-    out = Path(args.out) if args.out else Path(args.sweep_dir) / f"next_rung_{args.budget:.0e}.py".replace("+", "") + ""
+    tag = f"{args.budget:.0e}".replace("+", "")
+    out = Path(args.out) if args.out else Path(args.sweep_dir) / f"next_rung_{tag}.py"
     next_rung.write_rung_spec(rung, configs, out, name)
     rung.to_csv(out.with_suffix(".csv"), index=False)
     print(f"wrote {out} (run it: scaling sweep {out} --sweep-dir {args.sweep_dir}) and {out.with_suffix('.csv')}")
