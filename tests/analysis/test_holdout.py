@@ -114,3 +114,14 @@ def test_plan_rung_and_its_spec(held, tmp_path):
         other = _config.from_dict(_config.to_dict(plans[0].cfg))
         other.model.d_model = d
         assert abs(np.log(n / target)) <= abs(np.log(accounting.params(other)["non_embedding"] / target))
+
+
+def test_cli_predict_prints_the_rung_and_names_what_it_cannot_write(held, capsys):
+    sweep, _ = held
+    # the synthetic sweep's runs carry no real model config: the predictions print, the spec cannot be written
+    assert cli.main(["predict", str(sweep), "--budget", "1e17", "--fast"]) == 2
+    out, err = capsys.readouterr()
+    assert "attention (attention) at C = 1e+17: N_opt" in out and "predicted loss" in out
+    assert err.strip().startswith("ConfigError") and "\n" not in err.strip()
+    assert cli.main(["predict", str(sweep), "--budget", "-1"]) == 2
+    assert "--budget -1.0: must be a positive number" in capsys.readouterr().err
