@@ -39,6 +39,7 @@ from scaling import accounting
 from scaling import config as _config
 from scaling.checkpoint import Checkpointer
 from scaling.data import make_eval_batches, make_train_iterator
+from scaling.data.pipeline import eval_rows
 from scaling.data.synthetic import TASKS
 from scaling.data.tokenizer import N_BYTES
 from scaling.models import build
@@ -195,10 +196,14 @@ def load_run(workdir, *, step: int | None = None):
 EVAL_BATCH_TOKENS = 8192  # evaluation batches hold at least this many tokens (forward only: no activations kept)
 
 
-def eval_batch_size(batch_size: int, context: int) -> int:
+def eval_batch_size(batch_size: int, context: int, rows: int | None = None) -> int:
     """Rows per evaluation batch: a multiple of the training batch (so it shards the same way) holding at least
-    EVAL_BATCH_TOKENS tokens. The evaluation rows themselves do not depend on it."""
-    return int(batch_size) * max(1, -(-EVAL_BATCH_TOKENS // (int(batch_size) * int(context))))
+    EVAL_BATCH_TOKENS tokens, but no more batches' worth than the ``rows`` of the evaluation set need (no batch
+    of padding). The evaluation rows themselves do not depend on it."""
+    k = max(1, -(-EVAL_BATCH_TOKENS // (int(batch_size) * int(context))))
+    if rows is not None:
+        k = min(k, max(1, -(-int(rows) // int(batch_size))))
+    return int(batch_size) * k
 
 
 def evaluate(eval_step, params, batches, shard, *, task: bool = False) -> dict:
@@ -242,8 +247,8 @@ def evaluate_contexts(cfg, graphdef, params, shard) -> list[dict]:
     rows = []
     for context in cfg.train.eval_contexts:
         sums = None
-        for batch in make_eval_batches(cfg.data, batch_size=eval_batch_size(cfg.train.batch_size, context),
-                                       context=context):
+        for batch in make_eval_batches(cfg.data, context=context, batch_size=eval_batch_size(
+                cfg.train.batch_size, context, eval_rows(cfg.data, context))):
             terms = [np.asarray(x, np.float64) for x in step(params, shard(batch))]
             sums = terms if sums is None else [a + b for a, b in zip(sums, terms, strict=True)]
         total, count, _, hits = sums
@@ -296,8 +301,8 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     train_state = jax.device_put(train_state, replicated)
 
     data_iter = make_train_iterator(cfg.data, batch_size=t.batch_size, context=t.context, seed=t.seed)
-    eval_batches = make_eval_batches(cfg.data, batch_size=eval_batch_size(t.batch_size, t.context),
-                                     context=t.context)
+    eval_batches = make_eval_batches(cfg.data, context=t.context, batch_size=eval_batch_size(
+        t.batch_size, t.context, eval_rows(cfg.data, t.context)))
 
     ckpt = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints)
     step = 0
