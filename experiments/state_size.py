@@ -16,7 +16,7 @@ run's context) within 5%. 10 variants x 3 depths x 3 contexts x 2 budgets = 180 
 minutes: d_model 16, 24 and 32 (2 layers, context 128, batch 16) x three state sizes per family (retention
 p = 2 with 1, 2 and 4 heads; Mamba-2 d_state 4, 16 and 64) x budgets 1e11 and 2e11, plus the d_model-24 models
 at 4e11 held out: `scaling analyze sweeps/state_size-cpu --holdout` fits on the first two budgets and predicts
-those runs (42 runs, ~6 minutes with two workers on two cores).
+those runs (42 runs, 17 minutes with two workers on two cores).
 """
 
 from scaling.sweep import Sweep
