@@ -64,10 +64,9 @@ def analyze(args) -> int:
 
 def predict(args) -> int:
     import json
-    import sqlite3
 
     from scaling.analysis import next_rung, plan
-    from scaling.analysis.load import load_sweep
+    from scaling.analysis.load import load_configs, load_sweep
 
     if not args.budget > 0:
         print(f"--budget {args.budget}: must be a positive number of training FLOPs", file=sys.stderr)
@@ -89,11 +88,7 @@ def predict(args) -> int:
                      f"[{r.state_law_S_lo:.3g}, {r.state_law_S_hi:.3g}]"
                      + (" (at the edge of the searched range)" if r.state_law_at_edge else ""))
         print(line)
-    db = sqlite3.connect(Path(args.sweep_dir, "sweep.db").resolve().as_uri() + "?mode=ro", uri=True)
-    try:
-        configs = dict(db.execute("SELECT id, config FROM runs").fetchall())
-    finally:
-        db.close()
+    configs = load_configs(args.sweep_dir)
     name = (data.sweeps[0] if data.sweeps else Path(args.sweep_dir).name) + f"-rung-{args.budget:.0e}"
     tag = f"{args.budget:.0e}".replace("+", "")
     out = Path(args.out) if args.out else Path(args.sweep_dir) / f"next_rung_{tag}.py"

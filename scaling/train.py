@@ -206,6 +206,14 @@ def eval_batch_size(batch_size: int, context: int, rows: int | None = None) -> i
     return int(batch_size) * k
 
 
+def eval_set(cfg, context: int) -> list[dict]:
+    """The fixed evaluation set of ``cfg.data`` at ``context`` (scaling.data.make_eval_batches), in batches of
+    :func:`eval_batch_size` rows."""
+    rows = eval_rows(cfg.data, context)
+    return make_eval_batches(cfg.data, context=context, batch_size=eval_batch_size(cfg.train.batch_size, context,
+                                                                                   rows))
+
+
 def evaluate(eval_step, params, batches, shard, *, task: bool = False) -> dict:
     """Loss on the fixed evaluation set: ``val_loss`` (nats per loss token), its standard error ``val_loss_se``
     over the set's sequences, ``val_bpb``, ``val_tokens`` (loss tokens) and, for a synthetic task (``task``),
@@ -247,8 +255,7 @@ def evaluate_contexts(cfg, graphdef, params, shard) -> list[dict]:
     rows = []
     for context in cfg.train.eval_contexts:
         sums = None
-        for batch in make_eval_batches(cfg.data, context=context, batch_size=eval_batch_size(
-                cfg.train.batch_size, context, eval_rows(cfg.data, context))):
+        for batch in eval_set(cfg, context):
             terms = [np.asarray(x, np.float64) for x in step(params, shard(batch))]
             sums = terms if sums is None else [a + b for a, b in zip(sums, terms, strict=True)]
         total, count, _, hits = sums
@@ -301,8 +308,7 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     train_state = jax.device_put(train_state, replicated)
 
     data_iter = make_train_iterator(cfg.data, batch_size=t.batch_size, context=t.context, seed=t.seed)
-    eval_batches = make_eval_batches(cfg.data, context=t.context, batch_size=eval_batch_size(
-        t.batch_size, t.context, eval_rows(cfg.data, t.context)))
+    eval_batches = eval_set(cfg, t.context)
 
     ckpt = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints)
     step = 0

@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["CURVE_COLUMNS", "FAMILIES", "RUN_COLUMNS", "SweepData", "family_of", "load_curves", "load_runs",
-           "load_sweep"]
+__all__ = ["CURVE_COLUMNS", "FAMILIES", "RUN_COLUMNS", "SweepData", "family_of", "load_configs", "load_curves",
+           "load_runs", "load_sweep"]
 
 # Pattern letter -> mixer family: the config section names of scaling.models.registry.MIXERS (a test holds the two
 # tables to the same keys; the registry itself is not imported because it pulls in JAX).
@@ -145,6 +145,12 @@ def load_curves(sweep_dir: str | Path, run_ids: Iterable[str] | None = None) -> 
     for col in CURVE_COLUMNS[1:]:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     return df.reset_index(drop=True)
+
+
+def load_configs(sweep_dir: str | Path) -> dict[str, str]:
+    """Run id -> the run's resolved config as the store keeps it (JSON text, ``runs.config``)."""
+    with _connect(sweep_dir) as db:
+        return dict(db.execute("SELECT id, config FROM runs").fetchall())
 
 
 @dataclass

@@ -26,8 +26,9 @@ import numpy as np
 import pandas as pd
 
 from scaling.analysis.cost import CostModel, fit_cost
+from scaling.analysis.parametric import _parametric_params
 from scaling.analysis.predict import sample_thetas
-from scaling.analysis.state_law import StateLawFit, compute_optimal_state
+from scaling.analysis.state_law import StateLawFit, _state_params, compute_optimal_state
 
 __all__ = ["plan_rung", "write_rung_spec"]
 
@@ -40,20 +41,10 @@ def _pct(x: np.ndarray) -> tuple[float, float]:
     return (float("nan"), float("nan")) if not len(x) else tuple(float(v) for v in np.percentile(x, INTERVAL))
 
 
-def _parametric_with(fit, theta):
-    e, a, alpha, b, beta = theta
+def _with_theta(fit, theta, to_params):
+    """A copy of ``fit`` whose parameters are those of ``theta`` (a draw from its delta-method normal)."""
     out = copy.copy(fit)
-    out.params = {**fit.params, "E": math.exp(e), "A": math.exp(a), "alpha": alpha, "B": math.exp(b), "beta": beta}
-    return out
-
-
-def _state_with(fit: StateLawFit, theta) -> StateLawFit:
-    out = copy.copy(fit)
-    p = {"E": math.exp(theta[0]), "A": math.exp(theta[1]), "alpha": float(theta[2]), "B": math.exp(theta[3]),
-         "gamma": float(theta[4])}
-    if len(theta) == 7:
-        p["C"], p["beta"] = math.exp(theta[5]), float(theta[6])
-    out.params = p
+    out.params = to_params(np.asarray(theta, np.float64))
     return out
 
 
@@ -74,7 +65,7 @@ def plan_rung(records, runs: pd.DataFrame, budget: float, n_col: str = "non_embe
         theta = np.asarray(fit.info["theta"], np.float64)
         logX = np.log(np.vstack([fit.data["N"], fit.data["D"]]))
         draws = sample_thetas(theta, logX, fit.residuals["log_loss"], N_SAMPLES, seed=0)
-        Ns = np.array([_parametric_with(fit, t).N_opt(budget) for t in draws], np.float64)
+        Ns = np.array([_with_theta(fit, t, _parametric_params).N_opt(budget) for t in draws], np.float64)
         Ds = budget / fit.cost(Ns)
         gs = g[g["state_size"] > 0]
         s_of_n = fit_cost(gs[n_col], gs["state_size"]) if gs[n_col].nunique() > 1 else None
@@ -105,8 +96,8 @@ def _state_optimum(fit: StateLawFit, budget: float) -> dict[str, Any]:
     S_draw = []
     for t in draws:
         try:
-            S_draw.append(float(compute_optimal_state(_state_with(fit, t), budget, lambda N, S: cost(N, S),
-                                                      N=Ns, S=Ss)["S_opt"][0]))
+            draw = _with_theta(fit, t, _state_params)
+            S_draw.append(float(compute_optimal_state(draw, budget, lambda N, S: cost(N, S), N=Ns, S=Ss)["S_opt"][0]))
         except (ValueError, FloatingPointError):
             continue
     lo, hi = _pct(np.asarray(S_draw))

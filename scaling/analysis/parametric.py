@@ -86,8 +86,8 @@ class ParametricFit(PowerSumPrediction, _Fit):
         """Loss-minimising parameters at training FLOPs ``C`` = cost(N) D with cost(N) = k N^e (:attr:`cost`):
         N_opt = (alpha A / (beta e B k^beta))^(1 / (alpha + e beta)) C^(beta / (alpha + e beta)); for k = 6, e = 1
         this is Chinchilla's G (C / 6)^a."""
-        k, e = self.cost.k, self.cost.e
-        al, be = self.alpha, self.beta
+        k, e = np.float64(self.cost.k), np.float64(self.cost.e)
+        al, be = np.float64(self.alpha), np.float64(self.beta)  # NaN, not complex, where the base is negative
         C = np.asarray(C, dtype=np.float64)
         with np.errstate(all="ignore"):
             out = (al * self.A / (be * e * self.B * k**be)) ** (1 / (al + e * be)) * C ** (be / (al + e * be))

@@ -339,10 +339,10 @@ def expand(spec: Sweep | dict, *, check_data: bool = True) -> list[RunPlan]:
     if s.parts:
         return _expand_parts(s, check_data)
     _check_spec(s)
-    if s.seeds > 1:
-        s = dataclasses.replace(s, axes={**s.axes, "train.seed": _seed_values(s)})
     base = _config.load(resolve_base(s.base))
     _apply(base, s.overrides, "sweep.overrides")
+    if s.seeds > 1:  # replicates: train.seed = base seed + 0..seeds-1, recorded in each point
+        s = dataclasses.replace(s, axes={**s.axes, "train.seed": [int(base.train.seed) + k for k in range(s.seeds)]})
     variants = _labelled(s.variants, "variants")
     if not variants:
         raise SpecError("sweep.variants is empty: give at least one variant ({} for the base config)")
@@ -377,12 +377,6 @@ PART_FIELDS = ("variants", "sizes", "axes", "budgets", "seeds", "ratio_range", "
                "tolerance")
 
 
-def _seed_values(s: Sweep) -> list[int]:
-    base = _config.load(resolve_base(s.base))
-    _apply(base, s.overrides, "sweep.overrides")
-    return [int(base.train.seed) + k for k in range(s.seeds)]
-
-
 def _expand_parts(s: Sweep, check_data: bool) -> list[RunPlan]:
     if not isinstance(s.parts, (list, tuple)):
         raise SpecError(f"sweep.parts = {s.parts!r}: must be a list of dicts of sweep fields")
@@ -403,7 +397,7 @@ def _expand_parts(s: Sweep, check_data: bool) -> list[RunPlan]:
                     plans.append(plan)
         except SpecError as e:
             raise SpecError(f"sweep.parts[{i}]: {e}") from None
-    return _resolve_init_from(plans)
+    return plans  # each part resolved its own train.init_from
 
 
 VARIANT_PREFIX = "variant:"
