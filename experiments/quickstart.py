@@ -4,30 +4,34 @@ Three mixer families, each as a ladder of model sizes x FLOP budgets (isoFLOP mo
 
   attention   2 heads (KV cache 2 * T * d_model per layer)
   retention   power retention p = 2, 2 heads (state kv_heads * (D * head_dim + D), D = C(head_dim + 1, 2))
-  mamba       Mamba-2, d_state 16, heads of 16, chunks of 32
+  mamba       Mamba-2, d_state 16, heads of 16 (of 12 at d_model 12), chunks of 32
 
-Sizes are d_model 16, 24, 32, 48 at 2 layers, context 128, batch 16; budgets 7e10, 1.4e11, 2.8e11 training FLOPs
+Sizes are d_model 12, 16, 24, 32 at 2 layers, context 128, batch 16; budgets 7e10, 1.4e11, 2.8e11 training FLOPs
 (3 x forward, scaling.accounting.flops_per_token). A size is trained at a budget when its tokens per
-non-embedding parameter lie in [3, 200], so each budget has the sizes around its optimum (Chinchilla's is ~20).
-On top of the ladder:
+non-embedding parameter lie in the family's ratio range, so that each budget has three sizes around the
+family's optimum. These tiny models are far from converged and their optimum lies at 50-150 tokens per
+parameter (Chinchilla's is ~20), higher for retention than for attention and Mamba-2 (measured in a pilot
+ladder): the ranges are [12, 300] for attention and Mamba-2 and [20, 600] for retention. On top of the ladder:
 
-- state sizes at 1.4e11: retention with 1 and 4 heads, Mamba-2 with d_state 4 and 64, at d_model 16 and 32, so
+- state sizes at 1.4e11: retention with 1 and 4 heads, Mamba-2 with d_state 4 and 64, at d_model 16 and 24, so
   that state size varies apart from parameters and a state-size law L(N, S, D) can be fitted per family;
-- seeds: the d_model-24 runs at 1.4e11 three times (train.seed 0, 1, 2), the seed-to-seed spread of the loss;
-- a held-out budget, 5.6e11, at d_model 32 and 48 (the sizes around its optimum): `scaling analyze --holdout`
-  fits on the other budgets and predicts these runs.
+- seeds: the d_model-16 runs at 7e10 three times (train.seed 0, 1, 2), the seed-to-seed spread of the loss;
+- a held-out budget, 5.6e11, at d_model 32: `scaling analyze --holdout` fits on the other budgets and predicts
+  these runs.
 
 Every loss is the final loss on the fixed held-out evaluation set (data.eval_tokens = 65,536 tokens, the same
-512 sequences for every run) with its standard error. 50 runs, about 12 minutes with two workers on two cores.
+512 sequences for every run) with its standard error. 44 runs, about 12 minutes with two workers on two cores.
 """
 
 from scaling.sweep import Sweep
 
-SIZES = {f"d{d}": {"model.d_model": d} for d in (16, 24, 32, 48)}
+# Mamba-2's heads are d_inner / head_dim = 2 d_model / 16, except at d_model 12 (two heads of 12)
+SIZES = {f"d{d}": {"model.d_model": d, "model.mamba.head_dim": 12 if d == 12 else 16} for d in (12, 16, 24, 32)}
 LADDER_BUDGETS = [7.0e10, 1.4e11, 2.8e11]
 HOLDOUT_BUDGET = 5.6e11
 STATE_BUDGET = 1.4e11
-RATIO_RANGE = (3.0, 200.0)  # tokens per non-embedding parameter
+SEED_BUDGET = 7.0e10
+RATIO_RANGES = {"attention": (12.0, 300.0), "retention": (20.0, 600.0), "mamba": (12.0, 300.0)}
 
 
 def _variant(label: str, **over) -> dict:
@@ -47,11 +51,16 @@ def _retention(heads: int) -> dict:
 def _mamba(d_state: int) -> dict:
     # chunks of 32: 66 ms a step at d_model 32 against 98 ms with chunks of 64 (context 128, batch 16)
     return _variant(f"mamba-d{d_state}", **{"model.pattern": "M", "model.mamba.d_state": d_state,
-                                            "model.mamba.head_dim": 16, "model.mamba.chunk_size": 32})
+                                            "model.mamba.chunk_size": 32})
+
+
+def _sizes(*labels: str) -> dict:
+    return {k: SIZES[k] for k in labels}
 
 
 def get_sweep():
-    ladder = _attention() | _retention(2) | _mamba(16)
+    ladder = {"attention": _attention(), "retention": _retention(2), "mamba": _mamba(16)}
+    every = ladder["attention"] | ladder["retention"] | ladder["mamba"]
     return Sweep(
         name="quickstart",
         description="attention, power retention and Mamba-2 ladders (4 sizes x 3 budgets + a held-out budget), "
@@ -67,10 +76,11 @@ def get_sweep():
             "data.packing": False,
         },
         parts=[
-            {"variants": ladder, "sizes": SIZES, "budgets": LADDER_BUDGETS, "ratio_range": RATIO_RANGE},
-            {"variants": ladder, "sizes": {k: SIZES[k] for k in ("d32", "d48")}, "budgets": [HOLDOUT_BUDGET]},
-            {"variants": _retention(1) | _retention(4) | _mamba(4) | _mamba(64),
-             "sizes": {k: SIZES[k] for k in ("d16", "d32")}, "budgets": [STATE_BUDGET]},
-            {"variants": ladder, "sizes": {"d24": SIZES["d24"]}, "budgets": [STATE_BUDGET], "seeds": 3},
+            *({"variants": variant, "sizes": SIZES, "budgets": LADDER_BUDGETS, "ratio_range": RATIO_RANGES[fam]}
+              for fam, variant in ladder.items()),
+            {"variants": every, "sizes": _sizes("d32"), "budgets": [HOLDOUT_BUDGET]},
+            {"variants": _retention(1) | _retention(4) | _mamba(4) | _mamba(64), "sizes": _sizes("d16", "d24"),
+             "budgets": [STATE_BUDGET]},
+            {"variants": every, "sizes": _sizes("d16"), "budgets": [SEED_BUDGET], "seeds": 3},
         ],
     )

@@ -315,8 +315,9 @@ def bench_train(*, presets: Sequence[str] = TRAIN_PRESETS, batch: int = 8, conte
         graphdef, state, tx, _ = init_train_state(cfg)
         train_step, _ = make_steps(graphdef, tx)
         tokens = jax.random.randint(jax.random.key(0), (batch, context + 1), 0, 256)
+        lr = np.float32(cfg.train.lr)
         b = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": jnp.ones((batch, context))}
-        dt = median_time(lambda p, o, step=train_step, b=b: step(p, o, b)[2]["loss"], state["params"],
+        dt = median_time(lambda p, o, step=train_step, b=b, lr=lr: step(p, o, b, lr)[2]["loss"], state["params"],
                          state["opt"], repeats=repeats)
         tps = batch * context / dt
         flops_tok = accounting.train_flops_per_token(cfg, context)

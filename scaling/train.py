@@ -8,7 +8,8 @@ Starting ``train`` again on the same workdir resumes from the newest readable ch
 optimizer state and the data iterator's position, so the resumed run is bit-for-bit the run that was not
 interrupted (on one CPU). Metrics rows past the checkpoint are dropped and rewritten.
 
-A NaN or inf loss stops the run with status "diverged"; the last good checkpoint stays.
+A NaN or inf loss stops the run with status "diverged" (the loss is read at every log, eval and checkpoint step,
+so steps between them dispatch without a host sync); the last good checkpoint stays.
 For a synthetic task (``data.source`` in scaling.data.synthetic.TASKS) every eval row of metrics.jsonl also
 carries ``task_accuracy`` (exact match on answer tokens, held-out ``data.task.eval_seed`` stream). With
 ``train.eval_contexts`` set, a finished run writes ``eval_contexts.json``: the loss and accuracy per position
@@ -19,6 +20,7 @@ The batch is sharded over every local device along a "data" mesh axis; parameter
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -70,19 +72,30 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+def adamw(grad_clip: float, b1: float, b2: float, weight_decay: float) -> optax.GradientTransformation:
+    """Global-norm clipping then AdamW at learning rate 1, decaying only matrices (ndim >= 2; not norm gains,
+    biases or per-head scalars). The train step scales its update by the schedule's value, an argument of
+    the step (:func:`make_steps`), so the compiled step depends neither on the run's length nor on its peak
+    learning rate: runs of one shape at several budgets share one compiled program."""
+    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+    return optax.chain(
+        optax.clip_by_global_norm(grad_clip),
+        optax.adamw(optax.constant_schedule(1.0), b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask),
+    )
+
+
 def make_optimizer(t, total: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with linear warmup then cosine decay, global-norm clipping, and no decay on vectors
-    (norm gains, biases, per-head scalars): only matrices (ndim >= 2) are decayed."""
+    """(AdamW of :func:`adamw`, the learning-rate schedule: linear warmup then cosine decay over ``total``)."""
     warmup = min(t.warmup_steps, max(total - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=t.lr, warmup_steps=warmup, decay_steps=max(total, warmup + 1),
         end_value=t.lr * t.min_lr_ratio)
-    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
-    tx = optax.chain(
-        optax.clip_by_global_norm(t.grad_clip),
-        optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask),
-    )
-    return tx, schedule
+    return adamw(t.grad_clip, t.b1, t.b2, t.weight_decay), schedule
+
+
+def learning_rates(schedule, total: int) -> np.ndarray:
+    """The schedule's value at steps 0 .. total - 1 (float32), the ``lr`` argument of each train step."""
+    return np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(max(total, 1))), dtype=np.float32)
 
 
 def _loss_terms(graphdef, params, batch, *, per_position: bool = False, per_row: bool = False):
@@ -105,9 +118,11 @@ def make_steps(graphdef, tx):
         return total / jnp.maximum(count, 1.0)
 
     @jax.jit
-    def train_step(params, opt_state, batch):
+    def train_step(params, opt_state, batch, lr):
+        """One AdamW step at learning rate ``lr`` (a float32 scalar: :func:`learning_rates`)."""
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
         updates, opt_state = tx.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
         params = optax.apply_updates(params, updates)
         return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
@@ -169,6 +184,14 @@ def _unflat(flat: dict, like):
     return jax.tree.unflatten(treedef, [flat[jax.tree_util.keystr(p)] for p, _ in paths])
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_steps(graphdef, grad_clip, b1, b2, weight_decay):
+    """make_steps for a model structure and the optimizer's constants: runs of one shape trained one after
+    another in a process (a sweep worker serving several runs) reuse the traced and compiled steps. The step
+    does not depend on the run's length or peak learning rate (both are in the ``lr`` argument)."""
+    return make_steps(graphdef, adamw(grad_clip, b1, b2, weight_decay))
+
+
 def init_train_state(cfg):
     """(graphdef, {"params", "opt"}, optimizer, schedule) of a fresh run of ``cfg``."""
     model = build(cfg.model, seed=cfg.train.seed)
@@ -208,10 +231,22 @@ def eval_batch_size(batch_size: int, context: int, rows: int | None = None) -> i
 
 def eval_set(cfg, context: int) -> list[dict]:
     """The fixed evaluation set of ``cfg.data`` at ``context`` (scaling.data.make_eval_batches), in batches of
-    :func:`eval_batch_size` rows."""
+    :func:`eval_batch_size` rows. Kept for the next run of the process with the same data (a serving worker)."""
     rows = eval_rows(cfg.data, context)
-    return make_eval_batches(cfg.data, context=context, batch_size=eval_batch_size(cfg.train.batch_size, context,
-                                                                                   rows))
+    batch_size = eval_batch_size(cfg.train.batch_size, context, rows)
+    key = (json.dumps(cfg.data.to_dict(), sort_keys=True, default=str), context, batch_size)
+    if key not in _EVAL_SETS:
+        batches = make_eval_batches(cfg.data, context=context, batch_size=batch_size)
+        for batch in batches:  # shared between runs: read-only
+            for v in batch.values():
+                v.setflags(write=False)
+        while len(_EVAL_SETS) >= 4:
+            _EVAL_SETS.pop(next(iter(_EVAL_SETS)))
+        _EVAL_SETS[key] = batches
+    return _EVAL_SETS[key]
+
+
+_EVAL_SETS: dict[tuple, list[dict]] = {}
 
 
 def evaluate(eval_step, params, batches, shard, *, task: bool = False) -> dict:
@@ -335,7 +370,8 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     }
     _write_json(workdir / "status.json", {"status": "running", "step": step, **summary})
     metrics = MetricsLog(workdir, step)
-    train_step, eval_step = make_steps(graphdef, tx)
+    train_step, eval_step = _cached_steps(graphdef, t.grad_clip, t.b1, t.b2, t.weight_decay)
+    lrs = learning_rates(schedule, total)
     task = cfg.data.source in TASKS  # a synthetic task: evaluations add task_accuracy
 
     if step == 0 and t.get("init_from"):  # the loss right after initialisation from another run
@@ -344,24 +380,31 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     bar = _Progress(total, step, enabled=progress, title=m.name)
     try:
         t_last, tok_since = time.perf_counter(), 0
+        good = step  # the last step whose loss was checked finite
         while step < total:
             batch = shard(next(data_iter))
-            params, opt_state, out = train_step(train_state["params"], train_state["opt"], batch)
+            params, opt_state, out = train_step(train_state["params"], train_state["opt"], batch, lrs[step])
+            step += 1
+            tok_since += tokens_per_step
+            if not (step % t.log_every == 0 or step % t.eval_every == 0 or step % t.checkpoint_every == 0
+                    or step == total):
+                # no host sync between checks: the next batch is read while this step computes
+                train_state = {"params": params, "opt": opt_state}
+                continue
             loss = float(out["loss"])
             if not math.isfinite(loss):
                 status = "diverged"
-                metrics.write({"kind": "train", "step": step + 1, "loss": loss})
-                log.error("loss is %s at step %d: run diverged; the last good checkpoint is kept",
-                          loss, step + 1)
+                metrics.write({"kind": "train", "step": step, "loss": loss})
+                log.error("loss is %s at step %d: run diverged; the last good checkpoint is kept", loss, step)
+                step = good
                 break
             train_state = {"params": params, "opt": opt_state}
-            step += 1
-            tok_since += tokens_per_step
+            good = step
             if step % t.log_every == 0 or step == total:
                 now = time.perf_counter()
                 last = {"kind": "train", "step": step, "tokens": step * tokens_per_step,
                         "flops": step * tokens_per_step * flops_per_token, "loss": loss,
-                        "lr": float(schedule(step - 1)), "grad_norm": float(out["grad_norm"]),
+                        "lr": float(lrs[step - 1]), "grad_norm": float(out["grad_norm"]),
                         "tokens_per_s": tok_since / max(now - t_last, 1e-9)}
                 metrics.write(last)
                 t_last, tok_since = now, 0

@@ -4,9 +4,10 @@
 returns stale claims of dead launchers to pending, then claims runs one at a time and hands each to a backend:
 
 ``local`` (default)
-    N worker processes on this machine (``python -m scaling.sweep.worker WORKDIR``; N defaults to one per
-    core, see :func:`default_local_workers`), each in its own session, killed by the kernel if the launcher
-    dies (PR_SET_PDEATHSIG); with N > 1 each worker uses one CPU thread and is pinned to its own core.
+    N serving worker processes on this machine (``python -m scaling.sweep.worker --serve``, each training one
+    run after another; N defaults to one per core, see :func:`default_local_workers`), each in its own
+    session, killed by the kernel if the launcher dies (PR_SET_PDEATHSIG); with N > 1 each worker uses one
+    CPU thread and is pinned to its own core.
 ``ray``
     Each run is a Ray task (1 CPU) on an existing cluster (``ray.init(address=...)``, or the Ray instance
     this process already started). The task runs the same worker as a subprocess. The sweep directory
@@ -27,6 +28,7 @@ import json
 import math
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -191,50 +193,114 @@ def read_progress(workdir: str | Path) -> dict[str, Any]:
 # Backends: submit a workdir, poll for its exit code, cancel
 
 
+class _Job:
+    """A run handed to a serving worker: its exit code once the worker answers."""
+
+    def __init__(self, server: subprocess.Popen, workdir: Path):
+        self.server, self.workdir, self.code = server, workdir, None
+
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
+
 class LocalBackend:
-    """Worker subprocesses on this machine, one per slot; with several slots each is pinned to one core."""
+    """Serving workers on this machine (``python -m scaling.sweep.worker --serve``), one per slot, each training
+    one run after another; with several slots each is pinned to one core. A worker that dies fails only its
+    run; the next run starts a new one. Every ``runs_per_worker`` runs a worker is replaced, bounding what a
+    long-lived process accumulates."""
 
     name = "local"
 
-    def __init__(self, workers: int, lock_timeout: float = 60.0):
+    def __init__(self, workers: int, sweep_dir: Path, lock_timeout: float = 60.0, runs_per_worker: int = 32):
         self.slots = workers
+        self.sweep_dir = Path(sweep_dir)
         self.single_thread = workers > 1
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         # pin only when every worker can have a core of its own; otherwise let the scheduler spread them
         self.cpus = cpus if self.single_thread and len(cpus) >= workers else []
         self.lock_timeout = lock_timeout
-        self.used: dict[int, int] = {}  # pid -> cpu
+        self.runs_per_worker = runs_per_worker
+        self.idle: list[tuple[subprocess.Popen, int | None, int]] = []  # (worker, cpu, runs served)
+        self.busy: dict[int, tuple[_Job, int | None, int]] = {}  # pid -> (job, cpu, runs served)
+        self.buffers: dict[int, bytes] = {}
+
+    def _worker(self) -> tuple[subprocess.Popen, int | None, int]:
+        while self.idle:
+            proc, cpu, served = self.idle.pop()
+            if proc.poll() is None:
+                return proc, cpu, served
+        taken = {cpu for _, cpu, _ in self.busy.values()}
+        cpu = next((c for c in self.cpus if c not in taken), None)
+        proc = _worker.spawn_server(self.sweep_dir, single_thread=self.single_thread, cpu=cpu,
+                                    lock_timeout=self.lock_timeout)
+        os.set_blocking(proc.stdout.fileno(), False)
+        self.buffers[proc.pid] = b""
+        return proc, cpu, 0
 
     def submit(self, workdir: Path):
-        cpu = None
-        if self.cpus:
-            cpu = next(c for c in self.cpus if c not in self.used.values())
-        proc = _worker.spawn(workdir, single_thread=self.single_thread, cpu=cpu, lock_timeout=self.lock_timeout)
-        if cpu is not None:
-            self.used[proc.pid] = cpu
-        return proc
+        proc, cpu, served = self._worker()
+        job = _Job(proc, Path(workdir))
+        try:
+            proc.stdin.write(f"{Path(workdir).resolve()}\n".encode())
+            proc.stdin.flush()
+        except OSError:  # it died between the check and the write: its exit is seen by poll
+            pass
+        self.busy[proc.pid] = (job, cpu, served + 1)
+        return job
 
-    def job_id(self, proc) -> str:
-        return f"pid:{proc.pid}"
+    def job_id(self, job) -> str:
+        return f"pid:{job.pid}"
 
-    def poll(self, proc) -> tuple[int | None, str | None]:
-        code = proc.poll()
-        if code is not None:
-            self.used.pop(proc.pid, None)
-        return code, None
+    def poll(self, job) -> tuple[int | None, str | None]:
+        if job.code is not None:
+            return job.code, None
+        proc = job.server
+        try:
+            chunk = proc.stdout.read() or b""
+        except OSError:
+            chunk = b""
+        self.buffers[proc.pid] = self.buffers.get(proc.pid, b"") + chunk
+        if b"\n" in self.buffers[proc.pid]:
+            line, self.buffers[proc.pid] = self.buffers[proc.pid].split(b"\n", 1)
+            job.code = int(line)
+            _, cpu, served = self.busy.pop(proc.pid)
+            if served >= self.runs_per_worker:
+                self._stop(proc)
+            else:
+                self.idle.append((proc, cpu, served))
+            return job.code, None
+        if proc.poll() is not None:  # died mid-run (killed, out of memory, a crash in native code)
+            self.busy.pop(proc.pid, None)
+            self.buffers.pop(proc.pid, None)
+            job.code = _worker.EXIT_ERROR
+            return job.code, f"worker pid {proc.pid} died with exit code {proc.returncode}"
+        return None, None
 
-    def cancel(self, proc) -> None:
+    def cancel(self, job) -> None:
+        self.busy.pop(job.pid, None)
+        proc = job.server
         if proc.poll() is None:
             proc.terminate()  # the worker's checkpoints are atomic: a kill at any point loses no saved step
             try:
                 proc.wait(10)
-            except Exception:
+            except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self.used.pop(proc.pid, None)
+
+    @staticmethod
+    def _stop(proc) -> None:
+        try:
+            proc.stdin.close()  # end of input: the worker exits after its current run (it has none)
+            proc.wait(30)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
 
     def close(self) -> None:
-        pass
+        for proc, _, _ in self.idle:
+            self._stop(proc)
+        self.idle = []
 
 
 class RayBackend:
@@ -345,7 +411,7 @@ def default_local_workers() -> int:
 def make_backend(launcher: str, *, workers: int | None, sweep_dir: Path, ray_address: str | None = None,
                  slurm_cluster: str | None = None, slurm_params: dict | None = None):
     if launcher == "local":
-        return LocalBackend(workers or default_local_workers())
+        return LocalBackend(workers or default_local_workers(), sweep_dir)
     if launcher == "ray":
         return RayBackend(workers, ray_address)
     if launcher == "slurm":

@@ -1,6 +1,7 @@
 """A sweep worker: trains one run in its workdir, holding the workdir's lock.
 
-``python -m scaling.sweep.worker WORKDIR [--lock-timeout SECONDS]``
+``python -m scaling.sweep.worker WORKDIR [--lock-timeout SECONDS]``, or ``--serve`` to train one workdir after
+another as they are written to its stdin (the local launcher's workers: JAX imported once, compiled steps kept).
 
 The launcher writes ``WORKDIR/config.json`` (``{"run_id", "config"}``, the format ``scaling.train.train``
 writes) and starts this module. The worker takes an exclusive ``fcntl.flock`` on ``WORKDIR/.lock`` before
@@ -10,7 +11,8 @@ checkpoint. It writes nothing outside its workdir; the launcher reads ``status.j
 when it ends.
 
 Exit codes: 0 done, 3 diverged (as ``scaling train``), 75 the workdir is locked by another trainer,
-2 bad workdir/config, 1 any other error (the traceback is in the worker's log).
+2 bad workdir/config, 1 any other error (the traceback is in the worker's log). A serving worker answers
+each workdir with that code on a line of its stdout.
 
 :func:`spawn` starts a worker that dies with the process that started it (Linux ``PR_SET_PDEATHSIG``), in
 its own session (so a Ctrl-C reaches the launcher, which stops its workers), optionally limited to one CPU
@@ -29,11 +31,13 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 EXIT_DONE, EXIT_ERROR, EXIT_BAD, EXIT_DIVERGED, EXIT_LOCKED = 0, 1, 2, 3, 75
 LOCK_NAME = ".lock"
 LOG_NAME = "worker.log"
+SERVER_LOG = "workers.log"
 
 _PR_SET_PDEATHSIG = 1
 
@@ -113,6 +117,19 @@ def compilation_cache_env(cache_dir: str | Path, env: dict[str, str]) -> dict[st
     return env
 
 
+def _popen(cmd, *, env, stdin, stdout, stderr, cpu: int | None) -> subprocess.Popen:
+    """Start ``cmd`` in its own session, dying with the calling thread (PR_SET_PDEATHSIG); ``cpu``: pin it."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+    proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr, env=env, start_new_session=True,
+                            preexec_fn=_preexec(os.getpid(), prctl), cwd=os.getcwd())
+    if cpu is not None and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(proc.pid, {cpu})
+        except OSError:  # the process may already have exited, or the cpu is not ours
+            pass
+    return proc
+
+
 def spawn(workdir: str | Path, *, single_thread: bool = False, cpu: int | None = None,
           lock_timeout: float | None = 60.0, env: dict | None = None) -> subprocess.Popen:
     """Start ``python -m scaling.sweep.worker WORKDIR`` with output appended to ``WORKDIR/worker.log``.
@@ -127,21 +144,29 @@ def spawn(workdir: str | Path, *, single_thread: bool = False, cpu: int | None =
         env = compilation_cache_env(workdir.parent.parent / COMPILATION_CACHE, env)
     if lock_timeout is not None:
         cmd += ["--lock-timeout", str(lock_timeout)]
-    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
     log = open(workdir / LOG_NAME, "ab")  # noqa: SIM115 (closed below; the child keeps its copy)
     try:
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=env, start_new_session=True,
-            preexec_fn=_preexec(os.getpid(), prctl), cwd=os.getcwd())
+        return _popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cpu=cpu)
     finally:
         log.close()
-    if cpu is not None and hasattr(os, "sched_setaffinity"):
-        try:
-            os.sched_setaffinity(proc.pid, {cpu})
-        except OSError:  # the process may already have exited, or the cpu is not ours
-            pass
-    return proc
+
+
+def spawn_server(sweep_dir: str | Path, *, single_thread: bool = False, cpu: int | None = None,
+                 lock_timeout: float | None = 60.0, env: dict | None = None) -> subprocess.Popen:
+    """Start ``python -m scaling.sweep.worker --serve``: a worker that trains one run per workdir written to its
+    stdin (one path a line) and answers each with its exit code on stdout. JAX is imported once and compiled
+    steps are reused between runs of one shape, so a sweep of small runs does not pay them per run. Its own
+    output outside runs goes to ``SWEEP_DIR/workers.log``; each run's to its ``WORKDIR/worker.log``."""
+    sweep_dir = Path(sweep_dir)
+    cmd = [sys.executable, "-m", "scaling.sweep.worker", "--serve"]
+    if lock_timeout is not None:
+        cmd += ["--lock-timeout", str(lock_timeout)]
+    env = compilation_cache_env(sweep_dir / COMPILATION_CACHE, worker_env(single_thread, env))
+    log = open(sweep_dir / SERVER_LOG, "ab")  # noqa: SIM115 (closed below; the child keeps its copy)
+    try:
+        return _popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cpu=cpu)
+    finally:
+        log.close()
 
 
 def run_job(workdir: str, single_thread: bool = True, lock_timeout: float | None = None) -> int:
@@ -189,12 +214,59 @@ def train_workdir(workdir: str | Path, *, lock_timeout: float | None = 60.0) -> 
         os.close(fd)
 
 
+def _train_logged(workdir: str, lock_timeout: float | None) -> int:
+    """train_workdir with this process's stdout and stderr (file descriptors 1 and 2, so XLA's output too)
+    appended to ``WORKDIR/worker.log``; an exception is logged there and answered with EXIT_ERROR."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        log = os.open(Path(workdir) / LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+        print(f"worker: cannot open the log of {workdir!r}: {e}", file=sys.stderr)
+        return EXIT_BAD
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    try:
+        return train_workdir(workdir, lock_timeout=lock_timeout)
+    except Exception:
+        traceback.print_exc()
+        return EXIT_ERROR
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, target in zip(saved, (1, 2), strict=True):
+            os.dup2(fd, target)
+            os.close(fd)
+
+
+def serve(lock_timeout: float | None = None, *, requests=None, answers=None) -> int:
+    """Train the run of each workdir read from ``requests`` (default stdin, one path a line) in turn; answer
+    each with its exit code on a line of ``answers`` (default the original stdout). Ends at end of input."""
+    requests = sys.stdin if requests is None else requests
+    answers = os.fdopen(os.dup(1), "w", buffering=1) if answers is None else answers
+    for line in requests:
+        workdir = line.strip()
+        if workdir:
+            code = _train_logged(workdir, lock_timeout)
+            answers.write(f"{code}\n")
+            answers.flush()
+    return EXIT_DONE
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m scaling.sweep.worker", description=__doc__.split("\n\n")[0])
-    p.add_argument("workdir")
+    p.add_argument("workdir", nargs="?", help="the run's workdir (omit with --serve)")
+    p.add_argument("--serve", action="store_true",
+                   help="train the workdirs read from stdin, one a line, answering each with its exit code")
     p.add_argument("--lock-timeout", type=float, default=None,
                    help="seconds to wait for another trainer to release the workdir (default: forever)")
     args = p.parse_args(argv)
+    if args.serve == (args.workdir is not None):
+        p.error("give a WORKDIR or --serve, not both")
+    if args.serve:
+        return serve(args.lock_timeout)
     return train_workdir(args.workdir, lock_timeout=args.lock_timeout)
 
 
