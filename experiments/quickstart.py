@@ -4,34 +4,36 @@ Three mixer families, each as a ladder of model sizes x FLOP budgets (isoFLOP mo
 
   attention   2 heads (KV cache 2 * T * d_model per layer)
   retention   power retention p = 2, 2 heads (state kv_heads * (D * head_dim + D), D = C(head_dim + 1, 2))
-  mamba       Mamba-2, d_state 16, heads of 16 (of 12 at d_model 12), chunks of 32
+  mamba       Mamba-2, d_state 16, heads of 16 (two heads at d_model 8 and 12), chunks of 32
 
-Sizes are d_model 12, 16, 24, 32 at 2 layers, context 128, batch 16; budgets 7e10, 1.4e11, 2.8e11 training FLOPs
-(3 x forward, scaling.accounting.flops_per_token). A size is trained at a budget when its tokens per
-non-embedding parameter lie in the family's ratio range, so that each budget has three sizes around the
-family's optimum. These tiny models are far from converged and their optimum lies at 50-150 tokens per
-parameter (Chinchilla's is ~20), higher for retention than for attention and Mamba-2 (measured in a pilot
-ladder): the ranges are [12, 300] for attention and Mamba-2 and [20, 600] for retention. On top of the ladder:
+Sizes are d_model 8 to 48 at 2 layers, context 128, batch 16; budgets 7e10, 1.4e11, 2.8e11 training FLOPs (3 x
+forward, scaling.accounting.flops_per_token), with 3 sizes per budget around the family's optimum (GRIDS). These
+tiny models are far from converged: their isoFLOP optimum lies at 50-300 tokens per non-embedding parameter
+(Chinchilla's is ~20), moves up about one size per doubling of compute, and sits lower for retention than for
+attention and Mamba-2. The grids follow it, as measured in a pilot ladder of d_model 12-32. On top of the ladder:
 
-- state sizes at 1.4e11: retention with 1 and 4 heads, Mamba-2 with d_state 4 and 64, at d_model 16 and 24, so
-  that state size varies apart from parameters and a state-size law L(N, S, D) can be fitted per family;
+- state sizes at d_model 16 and 1.4e11: retention with 1 and 4 heads, Mamba-2 with d_state 4 and 64, so that
+  state size varies apart from parameters and a state-size law L(N, S, D) can be fitted per family;
 - seeds: the d_model-16 runs at 7e10 three times (train.seed 0, 1, 2), the seed-to-seed spread of the loss;
 - a held-out budget, 5.6e11, at d_model 32: `scaling analyze --holdout` fits on the other budgets and predicts
   these runs.
 
 Every loss is the final loss on the fixed held-out evaluation set (data.eval_tokens = 65,536 tokens, the same
-512 sequences for every run) with its standard error. 44 runs, about 12 minutes with two workers on two cores.
+512 sequences for every run) with its standard error. 40 runs, about 12 minutes with two workers on two cores.
 """
 
 from scaling.sweep import Sweep
 
-# Mamba-2's heads are d_inner / head_dim = 2 d_model / 16, except at d_model 12 (two heads of 12)
-SIZES = {f"d{d}": {"model.d_model": d, "model.mamba.head_dim": 12 if d == 12 else 16} for d in (12, 16, 24, 32)}
-LADDER_BUDGETS = [7.0e10, 1.4e11, 2.8e11]
+# Mamba-2's heads are d_inner / head_dim = 2 d_model / 16, except at d_model 8 and 12 (two heads of d_model)
+SIZES = {f"d{d}": {"model.d_model": d, "model.mamba.head_dim": d if d < 16 else 16} for d in (8, 12, 16, 24, 32, 48)}
+GRIDS = {  # family -> {budget: sizes}
+    "attention": {7.0e10: ["d8", "d12", "d16"], 1.4e11: ["d12", "d16", "d24"], 2.8e11: ["d24", "d32", "d48"]},
+    "retention": {7.0e10: ["d8", "d12", "d16"], 1.4e11: ["d8", "d12", "d16"], 2.8e11: ["d12", "d16", "d24"]},
+    "mamba": {7.0e10: ["d8", "d12", "d16"], 1.4e11: ["d16", "d24", "d32"], 2.8e11: ["d16", "d24", "d32"]},
+}
 HOLDOUT_BUDGET = 5.6e11
 STATE_BUDGET = 1.4e11
 SEED_BUDGET = 7.0e10
-RATIO_RANGES = {"attention": (12.0, 300.0), "retention": (20.0, 600.0), "mamba": (12.0, 300.0)}
 
 
 def _variant(label: str, **over) -> dict:
@@ -63,7 +65,7 @@ def get_sweep():
     every = ladder["attention"] | ladder["retention"] | ladder["mamba"]
     return Sweep(
         name="quickstart",
-        description="attention, power retention and Mamba-2 ladders (4 sizes x 3 budgets + a held-out budget), "
+        description="attention, power retention and Mamba-2 ladders (3 sizes x 3 budgets + a held-out budget), "
                     "state sizes and seeds, tiny models on the stdlib corpus",
         base="configs/models/transformer_tiny.py",
         overrides={
@@ -76,10 +78,10 @@ def get_sweep():
             "data.packing": False,
         },
         parts=[
-            *({"variants": variant, "sizes": SIZES, "budgets": LADDER_BUDGETS, "ratio_range": RATIO_RANGES[fam]}
-              for fam, variant in ladder.items()),
+            *({"variants": ladder[fam], "sizes": _sizes(*sizes), "budgets": [budget]}
+              for fam, grid in GRIDS.items() for budget, sizes in grid.items()),
             {"variants": every, "sizes": _sizes("d32"), "budgets": [HOLDOUT_BUDGET]},
-            {"variants": _retention(1) | _retention(4) | _mamba(4) | _mamba(64), "sizes": _sizes("d16", "d24"),
+            {"variants": _retention(1) | _retention(4) | _mamba(4) | _mamba(64), "sizes": _sizes("d16"),
              "budgets": [STATE_BUDGET]},
             {"variants": every, "sizes": _sizes("d16"), "budgets": [SEED_BUDGET], "seeds": 3},
         ],

@@ -203,3 +203,29 @@ def test_evaluate_reports_the_ratio_estimator_and_its_standard_error():
     cov = np.cov(np.stack([l, n]))  # ddof 1
     var = (cov[0, 0] - 2 * mean * cov[0, 1] + mean**2 * cov[1, 1]) / 21 / n.mean() ** 2
     assert out["val_loss_se"] == pytest.approx(np.sqrt(var), rel=1e-9)
+
+
+def test_the_compiled_train_step_does_not_depend_on_run_length_or_peak_lr():
+    """The schedule is an argument of the step: runs of one shape at any budget share one compiled program."""
+    from scaling.train import make_steps
+
+    texts = []
+    for steps, lr in ((10, 1e-3), (999, 3e-2)):
+        cfg = config.load(PRESET, TINY + [f"train.steps={steps}", f"train.lr={lr}"])
+        graphdef, state, tx, _ = init_train_state(cfg)
+        train_step, _ = make_steps(graphdef, tx)
+        b = {"inputs": np.zeros((4, 16), np.int32), "targets": np.zeros((4, 16), np.int32),
+             "loss_mask": np.ones((4, 16), np.float32)}
+        texts.append(train_step.lower(state["params"], state["opt"], b, np.float32(lr)).as_text())
+    assert texts[0] == texts[1]
+
+
+def test_learning_rates_follow_the_schedule():
+    from scaling.train import learning_rates, make_optimizer
+
+    cfg = config.load(PRESET, TINY + ["train.steps=50", "train.warmup_steps=5", "train.lr=0.01"])
+    _, schedule = make_optimizer(cfg.train, 50)
+    lrs = learning_rates(schedule, 50)
+    assert lrs.dtype == np.float32 and lrs.shape == (50,)
+    np.testing.assert_allclose(lrs, [float(schedule(i)) for i in range(50)], rtol=1e-6, atol=1e-9)
+    assert lrs[0] == 0 and abs(lrs[5] - 0.01) < 1e-9 and lrs[-1] < lrs[10]

@@ -206,6 +206,9 @@ def fit_envelope(
     if len(fC) < 2 or len(np.unique(fC)) < 2:
         raise ValueError(f"fit_envelope: only {len(fC)} frontier point(s) in C_range={C_range} (need 2); widen "
                          "C_range, add sizes that bracket the optimum, or try method='bin' / drop_edge_sizes=False")
+    if len(np.unique(fN)) < 2:
+        raise ValueError(f"fit_envelope: every frontier point is the same model size (N = {fN[0]:.4g}), so how "
+                         "N_opt grows with C is not resolved; add sizes between the ones trained")
     params, residuals = _allocation_params(fC, fN, fD)
 
     rng = np.random.default_rng(seed)
@@ -279,8 +282,12 @@ def _parabola(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, float]:
     return coef, float(u + m), float(c0 + c1 * u + c2 * u * u)
 
 
+VERTEX_REACH = math.log(10.0)  # a vertex further than this (in log N) outside the sizes trained is not a minimum found
+
+
 def _budget_vertices(x, y, group, n_groups):
-    """Parabola vertex per budget group; NaN where the group is degenerate or concave."""
+    """Parabola vertex per budget group; NaN where the group is degenerate or concave, or where the vertex lies more
+    than a factor 10 outside the sizes trained (a nearly flat parabola: no bracketed minimum)."""
     vx = np.full(n_groups, np.nan)
     vy = np.full(n_groups, np.nan)
     coefs = np.full((n_groups, 3), np.nan)
@@ -289,6 +296,8 @@ def _budget_vertices(x, y, group, n_groups):
         if len(np.unique(x[sel])) < 3:
             continue
         coefs[g], vx[g], vy[g] = _parabola(x[sel], y[sel])
+        if not x[sel].min() - VERTEX_REACH <= vx[g] <= x[sel].max() + VERTEX_REACH:
+            vx[g] = vy[g] = np.nan
     return coefs, vx, vy
 
 
@@ -399,8 +408,9 @@ def fit_isoflop(
     coefs, Nopt, Dopt, Lopt = optima(all_idx, group[all_idx])
     concave = np.flatnonzero(~np.isfinite(Nopt))
     if len(concave):
-        raise ValueError("fit_isoflop: loss is not convex in log N at budget(s) "
-                         f"{[f'{budget_C[g]:.4g}' for g in concave]}: the sizes do not bracket the optimum")
+        raise ValueError("fit_isoflop: loss is not convex in log N, or its minimum lies more than 10x outside the "
+                         f"sizes trained, at budget(s) {[f'{budget_C[g]:.4g}' for g in concave]}: the sizes do not "
+                         "bracket the optimum")
     lo = np.array([N[group == g].min() for g in range(m)])
     hi = np.array([N[group == g].max() for g in range(m)])
     extrapolated = (Nopt < lo) | (Nopt > hi)

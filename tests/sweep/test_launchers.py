@@ -183,3 +183,73 @@ def test_submitit_local_launcher_runs_a_sweep(tmp_path):
     assert res.counts["done"] == 2, _rows(tmp_path / "sweep")
     rows = _check_done(tmp_path / "sweep")
     assert all(r["job"].startswith("slurm:") for r in rows.values())
+
+
+def _workdir(path: Path, plan) -> Path:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"run_id": plan.run_id, "config": plan.cfg.to_dict()}))
+    return path
+
+
+def test_serving_worker_trains_runs_in_turn_and_survives_a_bad_one(tmp_path):
+    """One serving worker answers each workdir with its exit code: two runs trained in one process equal the same
+    runs trained by one-shot workers (metrics and final loss), and a bad workdir between them fails alone."""
+    from scaling.sweep import expand
+    from scaling.sweep.launchers import LocalBackend
+    from scaling.sweep.worker import EXIT_BAD, EXIT_DONE
+
+    plans = expand(spec_dict(steps=(6, 9)))
+    served = [_workdir(tmp_path / "served" / p.run_id, p) for p in plans]
+    bad = tmp_path / "served" / "bad"
+    bad.mkdir()
+    backend = LocalBackend(1, tmp_path)
+    try:
+        codes, pids = [], set()
+        for wd in (served[0], bad, served[1]):
+            job = backend.submit(wd)
+            deadline = time.time() + 240
+            while (code := backend.poll(job)[0]) is None:
+                assert time.time() < deadline, (wd / "worker.log").read_text() if wd.exists() else ""
+                time.sleep(0.1)
+            codes.append(code)
+            pids.add(job.pid)
+    finally:
+        backend.close()
+    assert codes == [EXIT_DONE, EXIT_BAD, EXIT_DONE] and len(pids) == 1  # one process served all three
+    for p, wd in zip(plans, served, strict=True):
+        alone = _workdir(tmp_path / "alone" / p.run_id, p)
+        proc = subprocess.run([sys.executable, "-m", "scaling.sweep.worker", str(alone)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=240)
+        assert proc.returncode == EXIT_DONE, proc.stdout + proc.stderr
+        rows = [[{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"}
+                 for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (wd, alone)]
+        assert rows[0] == rows[1]
+        assert f"run {p.run_id}" in (wd / "worker.log").read_text()
+
+
+def test_a_serving_worker_that_dies_fails_its_run_and_the_next_run_gets_a_new_one(tmp_path):
+    from scaling.sweep import expand
+    from scaling.sweep.launchers import LocalBackend
+    from scaling.sweep.worker import EXIT_DONE, EXIT_ERROR
+
+    short, long_ = expand(spec_dict(steps=(6, 400)))
+    backend = LocalBackend(1, tmp_path)
+    try:
+        job = backend.submit(_workdir(tmp_path / "long", long_))
+        metrics = tmp_path / "long" / "metrics.jsonl"
+        deadline = time.time() + 240
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+            assert time.time() < deadline and backend.poll(job)[0] is None
+            time.sleep(0.05)
+        os.kill(job.pid, signal.SIGKILL)
+        while (answer := backend.poll(job))[0] is None:
+            time.sleep(0.05)
+        assert answer[0] == EXIT_ERROR and "died" in answer[1]
+        job2 = backend.submit(_workdir(tmp_path / "short", short))
+        assert job2.pid != job.pid
+        while (code := backend.poll(job2)[0]) is None:
+            assert time.time() < deadline + 240
+            time.sleep(0.1)
+        assert code == EXIT_DONE
+    finally:
+        backend.close()
