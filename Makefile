@@ -9,9 +9,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
+# The package alone (the quickstart needs nothing more); the test extras and Ray/submitit on top for `make test`.
+$(VENV)/.installed-base: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[dev,cluster]"
-	touch $@
+	touch $@ $(VENV)/.installed-base
 
 install: $(VENV)/.installed
 
@@ -21,10 +26,10 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -n 2 -m slow
 
-# The main job: the quickstart ladder (3 mixers x 4 sizes x 3 FLOP budgets + state sizes, seeds and a held-out
+# The main job: the quickstart ladder (3 mixers x 3 sizes x 3 FLOP budgets + state sizes, seeds and a held-out
 # budget) on the embedded corpus, then its fitted laws, held-out predictions, figures and report.
 # Rerunning resumes: finished runs are skipped.
-quickstart: install
+quickstart: $(VENV)/.installed-base
 	$(BIN)/scaling sweep experiments/quickstart.py --sweep-dir sweeps/quickstart
 	$(BIN)/scaling analyze sweeps/quickstart --holdout
 

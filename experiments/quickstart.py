@@ -12,14 +12,14 @@ tiny models are far from converged: their isoFLOP optimum lies at 50-300 tokens 
 (Chinchilla's is ~20), moves up about one size per doubling of compute, and sits lower for retention than for
 attention and Mamba-2. The grids follow it, as measured in a pilot ladder of d_model 12-32. On top of the ladder:
 
-- state sizes at d_model 16 and 1.4e11: retention with 1 and 4 heads, Mamba-2 with d_state 4 and 64, so that
-  state size varies apart from parameters and a state-size law L(N, S, D) can be fitted per family;
+- state sizes at d_model 16 and 7e10 and 1.4e11: retention with 1 and 4 heads, Mamba-2 with d_state 4 and 64, so
+  that state size varies apart from parameters and a state-size law L(N, S, D) can be fitted per family;
 - seeds: the d_model-16 runs at 7e10 three times (train.seed 0, 1, 2), the seed-to-seed spread of the loss;
-- a held-out budget, 5.6e11, at d_model 32: `scaling analyze --holdout` fits on the other budgets and predicts
-  these runs.
+- a held-out budget, 5.6e11, at the largest size of each family's grid (d_model 32; 24 for retention):
+  `scaling analyze --holdout` fits on the other budgets and predicts these runs.
 
 Every loss is the final loss on the fixed held-out evaluation set (data.eval_tokens = 65,536 tokens, the same
-512 sequences for every run) with its standard error. 40 runs, about 12 minutes with two workers on two cores.
+512 sequences for every run) with its standard error. 44 runs, about 12 minutes with two workers on two cores.
 """
 
 from scaling.sweep import Sweep
@@ -27,12 +27,13 @@ from scaling.sweep import Sweep
 # Mamba-2's heads are d_inner / head_dim = 2 d_model / 16, except at d_model 8 and 12 (two heads of d_model)
 SIZES = {f"d{d}": {"model.d_model": d, "model.mamba.head_dim": d if d < 16 else 16} for d in (8, 12, 16, 24, 32, 48)}
 GRIDS = {  # family -> {budget: sizes}
-    "attention": {7.0e10: ["d8", "d12", "d16"], 1.4e11: ["d12", "d16", "d24"], 2.8e11: ["d24", "d32", "d48"]},
+    "attention": {7.0e10: ["d8", "d12", "d16"], 1.4e11: ["d8", "d12", "d16"], 2.8e11: ["d24", "d32", "d48"]},
     "retention": {7.0e10: ["d8", "d12", "d16"], 1.4e11: ["d8", "d12", "d16"], 2.8e11: ["d12", "d16", "d24"]},
     "mamba": {7.0e10: ["d8", "d12", "d16"], 1.4e11: ["d16", "d24", "d32"], 2.8e11: ["d16", "d24", "d32"]},
 }
 HOLDOUT_BUDGET = 5.6e11
-STATE_BUDGET = 1.4e11
+HOLDOUT_SIZES = {"attention": "d32", "retention": "d24", "mamba": "d32"}  # the largest size of each family's grid
+STATE_BUDGETS = [7.0e10, 1.4e11]
 SEED_BUDGET = 7.0e10
 
 
@@ -80,9 +81,10 @@ def get_sweep():
         parts=[
             *({"variants": ladder[fam], "sizes": _sizes(*sizes), "budgets": [budget]}
               for fam, grid in GRIDS.items() for budget, sizes in grid.items()),
-            {"variants": every, "sizes": _sizes("d32"), "budgets": [HOLDOUT_BUDGET]},
+            *({"variants": ladder[fam], "sizes": _sizes(size), "budgets": [HOLDOUT_BUDGET]}
+              for fam, size in HOLDOUT_SIZES.items()),
             {"variants": _retention(1) | _retention(4) | _mamba(4) | _mamba(64), "sizes": _sizes("d16"),
-             "budgets": [STATE_BUDGET]},
+             "budgets": STATE_BUDGETS},
             {"variants": every, "sizes": _sizes("d16"), "budgets": [SEED_BUDGET], "seeds": 3},
         ],
     )

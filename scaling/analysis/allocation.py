@@ -153,6 +153,7 @@ def fit_envelope(
     drop_edge_sizes: bool = True,
     bootstrap: int = 0,
     seed: int = 0,
+    loss_sd: Any = None,
 ) -> EnvelopeFit:
     """Chinchilla approach 1: the compute-optimal frontier from the lower envelope of loss vs FLOPs.
 
@@ -173,7 +174,14 @@ def fit_envelope(
     4. Least squares in log space: log N_opt = log k_N + a log C and log D_opt = log k_D + b log C.
 
     ``bootstrap=k`` resamples the points with replacement k times and reruns 1-4 with the same FLOP values;
-    replicates with fewer than two frontier points are dropped (``info["bootstrap_failed"]``).
+    replicates with fewer than two frontier points (or of one size) are dropped (``info["bootstrap_failed"]``);
+    when more than half are, the interval is NaN: the replicates that survive are those that look like the data,
+    so their spread would understate the uncertainty (e.g. two frontier points, each lost by a third of the
+    replicates, give an interval of width zero). ``loss_sd``
+    (scalar or per point): the noise of each loss (e.g. the seed-to-seed spread of a final loss); each replicate
+    also adds a normal draw of that size to every loss, so the interval includes the chance that another size
+    wins a budget. Without it, a budget with one run per size always has the same winner in every replicate
+    that keeps it, and the interval is only as wide as the resampling of whole runs makes it.
 
     Returns an :class:`EnvelopeFit`. Raises ValueError on bad inputs or when fewer than two frontier points remain.
     """
@@ -195,14 +203,14 @@ def fit_envelope(
             raise ValueError(f"C_range: must be (low, high) FLOPs with 0 < low < high, got {C_range!r}")
     grid_C = np.geomspace(C_range[0], C_range[1], int(n_bins))
 
-    def frontier(idx):
-        on_env, fC, fN, fD, fL, at_edge = _envelope_frontier(N[idx], D[idx], C[idx], loss[idx], grid_C, method)
+    def frontier(idx, y):
+        on_env, fC, fN, fD, fL, at_edge = _envelope_frontier(N[idx], D[idx], C[idx], y[idx], grid_C, method)
         if drop_edge_sizes:
             keep = ~at_edge
             fC, fN, fD, fL = fC[keep], fN[keep], fD[keep], fL[keep]
         return on_env, fC, fN, fD, fL
 
-    on_env, fC, fN, fD, fL = frontier(np.arange(len(N)))
+    on_env, fC, fN, fD, fL = frontier(np.arange(len(N)), loss)
     if len(fC) < 2 or len(np.unique(fC)) < 2:
         raise ValueError(f"fit_envelope: only {len(fC)} frontier point(s) in C_range={C_range} (need 2); widen "
                          "C_range, add sizes that bracket the optimum, or try method='bin' / drop_edge_sizes=False")
@@ -211,28 +219,36 @@ def fit_envelope(
                          "N_opt grows with C is not resolved; add sizes between the ones trained")
     params, residuals = _allocation_params(fC, fN, fD)
 
+    sd = None if loss_sd is None else np.broadcast_to(np.asarray(loss_sd, np.float64), loss.shape)
+    if sd is not None and not (np.all(np.isfinite(sd)) and np.all(sd >= 0)):
+        raise ValueError("fit_envelope: loss_sd must be finite and >= 0")
     rng = np.random.default_rng(seed)
     samples = {k: np.full(bootstrap, np.nan) for k in params}
     failed = 0
     for i in range(bootstrap):
         idx = rng.integers(0, len(N), len(N))
-        _, bC, bN, bD, _ = frontier(idx)
-        if len(np.unique(bC)) < 2:
+        y = loss if sd is None else loss * np.exp(rng.normal(0.0, 1.0, len(loss)) * sd / loss)  # stays positive
+        _, bC, bN, bD, _ = frontier(idx, y)
+        if len(np.unique(bC)) < 2 or len(np.unique(bN)) < 2:
             failed += 1
             continue
         p, _ = _allocation_params(bC, bN, bD)
         for k in params:
             samples[k][i] = p[k]
 
+    ci = _ci_from_samples(samples) if bootstrap else {}
+    if bootstrap and failed > bootstrap / 2:  # the surviving replicates are the ones that look like the data
+        ci = {k: (float("nan"), float("nan")) for k in params}
     return EnvelopeFit(
         params=params,
-        ci=_ci_from_samples(samples) if bootstrap else {},
+        ci=ci,
         residuals=residuals,
         data={"N": N, "D": D, "C": C, "loss": loss, "on_envelope": on_env,
               "frontier_C": fC, "frontier_N": fN, "frontier_D": fD, "frontier_loss": fL},
         samples=samples if bootstrap else {},
         info={"method": method, "n_bins": int(n_bins), "C_range": list(C_range), "drop_edge_sizes": drop_edge_sizes,
-              "bootstrap": bootstrap, "bootstrap_failed": failed, "seed": seed},
+              "bootstrap": bootstrap, "bootstrap_failed": failed, "seed": seed,
+              "loss_sd": None if sd is None else float(np.median(sd))},
     )
 
 

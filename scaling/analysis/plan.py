@@ -199,6 +199,20 @@ def _context_groups(runs: pd.DataFrame, axes: Sequence[str]) -> list[tuple[dict[
     return out
 
 
+def _loss_noise(g: pd.DataFrame, frame: pd.DataFrame) -> float:
+    """The noise of one run's final loss, for approach 1's bootstrap: the pooled seed-to-seed standard deviation
+    of the group's (size, budget) cells that have several seeds, else the median evaluation standard error."""
+    if "seed" in g and g["seed"].nunique() > 1:
+        within = frame.assign(seed=g["seed"].to_numpy()).groupby(["N", "budget"])["loss"]
+        dev = within.transform(lambda x: x - x.mean()).to_numpy()
+        dof = int((within.transform("size") > 1).sum() - within.ngroups + (within.size() == 1).sum())
+        if dof > 0:
+            return float(np.sqrt(np.sum(dev ** 2) / dof))
+    se = g["final_val_loss_se"].to_numpy(float) if "final_val_loss_se" in g else np.array([])
+    se = se[np.isfinite(se)]
+    return float(np.median(se)) if len(se) else 0.0
+
+
 def _budget_of(g: pd.DataFrame) -> np.ndarray:
     """Per run FLOP budget: the spec's budget when every run has one, else the FLOPs spent."""
     return (g["budget"] if g["budget"].notna().all() else g["flops"]).to_numpy(dtype=np.float64)
@@ -271,8 +285,11 @@ def _chinchilla_jobs(keys, label, g, curves, n_col, curve_col, bootstrap, seed, 
         # loss). Seeds of one (size, budget) are averaged first: the envelope's minimum would pick the luckiest.
         if n_sizes < MIN_SIZES:
             raise _Skip(f"needs >= {MIN_SIZES} model sizes, has {n_sizes}")
-        cells = (pd.DataFrame({"N": N, "D": D, "C": g["flops"].to_numpy(float), "budget": budget, "loss": loss})
-                 .groupby(["N", "budget"], as_index=False).mean())
+        frame = pd.DataFrame({"N": N, "D": D, "C": g["flops"].to_numpy(float), "budget": budget, "loss": loss})
+        sd = _loss_noise(g, frame)
+        cells = frame.groupby(["N", "budget"], as_index=False).agg(
+            N=("N", "first"), budget=("budget", "first"), D=("D", "mean"), C=("C", "mean"), loss=("loss", "mean"),
+            n=("loss", "size"))
         per_size = cells["N"].value_counts()
         if int((per_size >= 2).sum()) < MIN_SIZES:
             raise _Skip(f"needs >= {MIN_SIZES} model sizes with final losses at >= 2 budgets, has "
@@ -285,7 +302,7 @@ def _chinchilla_jobs(keys, label, g, curves, n_col, curve_col, bootstrap, seed, 
         fit = _fits.fit_envelope(cells["N"].to_numpy(), cells["D"].to_numpy(), cells["C"].to_numpy(),
                                  cells["loss"].to_numpy(), method="bin", n_bins=len(budgets),
                                  C_range=(float(budgets.min()), float(budgets.max())), bootstrap=bootstrap,
-                                 seed=seed)
+                                 seed=seed, loss_sd=sd / np.sqrt(cells["n"].to_numpy(float)))
         fit.info["loss"] = "final validation loss of each run (seeds averaged)"
         return fit, len(cells)
 

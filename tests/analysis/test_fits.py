@@ -249,6 +249,48 @@ def test_envelope_drops_winners_at_the_edge_of_the_sizes_present():
         assert min(spans) < n < max(spans)
 
 
+def _final_points(noise, seed):
+    """One final loss per (size, budget) of a Chinchilla law at 4 budgets x 5 sizes around each optimum."""
+    rng = np.random.default_rng(seed)
+    N, C = [], []
+    for c in [1e18, 1e19, 1e20, 1e21]:
+        n_opt = TRUE_G * (c / 6) ** TRUE_a
+        N.append(n_opt * 10 ** np.linspace(-0.6, 0.6, 5))
+        C.append(np.full(5, c))
+    N, C = np.concatenate(N), np.concatenate(C)
+    D = C / (6 * N)
+    return N, D, C, chinchilla_law(N, D) * np.exp(rng.normal(0, noise, len(N)))
+
+
+def test_envelope_loss_noise_widens_the_interval_of_final_points():
+    """With one run per (size, budget), resampling runs rarely changes a budget's winner; adding the runs' noise
+    (loss_sd) lets another size win, as a rerun with other seeds could."""
+    N, D, C, loss = _final_points(0.003, 0)
+    kw = {"method": "bin", "n_bins": 4, "C_range": (1e18, 1e21), "bootstrap": 200, "seed": 0}
+    plain = fit_envelope(N, D, C, loss, **kw)
+    noisy = fit_envelope(N, D, C, loss, loss_sd=0.02, **kw)
+    assert noisy.info["loss_sd"] == pytest.approx(0.02)
+    width = lambda f: f.ci["a"][1] - f.ci["a"][0]  # noqa: E731
+    assert width(noisy) > width(plain) and noisy.ci["a"][0] <= noisy.a <= noisy.ci["a"][1]
+    with pytest.raises(ValueError, match="loss_sd"):
+        fit_envelope(N, D, C, loss, loss_sd=-1.0, **kw)
+
+
+def test_envelope_interval_is_nan_when_most_replicates_fail():
+    """Two budgets: every replicate that loses a frontier point fails, and those that survive all equal the fit:
+    no interval rather than one of width zero."""
+    N, D, C, loss = _final_points(0.0, 0)
+    keep = C <= 1e19
+    fit = fit_envelope(N[keep], D[keep], C[keep], loss[keep], method="bin", n_bins=2, C_range=(1e18, 1e19),
+                       bootstrap=100, seed=0)
+    assert fit.info["bootstrap_failed"] > 50 and all(math.isnan(v) for v in fit.ci["a"])
+    sizes = np.array([1e8, 2e8, 4e8] * 2)  # the middle size wins both budgets
+    C2 = np.repeat([1e18, 1e19], 3)
+    with pytest.raises(ValueError, match="same model size"):
+        fit_envelope(sizes, C2 / (6 * sizes), C2, np.array([3.0, 2.9, 3.0, 2.5, 2.4, 2.5]), method="bin", n_bins=2,
+                     C_range=(1e18, 1e19))
+
+
 def _isoflop_data(seed):
     # 5 budgets, 9 sizes each spread +-0.8 decades around the optimum (jittered), 0.3% noise.
     rng = np.random.default_rng(seed)

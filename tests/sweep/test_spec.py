@@ -158,7 +158,8 @@ def test_quickstart_spec_is_a_ladder_with_state_sizes_seeds_and_a_holdout(capsys
         seeds = {p.cfg.train.seed for p in mine if p.size == "d16" and p.budget == qs.SEED_BUDGET}
         assert seeds == {0, 1, 2}
     for pattern in "RM":  # state size varies apart from the parameters: >= 3 state sizes at one model size
-        at = [p for p in plans if p.cfg.model.pattern == pattern and p.size == "d16" and p.budget == qs.STATE_BUDGET]
+        at = [p for p in plans
+              if p.cfg.model.pattern == pattern and p.size == "d16" and p.budget == qs.STATE_BUDGETS[-1]]
         assert len({p.state_size for p in at}) >= 3
     assert len({p.run_id for p in plans}) == len(plans)
     assert cli.main(["sweep", str(ROOT / "experiments/quickstart.py"), "--dry-run"]) == 0
