@@ -319,6 +319,7 @@ def _isoflop_panel(ax, label, fit, n_label, loss_label):
                         capsize=3, lw=1, zorder=4)
         ax.scatter([n_opt], [l_opt], marker="*", s=130, color=col, edgecolors="black", linewidths=0.6, zorder=5)
     ax.set_xscale("log")
+    _plain_log_axis(ax.xaxis)
     ax.set_xlabel(f"model size N ({n_label})")
     ax.set_ylabel(loss_label)
     ci = fit.ci.get("a")

@@ -129,12 +129,18 @@ def plot_state_law(items: Sequence[tuple[str, Any]]) -> Figure:
         st = family_style(fam)
         ax.scatter(d["S"], adj, color=st["color"], marker=st["marker"], s=18, alpha=0.7, label="runs")
         S = np.geomspace(np.min(d["S"]) / 1.5, np.max(d["S"]) * 1.5, 100)
-        ax.plot(S, p["E"] + p["B"] / S ** p["gamma"], color="black", lw=1.5, label=r"fit $E + B/S^{\gamma}$")
+        with np.errstate(over="ignore", invalid="ignore"):
+            curve = p["E"] + p["B"] / S ** p["gamma"]
+        ax.plot(S, curve, color="black", lw=1.5, label=r"fit $E + B/S^{\gamma}$")
+        # the axes follow the runs: a law whose state term is not identified (|gamma| large) shoots off beyond them
+        span = float(np.ptp(adj)) or max(abs(float(np.mean(adj))), 1e-3)
+        ax.set_ylim(float(np.min(adj)) - 0.5 * span, float(np.max(adj)) + 0.5 * span)
         ax.axhline(p["E"], color="0.5", ls=":", lw=1, label=f"E = {p['E']:.3f}")
         ci = fit.ci.get("gamma")
         ci_text = f", 95% CI [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
         ax.set_title(f"{label}\n" + r"$\gamma$" + f" = {p['gamma']:.3f}{ci_text}", fontsize=10)
         ax.set_xscale("log")
+        _plain_log_axis(ax.xaxis)
         ax.set_xlabel(LABELS["state"])
         ax.set_ylabel(r"$L - A/N^{\alpha}$" + (r"$ - C/D^{\beta}$" if fit.has_D else "") + " (nats/token)")
         ax.grid(True, which="both", alpha=0.25)

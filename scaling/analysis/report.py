@@ -118,6 +118,11 @@ def _cell(fit, name: str) -> str:
     return f"{_fmt(v)} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else _fmt(v)
 
 
+def _finite_ci(fit, key: str) -> bool:
+    ci = fit.ci.get(key)
+    return ci is not None and all(np.isfinite(v) for v in ci)
+
+
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
@@ -142,6 +147,12 @@ def _fit_tables(records: list[FitRecord], bootstrap: int) -> list[str]:
                           _fmt(r.fit.params["k_D"]), len(r.fit.data["frontier_C"]), r.fit.info.get("curve_loss"))
                          for r in by_kind["envelope"]])
         lines.append("")
+        no_ci = [r.group for r in by_kind["envelope"] if bootstrap and not _finite_ci(r.fit, "a")]
+        if no_ci:
+            lines += [f"No interval ({', '.join(no_ci)}): more than half the bootstrap replicates (runs resampled, "
+                      "each loss perturbed by the runs' noise: the pooled seed spread, else the evaluation SE) lost "
+                      "a frontier point, so the survivors would understate the uncertainty. Approach 1 needs "
+                      "more sizes per budget than this sweep has; approaches 2 and 3 use the same runs.", ""]
     if by_kind["isoflop"]:
         lines += [f"### {FIT_KINDS['isoflop']}", "",
                   "Per budget, loss = c0 + c1 log N + c2 log² N; N_opt = k_N C^a and D_opt = k_D C^b over the "
