@@ -140,7 +140,7 @@ def _sweep(args) -> int:
     from rich.console import Console
 
     from scaling.config import parse_override
-    from scaling.sweep import launchers, load_spec
+    from scaling.sweep import launchers, load_spec, table
     from scaling.sweep.spec import expand
     from scaling.sweep.table import wall_defaults
 
@@ -152,7 +152,7 @@ def _sweep(args) -> int:
         device = None
         if args.peak_flops is None and args.mfu is None:
             device = "an H100 SXM's dense bf16 peak" if args.scale == "full" else "a 2-core CPU, fp32"
-        launchers.print_plan(expand(sweep, check_data=False), Console(width=max(Console().width, 220)),
+        table.print_plan(expand(sweep, check_data=False), Console(width=max(Console().width, 220)),
                              peak_flops=peak if args.peak_flops is None else args.peak_flops,
                              mfu=mfu if args.mfu is None else args.mfu, device=device)
         return 0
@@ -183,14 +183,14 @@ def _kv(text: str, flag: str):
 def _status(args) -> int:
     from rich.console import Console
 
-    from scaling.sweep import launchers
+    from scaling.sweep import table
 
     if args.export:
-        launchers.check_export_format(args.export[0])  # before the table, so a missing pyarrow fails first
-    launchers.print_status(args.sweep_dir, Console(width=max(Console().width, 220)))
+        table.check_export_format(args.export[0])  # before the table, so a missing pyarrow fails first
+    table.print_status(args.sweep_dir, Console(width=max(Console().width, 220)))
     if args.export:
         fmt, path = args.export
-        n = launchers.export(args.sweep_dir, fmt, path)
+        n = table.export(args.sweep_dir, fmt, path)
         print(f"wrote {n} runs to {path} ({fmt})")
     return 0
 

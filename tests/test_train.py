@@ -172,6 +172,7 @@ def test_generate_from_checkpoint(tmp_path):
         generate(model, "x", 4, top_p=0)
 
 
+@pytest.mark.slow
 def test_pallas_kernels_train_like_xla(tmp_path):
     """A retention + Mamba-2 model with model.kernel = pallas trains to the same losses as with xla (1e-5)."""
     losses = {}

@@ -175,9 +175,8 @@ def fit_envelope(
 
     ``bootstrap=k`` resamples the points with replacement k times and reruns 1-4 with the same FLOP values;
     replicates with fewer than two frontier points (or of one size) are dropped (``info["bootstrap_failed"]``);
-    when more than half are, the interval is NaN: the replicates that survive are those that look like the data,
-    so their spread would understate the uncertainty (e.g. two frontier points, each lost by a third of the
-    replicates, give an interval of width zero). ``loss_sd``
+    when fewer than max(10, 20%) survive, or all survivors agree, the interval is NaN rather than one of width
+    zero (e.g. two frontier points, a line through them, and no noise: every survivor is the fit). ``loss_sd``
     (scalar or per point): the noise of each loss (e.g. the seed-to-seed spread of a final loss); each replicate
     also adds a normal draw of that size to every loss, so the interval includes the chance that another size
     wins a budget. Without it, a budget with one run per size always has the same winner in every replicate
@@ -237,8 +236,9 @@ def fit_envelope(
             samples[k][i] = p[k]
 
     ci = _ci_from_samples(samples) if bootstrap else {}
-    if bootstrap and failed > bootstrap / 2:  # the surviving replicates are the ones that look like the data
-        ci = {k: (float("nan"), float("nan")) for k in params}
+    kept = samples["a"][np.isfinite(samples["a"])] if bootstrap else np.array([])
+    if bootstrap and (len(kept) < max(10, 0.2 * bootstrap) or np.ptp(kept) == 0):
+        ci = {k: (float("nan"), float("nan")) for k in params}  # too few, or all alike: no interval to speak of
     return EnvelopeFit(
         params=params,
         ci=ci,

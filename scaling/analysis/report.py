@@ -149,10 +149,10 @@ def _fit_tables(records: list[FitRecord], bootstrap: int) -> list[str]:
         lines.append("")
         no_ci = [r.group for r in by_kind["envelope"] if bootstrap and not _finite_ci(r.fit, "a")]
         if no_ci:
-            lines += [f"No interval ({', '.join(no_ci)}): more than half the bootstrap replicates (runs resampled, "
-                      "each loss perturbed by the runs' noise: the pooled seed spread, else the evaluation SE) lost "
-                      "a frontier point, so the survivors would understate the uncertainty. Approach 1 needs "
-                      "more sizes per budget than this sweep has; approaches 2 and 3 use the same runs.", ""]
+            lines += [f"No interval ({', '.join(no_ci)}): too few bootstrap replicates (runs resampled, each loss "
+                      "perturbed by the runs' noise: the pooled seed spread, else the evaluation SE) kept two "
+                      "frontier points, or all that did agree. Approach 1 needs more sizes per budget than this "
+                      "sweep has; approaches 2 and 3 use the same runs.", ""]
     if by_kind["isoflop"]:
         lines += [f"### {FIT_KINDS['isoflop']}", "",
                   "Per budget, loss = c0 + c1 log N + c2 log² N; N_opt = k_N C^a and D_opt = k_D C^b over the "

@@ -11,7 +11,7 @@ process that trains one run.
 import importlib
 
 _EXPORTS = {
-    "LAUNCHERS": "launchers", "SweepResult": "launchers", "prepare": "launchers", "run_sweep": "launchers",
+    "LAUNCHERS": "backends", "SweepResult": "launchers", "prepare": "launchers", "run_sweep": "launchers",
     "RunPlan": "spec", "SpecError": "spec", "Sweep": "spec", "expand": "spec", "load_spec": "spec",
     "match_budget": "spec", "table_rows": "table", "Store": "store",
 }

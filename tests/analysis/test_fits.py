@@ -276,14 +276,14 @@ def test_envelope_loss_noise_widens_the_interval_of_final_points():
         fit_envelope(N, D, C, loss, loss_sd=-1.0, **kw)
 
 
-def test_envelope_interval_is_nan_when_most_replicates_fail():
-    """Two budgets: every replicate that loses a frontier point fails, and those that survive all equal the fit:
-    no interval rather than one of width zero."""
+def test_envelope_interval_is_nan_when_the_replicates_cannot_vary():
+    """Two budgets and no noise: every replicate that loses a frontier point fails, and those that survive all
+    equal the fit: no interval rather than one of width zero."""
     N, D, C, loss = _final_points(0.0, 0)
-    keep = C <= 1e19
+    keep = (C <= 1e19) & np.isin(np.arange(len(N)) % 5, [1, 2, 3])  # three sizes a budget: one interior winner
     fit = fit_envelope(N[keep], D[keep], C[keep], loss[keep], method="bin", n_bins=2, C_range=(1e18, 1e19),
                        bootstrap=100, seed=0)
-    assert fit.info["bootstrap_failed"] > 50 and all(math.isnan(v) for v in fit.ci["a"])
+    assert fit.info["bootstrap_failed"] > 0 and all(math.isnan(v) for v in fit.ci["a"])
     sizes = np.array([1e8, 2e8, 4e8] * 2)  # the middle size wins both budgets
     C2 = np.repeat([1e18, 1e19], 3)
     with pytest.raises(ValueError, match="same model size"):

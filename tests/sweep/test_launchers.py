@@ -164,6 +164,7 @@ def test_workdir_lock_keeps_a_second_trainer_out(tmp_path):
     os.close(fd)
 
 
+@pytest.mark.slow
 def test_ray_launcher_runs_a_sweep(tmp_path):
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -176,6 +177,7 @@ def test_ray_launcher_runs_a_sweep(tmp_path):
     assert all(r["job"].startswith("ray:") for r in rows.values())
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_a_sweep(tmp_path):
     pytest.importorskip("submitit")
     res = run_sweep(spec_dict(steps=(10, 12)), tmp_path / "sweep", launcher="slurm", slurm_cluster="local",
@@ -195,10 +197,10 @@ def test_serving_worker_trains_runs_in_turn_and_survives_a_bad_one(tmp_path):
     """One serving worker answers each workdir with its exit code: two runs trained in one process equal the same
     runs trained by one-shot workers (metrics and final loss), and a bad workdir between them fails alone."""
     from scaling.sweep import expand
-    from scaling.sweep.launchers import LocalBackend
+    from scaling.sweep.backends import LocalBackend
     from scaling.sweep.worker import EXIT_BAD, EXIT_DONE
 
-    plans = expand(spec_dict(steps=(6, 9)))
+    plans = expand(spec_dict(steps=(4, 6)))
     served = [_workdir(tmp_path / "served" / p.run_id, p) for p in plans]
     bad = tmp_path / "served" / "bad"
     bad.mkdir()
@@ -216,7 +218,7 @@ def test_serving_worker_trains_runs_in_turn_and_survives_a_bad_one(tmp_path):
     finally:
         backend.close()
     assert codes == [EXIT_DONE, EXIT_BAD, EXIT_DONE] and len(pids) == 1  # one process served all three
-    for p, wd in zip(plans, served, strict=True):
+    for p, wd in list(zip(plans, served, strict=True))[1:]:  # the run trained after another one in the process
         alone = _workdir(tmp_path / "alone" / p.run_id, p)
         proc = subprocess.run([sys.executable, "-m", "scaling.sweep.worker", str(alone)], cwd=ROOT,
                               capture_output=True, text=True, timeout=240)
@@ -227,9 +229,10 @@ def test_serving_worker_trains_runs_in_turn_and_survives_a_bad_one(tmp_path):
         assert f"run {p.run_id}" in (wd / "worker.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_serving_worker_that_dies_fails_its_run_and_the_next_run_gets_a_new_one(tmp_path):
     from scaling.sweep import expand
-    from scaling.sweep.launchers import LocalBackend
+    from scaling.sweep.backends import LocalBackend
     from scaling.sweep.worker import EXIT_DONE, EXIT_ERROR
 
     short, long_ = expand(spec_dict(steps=(6, 400)))

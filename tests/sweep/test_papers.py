@@ -5,8 +5,8 @@ import pytest
 
 from scaling import cli
 from scaling.sweep import SpecError, expand, load_spec
-from scaling.sweep.launchers import format_seconds, prepare
-from scaling.sweep.table import estimate_wall_s, wall_defaults
+from scaling.sweep.launchers import prepare
+from scaling.sweep.table import estimate_wall_s, format_seconds, wall_defaults
 from tests.sweep.tiny import ROOT, spec_dict
 
 PAPERS = ROOT / "experiments/papers"
