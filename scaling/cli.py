@@ -50,6 +50,15 @@ def _generate(args) -> int:
     elif prompt is None:
         prompt = "" if args.load_state else "def "
     cfg, model, step = load_run(args.workdir)
+    if cfg.data.source == "tokens":
+        from scaling.data.corpus import validate_data_config
+        from scaling.data.tokens import spec_of
+
+        spec = spec_of(validate_data_config(cfg.data))
+        if spec.tokenizer != "bytes":
+            print(f"error: generate encodes and decodes with the byte tokenizer; this run trained on "
+                  f"{cfg.data.path} (tokenizer {spec.tokenizer or 'unknown: no metadata'})", file=sys.stderr)
+            return 2
     print(f"[checkpoint step {step}]", file=sys.stderr)
     if not args.prompt_file:
         sys.stdout.write(prompt)
@@ -83,29 +92,6 @@ def _convert(args) -> int:
         print(f"note: the source attention had a window of {cfg.model.attention.window} tokens; power retention "
               "has none (its gate decays instead)")
     print(f"retrain it: scaling train {args.out}   (add --set train.steps=N ... and --workdir for a new run)")
-    return 0
-
-
-def _tokenize(args) -> int:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-    from scaling.data.tokenize import tokenize
-
-    with Progress(TextColumn("[bold]tokenize"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                  TimeRemainingColumn(), disable=args.no_progress) as bar:
-        task = bar.add_task("tokenize", total=None)
-        try:
-            result = tokenize(args.input, args.out, fmt=args.format, glob=args.glob, text_field=args.text_field,
-                              dtype=args.dtype, progress=lambda done, total: bar.update(task, completed=done,
-                                                                                         total=total))
-        except ValueError as e:
-            bar.stop()
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    print(f"wrote {result.out}: {result.documents:,} documents ({result.format}), {result.tokens:,} tokens "
-          f"({args.dtype}, BOS + bytes + EOS each) from {result.input_bytes:,} bytes")
-    print(f"train on it: scaling train CONFIG --set data.source=tokens --set data.path={result.out}"
-          + ("" if args.dtype == "uint16" else f" --set data.token_dtype={args.dtype}"))
     return 0
 
 
@@ -345,19 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a field of the converted config, e.g. model.retention.p=4, train.steps=500")
     cv.set_defaults(func=_convert)
 
-    tk = sub.add_parser("tokenize", help="convert a text directory, .jsonl or text file into a memory-mapped token "
-                        "file for data.source=tokens",
-                        description="Stream documents through the byte tokenizer into FILE (.bin: raw ids, or .npy), "
-                        "each as BOS, bytes, EOS, so data.source=tokens reads back the same documents.")
-    tk.add_argument("input", help="a directory of text files, a .jsonl file or a text file (one document)")
-    tk.add_argument("--out", required=True, help="the token file to write, e.g. data/corpus.bin")
-    tk.add_argument("--format", default="auto", choices=("auto", "text_dir", "jsonl", "txt"),
-                    help="input kind (auto: a directory is text_dir, *.jsonl is jsonl, else txt)")
-    tk.add_argument("--glob", default="**/*.txt", help="files of a text directory (default **/*.txt)")
-    tk.add_argument("--text-field", default="text", help="the JSONL field holding the text (default text)")
-    tk.add_argument("--dtype", default="uint16", choices=("uint16", "uint32"), help="id dtype (default uint16)")
-    tk.add_argument("--no-progress", action="store_true", help="no progress bar")
-    tk.set_defaults(func=_tokenize)
+    from scaling import cli_data
+
+    cli_data.add_parsers(sub)
 
     f = sub.add_parser("flops", help="params, FLOPs per token, state size and the weight/state FLOP split",
                        description="Forward FLOPs per token (2 per multiply-add) at each context, split into "

@@ -51,7 +51,7 @@ def default_mixer_configs() -> dict[str, ConfigDict]:
 def default_model_config() -> ConfigDict:
     cfg = ConfigDict({
         "name": "model",
-        "vocab_size": 259,  # bytes + PAD, BOS, EOS (scaling.data.tokenizer)
+        "vocab_size": 259,  # bytes + PAD, BOS, EOS (scaling.data.tokenizer); a token file's ids must lie below it
         "d_model": 128,
         "n_layers": 2,
         "pattern": "A",
@@ -323,13 +323,27 @@ def validate(cfg: ConfigDict) -> None:
     from scaling.data.synthetic import check_task
 
     try:
-        validate_data_config(cfg.data)
+        c = validate_data_config(cfg.data)
         # a synthetic task must fit the context(s) it runs at and the model's vocabulary
         check_task(cfg.data, context=cfg.train.context, vocab_size=cfg.model.vocab_size)
-        for c in cfg.train.get("eval_contexts") or ():
-            check_task(cfg.data, context=c, field="train.eval_contexts")
+        for ctx in cfg.train.get("eval_contexts") or ():
+            check_task(cfg.data, context=ctx, field="train.eval_contexts")
+        if c["source"] == "tokens":
+            check_token_vocab(c, cfg.model.vocab_size)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(str(e)) from None
+
+
+def check_token_vocab(c: dict, vocab_size: int) -> None:
+    """A token file (its metadata, or a scan for its largest id) must fit ``model.vocab_size``: one ConfigError
+    naming both values, before any compute."""
+    from scaling.data.tokens import spec_of
+
+    spec = spec_of(c)
+    if vocab_size <= spec.top_id:
+        hint = f"; its tokenizer has {spec.vocab_size:,} tokens" if spec.vocab_size else ""
+        raise ConfigError(f"model.vocab_size = {vocab_size}: smaller than the largest token id {spec.top_id} of "
+                          f"data.path = {c['path']!r}; must be >= {spec.top_id + 1}{hint}")
 
 
 def total_steps(t: ConfigDict) -> int:

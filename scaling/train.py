@@ -41,9 +41,11 @@ from scaling import accounting
 from scaling import config as _config
 from scaling.checkpoint import Checkpointer
 from scaling.data import make_eval_batches, make_train_iterator
+from scaling.data.corpus import validate_data_config
 from scaling.data.pipeline import eval_rows
 from scaling.data.synthetic import TASKS
 from scaling.data.tokenizer import N_BYTES
+from scaling.data.tokens import bpb_basis
 from scaling.models import build
 
 log = logging.getLogger("scaling.train")
@@ -60,9 +62,18 @@ class TrainResult:
     summary: dict
 
 
+# Fields added after runs were recorded: left out of the hash while at their default (None), so that adding them
+# keeps the ids of every existing run and sweep.
+UNHASHED_WHEN_NONE = (("data", "eos_id"),)
+
+
 def run_id(cfg) -> str:
-    """A stable id: the hash of the resolved config (sorted JSON)."""
-    blob = json.dumps(_config.to_dict(cfg), sort_keys=True, default=str)
+    """A stable id: the hash of the resolved config (sorted JSON), without the UNHASHED_WHEN_NONE fields at None."""
+    d = _config.to_dict(cfg)
+    for section, key in UNHASHED_WHEN_NONE:
+        if key in d.get(section, {}) and d[section][key] is None:
+            d[section] = {k: v for k, v in d[section].items() if k != key}
+    blob = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -249,10 +260,15 @@ def eval_set(cfg, context: int) -> list[dict]:
 _EVAL_SETS: dict[tuple, list[dict]] = {}
 
 
-def evaluate(eval_step, params, batches, shard, *, task: bool = False) -> dict:
+def evaluate(eval_step, params, batches, shard, *, task: bool = False, bpb: str | float | None = "bytes") -> dict:
     """Loss on the fixed evaluation set: ``val_loss`` (nats per loss token), its standard error ``val_loss_se``
     over the set's sequences, ``val_bpb``, ``val_tokens`` (loss tokens) and, for a synthetic task (``task``),
     ``task_accuracy``: the exact-match accuracy of the argmax prediction on answer tokens.
+
+    ``val_bpb`` (bits per UTF-8 byte, comparable across tokenizers) follows ``bpb``
+    (scaling.data.tokens.bpb_basis): ``"bytes"``: the loss summed over the set over its byte targets (ids below 256,
+    the byte tokenizer); a float r (tokens per byte of the token file, from its metadata): ``val_loss * r / ln 2``;
+    None: unknown (a token file without byte counts), ``val_bpb`` is None.
 
     ``val_loss`` = sum_i l_i / sum_i n_i over sequences i with loss sum l_i over n_i tokens (a ratio estimator);
     its standard error is sqrt(sum_i (l_i - val_loss n_i)^2 / (m (m - 1))) / mean(n_i) over the m sequences
@@ -270,8 +286,11 @@ def evaluate(eval_step, params, batches, shard, *, task: bool = False) -> dict:
         se = float(np.sqrt((dev**2).sum() / (m * (m - 1))) / count[real].mean())
     else:
         se = float("nan")
-    out = {"val_loss": mean, "val_loss_se": se, "val_bpb": total / max(float(n_bytes.sum()), 1.0) / LN2,
-           "val_tokens": int(n)}
+    if bpb == "bytes":
+        val_bpb = total / max(float(n_bytes.sum()), 1.0) / LN2
+    else:
+        val_bpb = None if bpb is None else mean * float(bpb) / LN2
+    out = {"val_loss": mean, "val_loss_se": se, "val_bpb": val_bpb, "val_tokens": int(n)}
     if task:
         out["task_accuracy"] = float(hits.sum()) / max(n, 1.0)
     return out
@@ -373,9 +392,11 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     train_step, eval_step = _cached_steps(graphdef, t.grad_clip, t.b1, t.b2, t.weight_decay)
     lrs = learning_rates(schedule, total)
     task = cfg.data.source in TASKS  # a synthetic task: evaluations add task_accuracy
+    bpb = bpb_basis(validate_data_config(cfg.data))  # bits per byte: counted bytes, the file's ratio, or unknown
 
     if step == 0 and t.get("init_from"):  # the loss right after initialisation from another run
-        metrics.write({"kind": "eval", "step": 0, **evaluate(eval_step, train_state["params"], eval_batches, shard)})
+        metrics.write({"kind": "eval", "step": 0, **evaluate(eval_step, train_state["params"], eval_batches, shard,
+                                                             bpb=bpb)})
     status, last = "done", {}
     bar = _Progress(total, step, enabled=progress, title=m.name)
     try:
@@ -409,7 +430,7 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
                 metrics.write(last)
                 t_last, tok_since = now, 0
             if step % t.eval_every == 0 or step == total:
-                ev = evaluate(eval_step, train_state["params"], eval_batches, shard, task=task)
+                ev = evaluate(eval_step, train_state["params"], eval_batches, shard, task=task, bpb=bpb)
                 metrics.write({"kind": "eval", "step": step, **ev})
                 last.update(ev)
             if step % t.checkpoint_every == 0 or step == total:

@@ -6,7 +6,9 @@ The ``data`` section (formats in scaling/data/corpus.py and scaling/data/pipelin
   path          None for stdlib; a directory (text_dir), a .jsonl file (jsonl), a .npy / .bin file (tokens)
   glob          files read by text_dir, relative to path
   text_field    the string field of each jsonl record
-  token_dtype   dtype of a raw .bin token file (a .npy carries its own)
+  token_dtype   dtype of a raw .bin token file (a .npy carries its own; a metadata file's dtype wins)
+  eos_id        the id between the documents of a token file without metadata (<file>.meta.json, written by
+                scaling tokenize), e.g. 50256 for nanoGPT's GPT-2 train.bin; None: the metadata says
   val_fraction  share of documents in validation, by a stable hash of the document key
   packing       True: concatenate documents and split into windows (rows shuffled within windows of 1024 rows);
                 False (default): windows within documents, padded, shuffled over the whole corpus. The stdlib's
@@ -22,7 +24,7 @@ from ml_collections import ConfigDict
 def get_config():
     return ConfigDict({"data": {
         "source": "stdlib", "path": None, "glob": "**/*.txt", "text_field": "text",
-        "token_dtype": "uint16", "val_fraction": 0.02, "packing": False, "eval_tokens": 65536,
+        "token_dtype": "uint16", "eos_id": None, "val_fraction": 0.02, "packing": False, "eval_tokens": 65536,
         "task": {"vocab_size": 128, "num_kv_pairs": 8, "num_queries": None, "power_a": 0.01, "num_tokens": 8,
                  "depth": None, "needle_digits": 6, "eval_seed": 1234},
     }})

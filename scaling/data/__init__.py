@@ -1,6 +1,10 @@
-"""Data: byte tokenizer, corpus sources and grain pipelines.
+"""Data: tokenizers, corpus sources, token files and grain pipelines.
 
 - :mod:`scaling.data.tokenizer`: bytes 0..255 plus PAD=256, BOS=257, EOS=258 (``VOCAB_SIZE = 259``).
+- :mod:`scaling.data.bpe`: any Hugging Face ``tokenizer.json``; a byte-level BPE trained on a local corpus.
+- :mod:`scaling.data.tokenize`: corpora -> a token file and its metadata (``scaling tokenize``).
+- :mod:`scaling.data.tokens`: token files' metadata (``<file>.meta.json``), raw files (``data.eos_id``), bits per
+  byte across tokenizers.
 - :mod:`scaling.data.corpus`: sources ``stdlib`` (default), ``text_dir``, ``jsonl``, ``tokens``; the stable
   hash train/validation split; ``validate_data_config``; ``corpus_stats``.
 - :mod:`scaling.data.pipeline`: packed (or per-document) windows of ``context + 1`` tokens as batches of

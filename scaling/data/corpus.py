@@ -21,11 +21,14 @@ Sources (``data.source``)
     ``"text"``) is one document, encoded as UTF-8. The key is the 1-based line number (``"line:12"``);
     blank lines are skipped.
 ``tokens``
-    A pre-tokenized 1-D array of ids of *this* byte tokenizer (every id < ``VOCAB_SIZE`` = 259):
-    ``data.path`` ending in ``.npy`` (read with ``np.load(mmap_mode="r")``, dtype from the file) or
-    ``.bin`` (raw, read with ``np.memmap`` as ``data.token_dtype``, default ``uint16``). If the array holds
-    EOS (258), documents are the runs between EOS tokens (a leading BOS in a run is dropped, empty runs
-    skipped), keyed ``"doc:<run index>"``. Without EOS the array is one long stream (key ``"stream"``).
+    A pre-tokenized 1-D array of ids (scaling/data/tokens.py): ``data.path`` ending in ``.npy`` (read with
+    ``np.load(mmap_mode="r")``, dtype from the file) or ``.bin`` (raw, read with ``np.memmap`` as
+    ``data.token_dtype``, default ``uint16``). Its metadata ``<path>.meta.json`` (written by ``scaling tokenize``)
+    names the tokenizer and its BOS / EOS / PAD ids; a file without one (nanoGPT's ``train.bin``) needs
+    ``data.eos_id``, the id between its documents. Documents are the runs between EOS tokens (a leading BOS in a
+    run is dropped, empty runs skipped), keyed ``"doc:<run index>"``; they enter the stream wrapped in the file's
+    own BOS (if any) and EOS, and windows are padded with its PAD (else EOS). Without EOS the array is one long
+    stream (key ``"stream"``). ``model.vocab_size`` must exceed the largest id (scaling.config.validate).
 
 Empty documents (no bytes) are skipped everywhere.
 
@@ -55,8 +58,9 @@ from typing import Any
 
 import numpy as np
 
+from scaling.data import tokens as _tokens
 from scaling.data.synthetic import TASK_DEFAULTS, TASKS, task_params
-from scaling.data.tokenizer import BOS, EOS, N_BYTES, VOCAB_SIZE
+from scaling.data.tokenizer import BOS, EOS, N_BYTES, PAD, VOCAB_SIZE
 
 SOURCES = ("stdlib", "text_dir", "jsonl", "tokens")
 TOKEN_DTYPES = ("uint8", "uint16", "uint32", "int32", "int64")
@@ -70,6 +74,8 @@ DATA_DEFAULTS: dict[str, Any] = {
     "glob": "**/*.txt",
     "text_field": "text",
     "token_dtype": "uint16",
+    # the id between the documents of a token file without metadata (50256 for GPT-2 ids); None: read the metadata
+    "eos_id": None,
     "val_fraction": 0.02,
     "packing": False,  # the stdlib files are long: whole-corpus window shuffle (see pipeline.py)
     # the fixed held-out evaluation set: ceil(eval_tokens / context) rows spread evenly over the validation
@@ -100,6 +106,8 @@ class Corpus:
     source: str
     train: tuple[Document, ...]
     validation: tuple[Document, ...]
+    # (BOS or None, EOS, PAD): the ids that wrap each document in the stream and pad windows
+    specials: tuple[int | None, int, int] = (BOS, EOS, PAD)
 
     def split(self, name: str) -> tuple[Document, ...]:
         if name not in ("train", "validation"):
@@ -119,6 +127,16 @@ def _cfg_items(cfg: Any) -> dict[str, Any]:
     if isinstance(cfg, Mapping):
         return dict(cfg)
     raise TypeError(f"data config: got {type(cfg).__name__}; must be a ConfigDict or a mapping")
+
+
+def check_eos_id(eos: Any, source: str, prefix: str = "data") -> None:
+    """``data.eos_id``: None, or an integer >= 0 for source ``tokens`` (a token file without metadata)."""
+    if eos is not None and (isinstance(eos, bool) or not isinstance(eos, int) or eos < 0):
+        raise ValueError(f"{prefix}.eos_id = {eos!r}: must be None or an integer >= 0 (the id between the documents "
+                         "of a token file)")
+    if eos is not None and source != "tokens":
+        raise ValueError(f"{prefix}.eos_id = {eos!r}: only for source 'tokens' (a token file without metadata); "
+                         f"must be None for source {source!r}")
 
 
 def validate_data_config(cfg: Any, *, prefix: str = "data") -> dict[str, Any]:
@@ -149,6 +167,7 @@ def validate_data_config(cfg: Any, *, prefix: str = "data") -> dict[str, Any]:
             raise bad(field, "must be a non-empty string")
     if c["token_dtype"] not in TOKEN_DTYPES:
         raise bad("token_dtype", f"must be one of {', '.join(TOKEN_DTYPES)}")
+    check_eos_id(c["eos_id"], c["source"], prefix)
     vf = c["val_fraction"]
     if isinstance(vf, bool) or not isinstance(vf, int | float) or not 0.0 < vf < 1.0:
         raise bad("val_fraction", "must be a number in the open interval (0, 1)")
@@ -263,53 +282,16 @@ def jsonl_documents(path: str | Path, text_field: str = "text") -> Iterator[Docu
                 yield doc
 
 
-def load_token_array(path: str | Path, token_dtype: str = "uint16") -> np.ndarray:
-    """Memory-maps a token file: ``.npy`` (dtype from the file) or raw ``.bin`` (``token_dtype``). ``[n]``."""
-    p = Path(path)
-    if p.stat().st_size == 0:
-        raise ValueError(f"data.path = {str(path)!r}: empty corpus (the file is empty)")
-    if p.suffix == ".npy":
-        arr = np.load(p, mmap_mode="r", allow_pickle=False)
-    else:
-        itemsize = np.dtype(token_dtype).itemsize
-        if p.stat().st_size % itemsize:
-            raise ValueError(
-                f"data.token_dtype = {token_dtype!r}: the size of {str(path)!r} ({p.stat().st_size} bytes) "
-                f"is not a multiple of {itemsize}"
-            )
-        arr = np.memmap(p, dtype=token_dtype, mode="r")
-    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(
-            f"data.path = {str(path)!r}: holds a {arr.dtype} array of shape {arr.shape}; "
-            "must be a 1-D integer array of token ids"
-        )
-    if arr.size == 0:
-        raise ValueError(f"data.path = {str(path)!r}: empty corpus (no tokens)")
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo < 0 or hi >= VOCAB_SIZE:
-        raise ValueError(
-            f"data.path = {str(path)!r}: holds token id {lo if lo < 0 else hi}; ids must be in "
-            f"[0, {VOCAB_SIZE}) (this byte tokenizer's vocabulary)"
-        )
-    return arr
+def load_token_array(path: str | Path, token_dtype: str = "uint16", eos_id: int | None = None) -> np.ndarray:
+    """Memory-maps a token file (see scaling/data/tokens.py): ``.npy`` or raw ``.bin``, ``[n]``."""
+    return _tokens.open_tokens(_tokens.token_spec(path, token_dtype, eos_id))
 
 
-def token_documents(path: str | Path, token_dtype: str = "uint16") -> Iterator[Document]:
+def token_documents(path: str | Path, token_dtype: str = "uint16", eos_id: int | None = None) -> Iterator[Document]:
     """Yields the EOS-delimited documents of a token file, or one ``"stream"`` Document if it has no EOS."""
-    arr = load_token_array(path, token_dtype)
-    ends = np.flatnonzero(arr == EOS)
-    if ends.size == 0:
-        stream = arr[1:] if arr[0] == BOS else arr
-        if stream.size:
-            yield Document(STREAM_KEY, stream)
-        return
-    starts = np.concatenate([[0], ends + 1])
-    stops = np.concatenate([ends, [arr.size]])
-    for i, (a, b) in enumerate(zip(starts.tolist(), stops.tolist(), strict=True)):
-        if a < b and arr[a] == BOS:
-            a += 1
-        if a < b:
-            yield Document(f"doc:{i}", arr[a:b])
+    spec = _tokens.token_spec(path, token_dtype, eos_id)
+    for key, ids in _tokens.token_documents(spec, STREAM_KEY):
+        yield Document(key, ids)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -336,6 +318,7 @@ class _CorpusKey:
     glob: str | None = None
     text_field: str | None = None
     token_dtype: str | None = None
+    eos_id: int | None = None
 
 
 def _cache_key(c: dict[str, Any]) -> _CorpusKey:
@@ -346,7 +329,7 @@ def _cache_key(c: dict[str, Any]) -> _CorpusKey:
         return _CorpusKey(source, vf, root=c["path"], glob=c["glob"])
     if source == "jsonl":
         return _CorpusKey(source, vf, root=c["path"], text_field=c["text_field"])
-    return _CorpusKey(source, vf, root=c["path"], token_dtype=c["token_dtype"])
+    return _CorpusKey(source, vf, root=c["path"], token_dtype=c["token_dtype"], eos_id=c["eos_id"])
 
 
 def _documents(k: _CorpusKey) -> list[Document]:
@@ -356,7 +339,7 @@ def _documents(k: _CorpusKey) -> list[Document]:
         return list(text_dir_documents(k.root, k.glob))
     if k.source == "jsonl":
         return list(jsonl_documents(k.root, k.text_field))
-    return list(token_documents(k.root, k.token_dtype))
+    return list(token_documents(k.root, k.token_dtype, k.eos_id))
 
 
 @functools.lru_cache(maxsize=4)
@@ -388,7 +371,11 @@ def _load_cached(k: _CorpusKey) -> Corpus:
                 "came out empty; "
                 + ("raise data.val_fraction or add documents" if name == "validation" else "lower it")
             )
-    return Corpus(source=source, train=train, validation=val)
+    specials = (BOS, EOS, PAD)
+    if source == "tokens":
+        spec = _tokens.token_spec(k.root, k.token_dtype, k.eos_id)
+        specials = (spec.bos_id, spec.eos_id, spec.pad)
+    return Corpus(source=source, train=train, validation=val, specials=specials)
 
 
 def load_corpus(data_cfg: Any) -> Corpus:

@@ -2,7 +2,9 @@
 
 Stream
 ------
-Each document (see :mod:`scaling.data.corpus`) enters the stream as ``[BOS, *ids, EOS]`` (int32). The
+Each document (see :mod:`scaling.data.corpus`) enters the stream as ``[BOS, *ids, EOS]`` (int32), with the
+corpus's own specials (``Corpus.specials``: a token file's BOS, EOS and PAD; no BOS for a file without one, such
+as GPT-2 ids separated by EOT, and PAD = EOS when it has no PAD). The
 stream is cut into *windows* of ``context + 1`` tokens; a window ``w`` gives ``inputs = w[:-1]`` and
 ``targets = w[1:]``.
 
@@ -19,7 +21,7 @@ Batch format
 A batch is a dict of numpy arrays, ``B = batch_size``, ``T = context``:
 
 ==============  ==========  =======================================================================
-``inputs``      [B, T] i32  token ids fed to the model (PAD = 256 where padded)
+``inputs``      [B, T] i32  token ids fed to the model (PAD, 256 for bytes, where padded)
 ``targets``     [B, T] i32  next token of each input (``targets[:, t] == inputs[:, t + 1]``)
 ``segment_ids`` [B, T] i32  of each input: 1, 2, ... per document within the row; 0 = padding
 ``positions``   [B, T] i32  of each input: its index within its own document (BOS = 0), so a document
@@ -90,8 +92,8 @@ def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
     return int(value)
 
 
-def _check_fits(docs: Sequence[Document], context: int, split: str) -> None:
-    longest = max(len(d) for d in docs) + 2
+def _check_fits(docs: Sequence[Document], context: int, split: str, n_special: int = 2) -> None:
+    longest = max(len(d) for d in docs) + n_special
     if longest < context + 1:
         raise ValueError(
             f"context = {context}: longer than every document of the {split} split (the longest has "
@@ -116,23 +118,23 @@ def _row(window: np.ndarray, seg: np.ndarray, pos: np.ndarray) -> dict[str, np.n
     }
 
 
-def _doc_features(ids: np.ndarray) -> dict[str, np.ndarray]:
-    tokens = wrap_document(ids)
+def _doc_features(ids: np.ndarray, specials=(BOS, EOS, PAD)) -> dict[str, np.ndarray]:
+    tokens = wrap_document(ids, specials[0], specials[1])
     # Packed alongside the tokens so that a split document keeps its true positions (grain's own
     # *_positions restart at 0 in every window).
     return {"tokens": tokens, "pos": np.arange(tokens.size, dtype=np.int32)}
 
 
-def _packed_row(el: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _packed_row(el: dict[str, np.ndarray], pad_id: int = PAD) -> dict[str, np.ndarray]:
     seg = el["tokens_segment_ids"].astype(np.int32)
     pad = seg == 0
-    window = np.where(pad, PAD, el["tokens"]).astype(np.int32)
+    window = np.where(pad, pad_id, el["tokens"]).astype(np.int32)
     pos = np.where(pad, 0, el["pos"]).astype(np.int32)
     return _row(window, seg, pos)
 
 
 def _window_index(lengths: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
-    """(document index, start) of every unpacked window; ``lengths`` are document lengths with BOS/EOS."""
+    """(document index, start) of every unpacked window; ``lengths`` are document lengths with the specials."""
     counts = -(-(lengths - 1) // context)  # ceil((L - 1) / context): windows with at least one target
     doc = np.repeat(np.arange(lengths.size), counts)
     first = np.cumsum(counts) - counts
@@ -140,19 +142,22 @@ def _window_index(lengths: np.ndarray, context: int) -> tuple[np.ndarray, np.nda
     return doc.astype(np.int64), start.astype(np.int64)
 
 
-def _unpacked_row(ids: np.ndarray, start: int, context: int) -> dict[str, np.ndarray]:
-    """The window ``[start, start + context + 1)`` of ``[BOS, *ids, EOS]``, PAD-filled past its end."""
-    n_total = ids.size + 2
+def _unpacked_row(ids: np.ndarray, start: int, context: int, specials=(BOS, EOS, PAD)) -> dict[str, np.ndarray]:
+    """The window ``[start, start + context + 1)`` of ``[BOS, *ids, EOS]`` (no BOS if ``specials[0]`` is None),
+    PAD-filled past its end."""
+    bos, eos, pad = specials
+    nb = 0 if bos is None else 1
+    n_total = ids.size + nb + 1
     stop = min(start + context + 1, n_total)
-    window = np.full(context + 1, PAD, dtype=np.int32)
+    window = np.full(context + 1, pad, dtype=np.int32)
     # Slicing ids directly avoids materialising the wrapped document for every window of a long file.
-    if start == 0:
-        window[0] = BOS
-    a, b = max(start, 1), min(stop, n_total - 1)
+    if nb and start == 0:
+        window[0] = bos
+    a, b = max(start, nb), min(stop, n_total - 1)
     if a < b:
-        window[a - start : b - start] = ids[a - 1 : b - 1]
+        window[a - start : b - start] = ids[a - nb : b - nb]
     if stop == n_total:
-        window[n_total - 1 - start] = EOS
+        window[n_total - 1 - start] = eos
     seg = np.zeros(context + 1, dtype=np.int32)
     seg[: stop - start] = 1
     pos = np.where(seg > 0, start + np.arange(context + 1, dtype=np.int32), 0).astype(np.int32)
@@ -163,11 +168,13 @@ def _unpacked_row(ids: np.ndarray, start: int, context: int) -> dict[str, np.nda
 # Naive references (clarity over speed; the tests hold the grain pipelines to them)
 
 
-def packed_windows_reference(docs: Sequence[np.ndarray], context: int) -> dict[str, np.ndarray]:
+def packed_windows_reference(docs: Sequence[np.ndarray], context: int,
+                             specials=(BOS, EOS, PAD)) -> dict[str, np.ndarray]:
     """Rows ``[N, context]`` of the packed stream of ``docs`` in the given order, the last row PAD-filled."""
+    bos, eos, pad = specials
     tokens, seg_doc, pos = [], [], []
     for d, ids in enumerate(docs):
-        wrapped = [BOS, *[int(x) for x in ids], EOS]
+        wrapped = ([] if bos is None else [bos]) + [int(x) for x in ids] + [eos]
         tokens += wrapped
         seg_doc += [d] * len(wrapped)
         pos += list(range(len(wrapped)))
@@ -179,23 +186,25 @@ def packed_windows_reference(docs: Sequence[np.ndarray], context: int) -> dict[s
         # Segment ids count documents within the row, from 1.
         seg = [1 + sorted(set(dw)).index(x) for x in dw]
         n_pad = context + 1 - len(w)
-        w, seg, pw = w + [PAD] * n_pad, seg + [0] * n_pad, pw + [0] * n_pad
+        w, seg, pw = w + [pad] * n_pad, seg + [0] * n_pad, pw + [0] * n_pad
         rows.append(_row(np.array(w, np.int32), np.array(seg, np.int32), np.array(pw, np.int32)))
     return {k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS}
 
 
-def unpacked_windows_reference(docs: Sequence[np.ndarray], context: int) -> dict[str, np.ndarray]:
+def unpacked_windows_reference(docs: Sequence[np.ndarray], context: int,
+                               specials=(BOS, EOS, PAD)) -> dict[str, np.ndarray]:
     """Rows ``[N, context]`` of the unpacked windows of ``docs`` in order (see the module docstring)."""
+    bos, eos, pad = specials
     rows = []
     for ids in docs:
-        wrapped = [BOS, *[int(x) for x in ids], EOS]
+        wrapped = ([] if bos is None else [bos]) + [int(x) for x in ids] + [eos]
         start = 0
         while start < len(wrapped) - 1:
             w = wrapped[start : start + context + 1]
             n_pad = context + 1 - len(w)
             seg = [1] * len(w) + [0] * n_pad
             pw = list(range(start, start + len(w))) + [0] * n_pad
-            rows.append(_row(np.array(w + [PAD] * n_pad, np.int32), np.array(seg, np.int32),
+            rows.append(_row(np.array(w + [pad] * n_pad, np.int32), np.array(seg, np.int32),
                              np.array(pw, np.int32)))
             start += context
     return {k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS}
@@ -208,33 +217,38 @@ def unpacked_windows_reference(docs: Sequence[np.ndarray], context: int) -> dict
 ROW_SHUFFLE_WINDOW = 1024  # packed training rows are shuffled within windows of this many rows
 
 
-def _packed_rows(ds: grain.MapDataset, context: int) -> grain.IterDataset:
+def _packed_rows(ds: grain.MapDataset, context: int, specials) -> grain.IterDataset:
     packed = grain.experimental.ConcatThenSplitIterDataset(
-        ds.map(_doc_features).to_iter_dataset(_READ),
+        ds.map(lambda ids: _doc_features(ids, specials)).to_iter_dataset(_READ),
         length_struct={"tokens": context + 1, "pos": context + 1},
     )
-    return packed.map(_packed_row)
+    return packed.map(lambda el: _packed_row(el, specials[2]))
 
 
-def _unpacked_rows(docs: Sequence[Document], context: int, *, seed: int | None) -> grain.IterDataset:
-    lengths = np.array([len(d) + 2 for d in docs], dtype=np.int64)
+def _n_special(specials) -> int:
+    return 1 if specials[0] is None else 2
+
+
+def _unpacked_rows(docs: Sequence[Document], context: int, *, seed: int | None, specials) -> grain.IterDataset:
+    lengths = np.array([len(d) + _n_special(specials) for d in docs], dtype=np.int64)
     doc_idx, starts = _window_index(lengths, context)
     ids = [d.ids for d in docs]
     ds = grain.MapDataset.range(doc_idx.size)
     if seed is not None:
         ds = ds.shuffle(seed=seed).repeat()
-    return ds.map(lambda i: _unpacked_row(ids[doc_idx[i]], int(starts[i]), context)).to_iter_dataset(_READ)
+    return ds.map(lambda i: _unpacked_row(ids[doc_idx[i]], int(starts[i]), context, specials)).to_iter_dataset(_READ)
 
 
-def _rows(docs: Sequence[Document], context: int, *, packing: bool, seed: int | None) -> grain.IterDataset:
+def _rows(docs: Sequence[Document], context: int, *, packing: bool, seed: int | None,
+          specials=(BOS, EOS, PAD)) -> grain.IterDataset:
     """Rows of ``docs``: shuffled and infinite if ``seed`` is given, else in order and finite."""
     if not packing:
-        return _unpacked_rows(docs, context, seed=seed)
+        return _unpacked_rows(docs, context, seed=seed, specials=specials)
     ds = grain.MapDataset.source([d.ids for d in docs])
     if seed is None:
-        return _packed_rows(ds, context)
+        return _packed_rows(ds, context, specials)
     # shuffle before repeat: grain reseeds the shuffle with seed + epoch for every pass.
-    rows = _packed_rows(ds.shuffle(seed=seed).repeat(), context)
+    rows = _packed_rows(ds.shuffle(seed=seed).repeat(), context, specials)
     # Consecutive packed rows come from the same one or two documents; shuffling rows within windows of
     # ROW_SHUFFLE_WINDOW rows makes each batch draw from several documents (a long document still dominates a
     # window: for corpora of long documents packing=False shuffles windows over the whole corpus).
@@ -291,9 +305,9 @@ class DataIterator(grain.DatasetIterator):
 
 def _pipeline_id(c: dict[str, Any], **kw: Any) -> dict[str, Any]:
     fields = {"source": c["source"], "val_fraction": c["val_fraction"], "packing": c["packing"]}
-    extra = {"text_dir": "glob", "jsonl": "text_field", "tokens": "token_dtype"}.get(c["source"])
-    if extra:
-        fields[extra] = c[extra]
+    extra = {"text_dir": ("glob",), "jsonl": ("text_field",), "tokens": ("token_dtype", "eos_id")}.get(c["source"])
+    for key in extra or ():
+        fields[key] = c[key]
     return {**fields, **kw}
 
 
@@ -320,18 +334,20 @@ def make_train_iterator(data_cfg: Any, *, batch_size: int, context: int, seed: i
     seed = _check_int("seed", seed, 0, 2**32 - 1)
     if c["source"] in synthetic.TASKS:
         return synthetic.make_task_train_iterator(c, batch_size=batch_size, context=context, seed=seed)
-    docs = load_corpus(data_cfg).train
+    corpus = load_corpus(data_cfg)
+    docs = corpus.train
     if not c["packing"]:
-        _check_fits(docs, context, "train")
-    ds = _rows(docs, context, packing=c["packing"], seed=seed).batch(batch_size, drop_remainder=True)
+        _check_fits(docs, context, "train", _n_special(corpus.specials))
+    ds = _rows(docs, context, packing=c["packing"], seed=seed, specials=corpus.specials)
+    ds = ds.batch(batch_size, drop_remainder=True)
     pipeline = _pipeline_id(c, batch_size=batch_size, context=context, seed=seed)
     return DataIterator(iter(ds), pipeline)
 
 
-def _padding_rows(n: int, context: int) -> dict[str, np.ndarray]:
+def _padding_rows(n: int, context: int, pad: int = PAD) -> dict[str, np.ndarray]:
     return {
-        "inputs": np.full((n, context), PAD, np.int32),
-        "targets": np.full((n, context), PAD, np.int32),
+        "inputs": np.full((n, context), pad, np.int32),
+        "targets": np.full((n, context), pad, np.int32),
         "segment_ids": np.zeros((n, context), np.int32),
         "positions": np.zeros((n, context), np.int32),
         "loss_mask": np.zeros((n, context), np.float32),
@@ -344,14 +360,15 @@ def eval_rows(data_cfg: Any, context: int) -> int:
     return -(-c["eval_tokens"] // _check_int("context", context, 1))
 
 
-def _batch_rows(picked: Sequence[dict[str, np.ndarray]], batch_size: int, context: int) -> list[dict[str, np.ndarray]]:
+def _batch_rows(picked: Sequence[dict[str, np.ndarray]], batch_size: int, context: int,
+                pad: int = PAD) -> list[dict[str, np.ndarray]]:
     """Stack rows into ``[batch_size, context]`` batches in order; the last one is filled with padding rows."""
     batches = []
     for start in range(0, len(picked), batch_size):
         chunk = picked[start: start + batch_size]
         batch = {k: np.stack([np.asarray(r[k]) for r in chunk]) for k in BATCH_KEYS}
         if len(chunk) < batch_size:
-            fill = _padding_rows(batch_size - len(chunk), context)
+            fill = _padding_rows(batch_size - len(chunk), context, pad)
             batch = {k: np.concatenate([batch[k], fill[k].astype(batch[k].dtype)]) for k in BATCH_KEYS}
         batches.append(batch)
     return batches
@@ -379,14 +396,15 @@ def make_eval_batches(
         want = _check_int("num_batches", num_batches, 1) * batch_size
     if c["source"] in synthetic.TASKS:
         return _batch_rows(synthetic.task_eval_rows(c, context=context, num_rows=want), batch_size, context)
-    docs = load_corpus(data_cfg).validation
+    corpus = load_corpus(data_cfg)
+    docs = corpus.validation
     if not c["packing"]:
-        _check_fits(docs, context, "validation")
+        _check_fits(docs, context, "validation", _n_special(corpus.specials))
 
     def rows():
-        return _rows(docs, context, packing=c["packing"], seed=None)
+        return _rows(docs, context, packing=c["packing"], seed=None, specials=corpus.specials)
 
     n_rows = sum(1 for _ in rows())
     keep = set(range(n_rows)) if want >= n_rows else set(((np.arange(want) * n_rows) // want).tolist())
     picked = [row for i, row in enumerate(rows()) if i in keep]
-    return _batch_rows(picked, batch_size, context)
+    return _batch_rows(picked, batch_size, context, corpus.specials[2])

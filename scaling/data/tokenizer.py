@@ -56,13 +56,16 @@ def encode(text: str | bytes, *, add_bos: bool = False, add_eos: bool = False) -
     return out
 
 
-def wrap_document(byte_ids: np.ndarray) -> np.ndarray:
-    """Returns ``[BOS, *byte_ids, EOS]`` as int32 ``[n + 2]``: the form in which documents enter a stream."""
-    ids = np.asarray(byte_ids)
-    out = np.empty(ids.size + 2, dtype=np.int32)
-    out[0] = BOS
-    out[1:-1] = ids.reshape(-1)
-    out[-1] = EOS
+def wrap_document(byte_ids: np.ndarray, bos: int | None = BOS, eos: int = EOS) -> np.ndarray:
+    """Returns ``[bos, *ids, eos]`` as int32 ``[n + 2]`` (``[*ids, eos]``, ``[n + 1]``, if ``bos`` is None): the
+    form in which documents enter a stream (a token file's own specials replace BOS / EOS)."""
+    ids = np.asarray(byte_ids).reshape(-1)
+    nb = 0 if bos is None else 1
+    out = np.empty(ids.size + nb + 1, dtype=np.int32)
+    if nb:
+        out[0] = bos
+    out[nb:-1] = ids
+    out[-1] = eos
     return out
 
 

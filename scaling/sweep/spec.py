@@ -447,15 +447,16 @@ def _validate(cfg: ConfigDict, where: str, check_data: bool = True) -> None:
         else:
             _config.validate_model(cfg.model)
             _config.validate_train(cfg.train)
-            from scaling.data.corpus import SOURCES, validate_data_config
+            from scaling.data.corpus import SOURCES, check_eos_id, validate_data_config
 
             data = cfg.data.to_dict()
             if data.get("source") not in SOURCES:
                 validate_data_config(data)  # names the field and the accepted sources
-            validate_data_config({**data, "source": "stdlib", "path": None})
+            validate_data_config({**data, "source": "stdlib", "path": None, "eos_id": None})
+            check_eos_id(data.get("eos_id"), data.get("source"))
     except (_config.ConfigError, ValueError, FileNotFoundError) as e:
         msg = f"{where}: {e}"
-        if str(e).startswith("data.path"):
+        if str(e).startswith("data.path") and ("required for source" in str(e) or "no such file" in str(e)):
             msg += ("; pass your data to every run with `scaling sweep SPEC --set data.path=/path/to/tokens.bin` "
                     "(`--dry-run` plans without it)")
         raise SpecError(msg) from None

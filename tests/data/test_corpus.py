@@ -9,6 +9,13 @@ import pytest
 
 from scaling.data import corpus
 from scaling.data.tokenizer import BOS, EOS
+from scaling.data.tokens import byte_metadata, write_metadata
+
+
+def _save_bytes_npy(p, ids):
+    """A .npy of byte-tokenizer ids with its metadata, as scaling tokenize writes them."""
+    np.save(p, ids)
+    write_metadata(p, byte_metadata(ids))
 
 CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "data" / "stdlib.py"
 
@@ -197,7 +204,7 @@ def test_tokens_npy_documents(tmp_path):
         stream += ([BOS] if i % 2 else []) + d.tolist() + [EOS]  # a leading BOS is optional
     stream += [EOS]  # an empty run: skipped
     p = tmp_path / "t.npy"
-    np.save(p, np.array(stream, dtype=np.uint16))
+    _save_bytes_npy(p, np.array(stream, dtype=np.uint16))
     keys = [f"doc:{i}" for i in range(8)]
     vf = _val_fraction_for(keys, 2)
     c = corpus.load_corpus({"source": "tokens", "path": str(p), "val_fraction": vf})
@@ -210,37 +217,40 @@ def test_tokens_bin_stream(tmp_path):
     ids = (np.arange(1000) * 7 % 256).astype(np.uint32)
     p = tmp_path / "t.bin"
     np.concatenate([[BOS], ids]).astype(np.uint32).tofile(p)
-    c = corpus.load_corpus({"source": "tokens", "path": str(p), "token_dtype": "uint32", "val_fraction": 0.1})
+    write_metadata(p, byte_metadata(np.concatenate([[BOS], ids]).astype(np.uint32)))
+    c = corpus.load_corpus({"source": "tokens", "path": str(p), "val_fraction": 0.1})
     (train,), (val,) = c.train, c.validation
     assert (train.key, val.key) == ("stream[0:900]", "stream[900:1000]")  # contiguous tail, BOS dropped
     assert np.array_equal(np.concatenate([train.ids, val.ids]), ids)
-    # The same file read as uint16 is a different (still valid) stream, so the cache must not mix them.
-    c16 = corpus.load_corpus({"source": "tokens", "path": str(p), "val_fraction": 0.1})
-    assert c16.train[0].ids.dtype == np.uint16
+    # The same file read raw as uint16 (no metadata) is a different stream, so the cache must not mix them.
+    q = tmp_path / "raw.bin"
+    q.write_bytes(p.read_bytes())
+    c16 = corpus.load_corpus({"source": "tokens", "path": str(q), "val_fraction": 0.1, "eos_id": 258})
+    assert c16.train[0].ids.dtype == np.uint16 and c16.specials == (None, 258, 258)
 
 
 def test_tokens_errors(tmp_path):
-    p = tmp_path / "big.npy"
-    np.save(p, np.array([1, 2, 300], np.int32))
-    with pytest.raises(ValueError, match=r"data.path = .*: holds token id 300; ids must be in \[0, 259\)"):
-        corpus.load_corpus({"source": "tokens", "path": str(p)})
     p = tmp_path / "2d.npy"
     np.save(p, np.ones((2, 2), np.int32))
     with pytest.raises(ValueError, match="must be a 1-D integer array"):
-        corpus.load_corpus({"source": "tokens", "path": str(p)})
+        corpus.load_corpus({"source": "tokens", "path": str(p), "eos_id": 1})
     p = tmp_path / "empty.bin"
     p.write_bytes(b"")
-    with pytest.raises(ValueError, match="empty corpus"):
-        corpus.load_corpus({"source": "tokens", "path": str(p)})
+    with pytest.raises(ValueError, match="the file is empty"):
+        corpus.load_corpus({"source": "tokens", "path": str(p), "eos_id": 1})
     p = tmp_path / "odd.bin"
     p.write_bytes(b"\x01\x00\x02")
     msg = "data.token_dtype = 'uint16': the size of .* is not a multiple of 2"
     with pytest.raises(ValueError, match=msg):
+        corpus.load_corpus({"source": "tokens", "path": str(p), "eos_id": 1})
+    with pytest.raises(ValueError, match=r"no metadata file .*odd.bin.meta.json.*set data.eos_id"):
         corpus.load_corpus({"source": "tokens", "path": str(p)})
     p = tmp_path / "eos.npy"
-    np.save(p, np.array([BOS, EOS, EOS], np.uint16))
+    _save_bytes_npy(p, np.array([BOS, EOS, EOS], np.uint16))
     with pytest.raises(ValueError, match=r"data.source = 'tokens': empty corpus \(no tokens besides BOS/EOS"):
         corpus.load_corpus({"source": "tokens", "path": str(p)})
+    with pytest.raises(ValueError, match=r"data.eos_id = 5: only for source 'tokens'"):
+        corpus.validate_data_config({"eos_id": 5})
 
 
 # ----------------------------------------------------------------------------------------------------------

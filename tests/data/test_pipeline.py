@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from scaling.data import corpus, pipeline
 from scaling.data.tokenizer import BOS, EOS, PAD, decode
+from scaling.data.tokens import byte_metadata, write_metadata
 
 B, T = 4, 16
 CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "data" / "stdlib.py"
@@ -303,6 +304,7 @@ def test_jsonl_and_tokens_sources(tmp_path):
     # The same documents saved as a token file, each as BOS + bytes + EOS.
     stream = [tok for t in texts for tok in (BOS, *t.encode(), EOS)]
     np.save(tmp_path / "c.npy", np.array(stream, np.uint16))
+    write_metadata(tmp_path / "c.npy", byte_metadata(np.array(stream, np.uint16)))
     tcfg = {"source": "tokens", "path": str(tmp_path / "c.npy"),
             "val_fraction": _val_fraction_for([f"doc:{i}" for i in range(10)], 3)}
     for c in (jcfg, tcfg):

@@ -74,7 +74,10 @@ def test_full_scale_dry_run_needs_no_data_and_a_real_run_says_how_to_pass_it(tmp
     assert "no such file" in capsys.readouterr().err
     tokens = tmp_path / "tokens.bin"
     tokens.write_bytes(bytes(64))
-    sweep, plans, store, _ = prepare(spec, tmp_path / "sw", scale="full", overrides={"data.path": str(tokens)})
+    with pytest.raises(SpecError, match=r"no metadata file .*data.eos_id=50256"):  # raw ids: name the separator
+        prepare(spec, tmp_path / "sw", scale="full", overrides={"data.path": str(tokens)})
+    sweep, plans, store, _ = prepare(spec, tmp_path / "sw", scale="full",
+                                     overrides={"data.path": str(tokens), "data.eos_id": 50256})
     store.close()
     assert sweep.name == "sympow-full" and all(p.cfg.data.path == str(tokens) for p in plans)
 
