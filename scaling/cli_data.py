@@ -12,23 +12,31 @@ def _byte_bar(label: str, disable: bool):
                     TimeRemainingColumn(), disable=disable)
 
 
-def _tokenize(args) -> int:
+def _with_bar(label: str, disable: bool, fn):
+    """(fn(progress=...)'s result, wall seconds) under a byte progress bar; (None, 0) after printing a ValueError
+    as one line."""
     import time
 
-    from scaling.data.tokenize import tokenize
-
-    with _byte_bar("tokenize", args.no_progress) as bar:
-        task = bar.add_task("tokenize", total=None)
+    with _byte_bar(label, disable) as bar:
+        task = bar.add_task(label, total=None)
         t0 = time.perf_counter()
         try:
-            result = tokenize(args.input, args.out, fmt=args.format, glob=args.glob, text_field=args.text_field,
-                              dtype=args.dtype, tokenizer=args.tokenizer, max_bytes=args.max_bytes,
-                              progress=lambda done, total: bar.update(task, completed=done, total=total))
+            out = fn(progress=lambda done, total: bar.update(task, completed=done, total=total))
         except ValueError as e:
             bar.stop()
             print(f"error: {e}", file=sys.stderr)
-            return 2
-        wall = time.perf_counter() - t0
+            return None, 0.0
+        return out, time.perf_counter() - t0
+
+
+def _tokenize(args) -> int:
+    from scaling.data.tokenize import tokenize
+
+    result, wall = _with_bar("tokenize", args.no_progress, lambda progress: tokenize(
+        args.input, args.out, fmt=args.format, glob=args.glob, text_field=args.text_field, dtype=args.dtype,
+        tokenizer=args.tokenizer, max_bytes=args.max_bytes, progress=progress))
+    if result is None:
+        return 2
     specials = "BOS + ids + EOS" if args.tokenizer == "bytes" else "the tokenizer's specials"
     print(f"wrote {result.out}: {result.documents:,} documents ({result.format}), {result.tokens:,} tokens "
           f"({args.dtype}, {specials} each) from {result.input_bytes:,} bytes in {wall:.1f} s "
@@ -40,22 +48,13 @@ def _tokenize(args) -> int:
 
 
 def _tokenizer_train(args) -> int:
-    import time
-
     from scaling.data.bpe import train_bpe
 
-    with _byte_bar("read corpus", args.no_progress) as bar:
-        task = bar.add_task("read", total=None)
-        t0 = time.perf_counter()
-        try:
-            info = train_bpe(args.corpus, args.out, vocab_size=args.vocab_size, fmt=args.format, glob=args.glob,
-                             text_field=args.text_field, max_bytes=args.max_bytes,
-                             progress=lambda done, total: bar.update(task, completed=done, total=total))
-        except ValueError as e:
-            bar.stop()
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        wall = time.perf_counter() - t0
+    info, wall = _with_bar("read corpus", args.no_progress, lambda progress: train_bpe(
+        args.corpus, args.out, vocab_size=args.vocab_size, fmt=args.format, glob=args.glob,
+        text_field=args.text_field, max_bytes=args.max_bytes, progress=progress))
+    if info is None:
+        return 2
     print(f"wrote {info['out']}: byte-level BPE of {info['vocab_size']:,} tokens trained on {info['documents']:,} "
           f"documents ({info['bytes']:,} bytes) in {wall:.1f} s; sha256 {info['sha256'][:16]}")
     print(f"tokenize with it: scaling tokenize CORPUS --tokenizer {info['out']} --out data/corpus.bin")
