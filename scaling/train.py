@@ -101,9 +101,10 @@ def learning_rates(schedule, total: int) -> np.ndarray:
 def _loss_terms(graphdef, params, batch, *, per_position: bool = False, per_row: bool = False):
     """Sum of masked cross-entropy (nats), number of loss tokens, number of byte targets, number of loss tokens
     whose argmax prediction is the target. Each summed over the batch: [T] per position if ``per_position``,
-    [B] per row (sequence) if ``per_row``."""
+    [B] per row (sequence) if ``per_row``. A batch's ``segment_ids`` and ``positions`` (packed rows) go to the
+    model, so the documents packed in a row do not see each other."""
     model = nnx.merge(graphdef, params)
-    logits = model(batch["inputs"])
+    logits = model(batch["inputs"], **{k: batch[k] for k in ("segment_ids", "positions") if k in batch})
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     mask = batch["loss_mask"]
     hit = (jnp.argmax(logits, axis=-1) == batch["targets"]) * mask
