@@ -112,9 +112,10 @@ def learning_rates(schedule, total: int) -> np.ndarray:
 def _loss_terms(graphdef, params, batch, *, per_position: bool = False, per_row: bool = False):
     """Sum of masked cross-entropy (nats), number of loss tokens, number of byte targets, number of loss tokens
     whose argmax prediction is the target. Each summed over the batch: [T] per position if ``per_position``,
-    [B] per row (sequence) if ``per_row``."""
+    [B] per row (sequence) if ``per_row``. A batch's ``segment_ids`` and ``positions`` (packed rows) go to the
+    model, so the documents packed in a row do not see each other."""
     model = nnx.merge(graphdef, params)
-    logits = model(batch["inputs"])
+    logits = model(batch["inputs"], **{k: batch[k] for k in ("segment_ids", "positions") if k in batch})
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     mask = batch["loss_mask"]
     hit = (jnp.argmax(logits, axis=-1) == batch["targets"]) * mask
@@ -355,8 +356,13 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     data_sharding = NamedSharding(mesh, P("data"))
     replicated = NamedSharding(mesh, P())
 
+    # Packed rows hold several documents: their segment ids and positions go to the model, which keeps the
+    # documents apart. An unpacked row is one document (padding after it), which sees nothing else anyway: the
+    # model gets the tokens alone, so the train step stays the plain (and Pallas-capable) program.
+    drop = () if cfg.data.get("packing") else ("segment_ids", "positions")
+
     def shard(batch):
-        return {k: jax.device_put(np.asarray(v), data_sharding) for k, v in batch.items()}
+        return {k: jax.device_put(np.asarray(v), data_sharding) for k, v in batch.items() if k not in drop}
 
     graphdef, train_state, tx, schedule = init_train_state(cfg)
     train_state = jax.device_put(train_state, replicated)

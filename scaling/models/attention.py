@@ -25,11 +25,14 @@ class Attention(nnx.Module):
         p = self.proj
         return init_kv_cache(batch, max_len, p.n_kv_heads, p.head_dim, dtype=self.dtype, window=self.window)
 
-    def __call__(self, x, positions, state=None, *, decode: bool = False):
-        """x [batch, time, d_model] -> y [batch, time, d_model] (and the new state if state is given)."""
+    def __call__(self, x, positions, state=None, *, decode: bool = False, segment_ids=None):
+        """x [batch, time, d_model] -> y [batch, time, d_model] (and the new state if state is given).
+
+        positions [time] or [batch, time] feed RoPE; segment_ids [batch, time] (packed rows) mask attention
+        across documents."""
         q, k, v = self.proj.qkv(x, positions)
         out = attention(q, k, v, window=self.window, form="recurrent" if decode else "parallel",
-                        initial_state=state, return_state=state is not None)
+                        initial_state=state, return_state=state is not None, segment_ids=segment_ids)
         y, new_state = out if state is not None else (out, None)
         y = self.proj.out(y)
         return y if state is None else (y, new_state)

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from scaling.ops.segments import run_index
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -71,16 +73,25 @@ def rope(x, positions, theta: float = 10_000.0):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def causal_conv(x, conv_state, w, b):
+def causal_conv(x, conv_state, w, b, segment_ids=None):
     """Causal depthwise conv over time: y[t] = sum_i w[i] * x[t - (d_conv - 1) + i] + b.
 
     x [batch, time, channels]; conv_state [batch, d_conv - 1, channels], the inputs before x (zeros at the
     start of a sequence); w [d_conv, channels]; b [channels]. Returns (y, the new conv state).
+    segment_ids [batch, time] (packed rows, or None): an input from another document counts as zero, as at
+    the start of a sequence; conv_state belongs to the call's first document, and the new conv state keeps
+    only the last document's inputs (scaling.ops.segments).
     """
     full = jnp.concatenate([conv_state.astype(x.dtype), x], axis=1)
     t, w = x.shape[1], w.astype(x.dtype)
-    y = sum(full[:, i: i + t] * w[i] for i in range(w.shape[0])) + b.astype(x.dtype)
-    return y, full[:, t:]
+    if segment_ids is None:
+        y = sum(full[:, i: i + t] * w[i] for i in range(w.shape[0])) + b.astype(x.dtype)
+        return y, full[:, t:]
+    run = run_index(segment_ids)
+    run_full = jnp.pad(run, [(0, 0), (conv_state.shape[1], 0)])  # the conv state: the first document
+    y = sum(jnp.where((run_full[:, i: i + t] == run)[..., None], full[:, i: i + t], 0) * w[i]
+            for i in range(w.shape[0])) + b.astype(x.dtype)
+    return y, jnp.where((run_full[:, t:] == run[:, -1:])[..., None], full[:, t:], 0)
 
 
 def conv_params(d_conv: int, channels: int, rngs: nnx.Rngs, param_dtype) -> tuple[nnx.Param, nnx.Param]:

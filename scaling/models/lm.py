@@ -16,6 +16,7 @@ from flax import nnx
 from scaling import config as _config
 from scaling.models.layers import RMSNorm, SwiGLU, dense, dtypes
 from scaling.models.registry import MIXERS
+from scaling.ops.segments import positions_in_document
 
 
 class Block(nnx.Module):
@@ -27,9 +28,9 @@ class Block(nnx.Module):
         self.norm2 = RMSNorm(m.d_model, m.norm_eps, param_dtype)
         self.mlp = SwiGLU(m, _config.d_ff(m), rngs)
 
-    def __call__(self, x, positions, state=None, *, decode: bool = False):
+    def __call__(self, x, positions, state=None, *, decode: bool = False, segment_ids=None):
         if state is None:
-            x = x + self.mixer(self.norm1(x), positions)
+            x = x + self.mixer(self.norm1(x), positions, segment_ids=segment_ids)
             return x + self.mlp(self.norm2(x))
         h, state = self.mixer(self.norm1(x), positions, state, decode=decode)
         x = x + h
@@ -53,12 +54,22 @@ class LanguageModel(nnx.Module):
         out = self.embed.attend(x) if self.head is None else self.head(x)
         return out.astype(jnp.float32)
 
-    def __call__(self, tokens):
-        """tokens [batch, time] int -> logits [batch, time, vocab] float32."""
-        positions = jnp.arange(tokens.shape[1])
+    def __call__(self, tokens, segment_ids=None, positions=None):
+        """tokens [batch, time] int -> logits [batch, time, vocab] float32.
+
+        Packed rows (scaling.data.pipeline): ``segment_ids`` [batch, time] int labels each token's document
+        (a run of equal ids; 0 = padding) and makes the documents of a row independent: no attention across
+        them, and every recurrent state (retention, SSD, the short convs) restarts from zero at a document's
+        first token, so each position's logits are those of its document run alone (scaling.ops.segments).
+        ``positions`` [batch, time] int (RoPE) is each token's index within its document; by default
+        0, 1, ... over the row, or, with segment_ids, restarting at 0 at every document start.
+        """
+        if positions is None:
+            positions = (jnp.arange(tokens.shape[1]) if segment_ids is None
+                         else positions_in_document(jnp.asarray(segment_ids)))
         x = self.embed(tokens)
         for block in self.blocks:
-            x = block(x, positions)
+            x = block(x, positions, segment_ids=segment_ids)
         return self.logits(x)
 
     def init_state(self, batch: int, max_len: int):

@@ -58,14 +58,16 @@ class Mamba2(nnx.Module):
             ssm=jnp.zeros((batch, self.n_heads, self.head_dim, self.d_state), jnp.float32),
         )
 
-    def __call__(self, x, positions, state=None, *, decode: bool = False):
-        """x [batch, time, d_model] -> y [batch, time, d_model] (and the new state if state is given)."""
+    def __call__(self, x, positions, state=None, *, decode: bool = False, segment_ids=None):
+        """x [batch, time, d_model] -> y [batch, time, d_model] (and the new state if state is given).
+
+        segment_ids [batch, time] (packed rows): each document restarts from a zero state, conv included."""
         del positions  # the recurrence carries position
         b, t, _ = x.shape
         zxbcdt = self.in_proj(x)
         z, xbc, dt = jnp.split(zxbcdt, [self.d_inner, self.d_inner + self.conv_dim], axis=-1)
         conv_state = self.init_state(b, 0).conv if state is None else state.conv
-        xbc, new_conv = causal_conv(xbc, conv_state, self.conv_w[...], self.conv_b[...])
+        xbc, new_conv = causal_conv(xbc, conv_state, self.conv_w[...], self.conv_b[...], segment_ids)
         xbc = jax.nn.silu(xbc)
         gn = self.n_groups * self.d_state
         xs, B, C = jnp.split(xbc, [self.d_inner, self.d_inner + gn], axis=-1)
@@ -77,7 +79,7 @@ class Mamba2(nnx.Module):
         out = ssd(xs, dt, A, B, C, D=self.D[...].astype(jnp.float32), chunk_size=self.chunk_size,
                   form="recurrent" if decode else "chunked",
                   initial_state=None if state is None else state.ssm, return_state=state is not None,
-                  backend=self.backend)
+                  backend=self.backend, segment_ids=segment_ids)
         y, ssm = out if state is not None else (out, None)
         y = y.reshape(b, t, self.d_inner)
         y = rms_norm(y * jax.nn.silu(z.astype(jnp.float32)), self.eps) * self.norm_w[...].astype(jnp.float32)

@@ -65,13 +65,15 @@ class PowerRetention(nnx.Module):
     def _conv_zeros(self, batch: int):
         return jnp.zeros((batch, self.d_conv - 1, self.conv_w.shape[1]), self.dtype)
 
-    def __call__(self, x, positions, state=None, *, decode: bool = False):
-        """x [batch, time, d_model] -> y [batch, time, d_model] (and the new state if state is given)."""
+    def __call__(self, x, positions, state=None, *, decode: bool = False, segment_ids=None):
+        """x [batch, time, d_model] -> y [batch, time, d_model] (and the new state if state is given).
+
+        segment_ids [batch, time] (packed rows): each document restarts from a zero state, conv included."""
         q, k, v = self.proj.project(x)
         if self.d_conv:  # the short conv over the concatenated projections, carrying its own state
             conv_state = self._conv_zeros(x.shape[0]) if state is None else state.conv
             h, new_conv = causal_conv(jnp.concatenate([q, k, v], axis=-1), conv_state, self.conv_w[...],
-                                      self.conv_b[...])
+                                      self.conv_b[...], segment_ids)
             q, k, v = jnp.split(h, [q.shape[-1], q.shape[-1] + k.shape[-1]], axis=-1)
             state = None if state is None else RetentionState(state.S, state.z)
         q, k, v = self.proj.heads(q, k, v, positions)
@@ -79,7 +81,7 @@ class PowerRetention(nnx.Module):
         out = power_retention(
             q, k, v, log_g, p=self.p, chunk_size=self.chunk_size, normalize=self.normalize,
             form="recurrent" if decode else "chunked", initial_state=state,
-            return_state=state is not None, backend=self.backend)
+            return_state=state is not None, backend=self.backend, segment_ids=segment_ids)
         y, new_state = out if state is not None else (out, None)
         y = self.proj.out(y)
         if state is None:

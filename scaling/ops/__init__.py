@@ -1,5 +1,6 @@
 """Sequence mixers as pure functions of arrays, each with parallel / chunked / recurrent forms and a
-``*_reference`` twin. Layout: [batch, time, heads, head_dim]; gates [batch, time, heads] float32 (log)."""
+``*_reference`` twin. Layout: [batch, time, heads, head_dim]; gates [batch, time, heads] float32 (log).
+Every op takes ``segment_ids=`` [batch, time] for packed rows: documents are independent (scaling.ops.segments)."""
 
 from scaling.ops.attention import KVCache, attention, attention_reference, init_kv_cache
 from scaling.ops.power_retention import (

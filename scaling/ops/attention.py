@@ -14,6 +14,12 @@ Forms:
 
 Both forms accept ``initial_state`` (a KVCache holding earlier tokens) and ``return_state``. The window
 ``w`` means query i sees keys j with i - w < j <= i (w tokens, itself included).
+
+Packed rows: ``segment_ids [batch, time]`` (see scaling.ops.segments) mask every (query, key) pair in
+different documents (runs of equal ids), so each document attends only to itself; a query always sees at
+least itself, so padding (id 0) rows stay finite. The cache of ``initial_state`` belongs to the call's first
+document: queries of later documents in the call do not see it. The cache records no segments: the one handed
+back holds every token written, whatever its document.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from scaling.ops.segments import check_segment_ids, run_index, run_start
 
 FORMS = ("parallel", "recurrent")
 BACKENDS = ("xla",)
@@ -125,7 +133,7 @@ def _masked_softmax_attend(q, k, v, allowed, scale):
 
 def attention(q, k, v, *, causal: bool = True, window: int | None = None, scale: float | None = None,
               form: str = "parallel", initial_state: KVCache | None = None, return_state: bool = False,
-              backend: str = "xla"):
+              backend: str = "xla", segment_ids=None):
     """Softmax attention.
 
     Args:
@@ -135,6 +143,7 @@ def attention(q, k, v, *, causal: bool = True, window: int | None = None, scale:
       form: "parallel" or "recurrent" (token by token over the KV cache in ``initial_state``).
       initial_state: a KVCache of earlier tokens (``pos`` of them); the new ones are appended to its ring.
       return_state: also return the updated KVCache (needs initial_state).
+      segment_ids: optional [batch, time] int document ids of a packed row: no attention across documents.
     Returns:
       y [batch, time, hq, e] in q.dtype, and the KVCache if return_state.
     """
@@ -143,30 +152,48 @@ def attention(q, k, v, *, causal: bool = True, window: int | None = None, scale:
         raise ValueError("return_state=True needs initial_state=KVCache (see init_kv_cache)")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     t = q.shape[1]
+    segment_ids = check_segment_ids(segment_ids, q.shape[0], t, "attention")
 
     if initial_state is None:
         pos = jnp.arange(t)
-        y = _masked_softmax_attend(q, k, v, _scores_mask(pos, pos, causal, window), scale)
+        allowed = _scores_mask(pos, pos, causal, window)
+        if segment_ids is not None:
+            run = run_index(segment_ids)
+            allowed = allowed[None] & (run[:, :, None] == run[:, None, :])
+        y = _masked_softmax_attend(q, k, v, allowed, scale)
         return y.astype(q.dtype)
 
     cache = initial_state
     q_pos = cache.pos + jnp.arange(t)
+    # With segments, the absolute position where each query's document starts (0 for the call's first
+    # document, which continues the cache): causal keys at or after it are exactly its document's.
+    doc_start = None
+    if segment_ids is not None:
+        doc_start = jnp.where(run_index(segment_ids) == 0, 0, cache.pos + run_start(segment_ids))
     if form == "parallel":
         # Keys: the cache's slots, then the new tokens, each with its absolute position.
         k_all = jnp.concatenate([cache.k, k.astype(cache.k.dtype)], axis=1)
         v_all = jnp.concatenate([cache.v, v.astype(cache.v.dtype)], axis=1)
         k_pos = jnp.concatenate([slot_positions(cache.pos, cache.k.shape[1]), q_pos])
-        y = _masked_softmax_attend(q, k_all, v_all, _scores_mask(q_pos, k_pos, True, window), scale)
+        allowed = _scores_mask(q_pos, k_pos, True, window)
+        if doc_start is not None:
+            allowed = allowed[None] & (k_pos[None, None, :] >= doc_start[:, :, None])
+        y = _masked_softmax_attend(q, k_all, v_all, allowed, scale)
         new = _write(cache, k, v)
     else:
-        def step(c: KVCache, qkv):
-            q_t, k_t, v_t = qkv  # [b, h, d]
+        def step(c: KVCache, xs):
+            q_t, k_t, v_t = xs[:3]  # [b, h, d]
             c = _write(c, k_t[:, None], v_t[:, None])
-            allowed = _scores_mask(c.pos[None] - 1, slot_positions(c.pos, c.k.shape[1]), True, window)
+            k_pos = slot_positions(c.pos, c.k.shape[1])
+            allowed = _scores_mask(c.pos[None] - 1, k_pos, True, window)
+            if doc_start is not None:  # xs[3]: [b], where this token's document starts
+                allowed = allowed[None] & (k_pos[None, None, :] >= xs[3][:, None, None])
             y_t = _masked_softmax_attend(q_t[:, None], c.k, c.v, allowed, scale)[:, 0]
             return c, y_t
 
         xs = (jnp.moveaxis(q, 1, 0), jnp.moveaxis(k, 1, 0), jnp.moveaxis(v, 1, 0))
+        if doc_start is not None:
+            xs = xs + (jnp.moveaxis(doc_start, 1, 0),)
         new, y = jax.lax.scan(step, cache, xs)
         y = jnp.moveaxis(y, 0, 1)
     y = y.astype(q.dtype)

@@ -52,12 +52,15 @@ costs, per token, D e (+ D) per q head for the query, D e (+ D) per kv head for 
 head for the token's own score (see _recurrent), but runs sequentially over tokens.
 
 All forms compute in float32 (inputs are upcast) and return y in q.dtype; the state is float32.
+
+Packed rows: with ``segment_ids [batch, time]`` (scaling.ops.segments) every form restarts from a zero state
+at each document's first token, gate or no gate (the initial state belongs to the call's first document). Weights
+w_ij across documents are masked to -inf before the exp, like the causal mask; the chunked form's finite factors
+e^{b_i/p}, e^{(a - b_j)/p} and e^{a} are zeroed where a document starts between the token and the chunk's edge.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
 import math
 import numbers
 from typing import NamedTuple
@@ -65,6 +68,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from scaling.ops.segments import ChunkMasks, check_segment_ids, chunk_masks, resets, run_index
+from scaling.ops.sympow import _sympow_rows, _sympow_table, sympow_dim, sympow_features  # noqa: F401 (re-exported)
 
 __all__ = [
     "RetentionState",
@@ -93,126 +99,9 @@ class RetentionState(NamedTuple):
     z: jax.Array
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Symmetric power feature map
-# ---------------------------------------------------------------------------------------------------------
-
-
 # lax.scan unroll of the chunked form's loop over chunks. XLA's cost analysis counts a loop body once, so
 # tests/test_accounting.py unrolls it fully (True) to compare the accounting with every chunk's FLOPs.
 SCAN_UNROLL: int | bool = 1
-
-
-def sympow_dim(d: int, p: int) -> int:
-    """Number of features of the degree-p symmetric power of a d-vector: C(d+p-1, p)."""
-    if not isinstance(d, int | np.integer) or isinstance(d, bool) or d < 1:
-        raise ValueError(f"sympow_dim: d = {d!r}: must be an integer >= 1")
-    if not isinstance(p, int | np.integer) or isinstance(p, bool) or p < 1:
-        raise ValueError(f"sympow_dim: p = {p!r}: must be an integer >= 1")
-    return math.comb(int(d) + int(p) - 1, int(p))
-
-
-@functools.lru_cache(maxsize=64)
-def _sympow_table(d: int, p: int) -> tuple[np.ndarray, np.ndarray]:
-    """Static index table: idx [D, p] int32 (sorted multi-indices), weight [D] float64.
-
-    weight = sqrt(p! / prod_m count_m!), so sum over multi-indices of weight^2 * prod x_i * prod y_i
-    equals the sum over all d^p ordered index tuples, i.e. <x, y>^p.
-    """
-    idx = np.array(list(itertools.combinations_with_replacement(range(d), p)), dtype=np.int32)
-    idx = idx.reshape(-1, p)
-    weight = np.empty(idx.shape[0], dtype=np.float64)
-    for r, row in enumerate(idx):
-        _, counts = np.unique(row, return_counts=True)
-        weight[r] = math.factorial(p) / math.prod(math.factorial(int(c)) for c in counts)
-    return idx, np.sqrt(weight)
-
-
-def sympow_features(x: jax.Array, p: int) -> jax.Array:
-    """Exact symmetric power feature map: x [..., d] -> phi(x) [..., D], D = sympow_dim(d, p).
-
-    <phi(x), phi(y)> = <x, y>^p exactly (up to round-off). Computed in x.dtype by gathering the p factors
-    of each multi-index and multiplying them (no [..., D, p] intermediate). phi is homogeneous of degree
-    p: phi(a x) = a^p phi(x), which the chunked form uses to apply decays to d-vectors instead of D-vectors.
-    """
-    if not isinstance(p, int | np.integer) or isinstance(p, bool) or p < 1:
-        raise ValueError(f"sympow_features: p = {p!r}: must be an integer >= 1")
-    x = jnp.asarray(x)
-    if x.ndim < 1:
-        raise ValueError(f"sympow_features: x must have a feature axis (rank >= 1), got shape {x.shape}")
-    return _sympow(x, int(p))
-
-
-@functools.lru_cache(maxsize=64)
-def _sympow_full_index(d: int, p: int) -> np.ndarray:
-    """[d]*p int32: the feature index of each ordered index tuple (its sorted multi-index)."""
-    idx, _ = _sympow_table(d, p)
-    lut = {tuple(row): i for i, row in enumerate(idx.tolist())}
-    full = [lut[tuple(sorted(t))] for t in itertools.product(range(d), repeat=p)]
-    return np.asarray(full, np.int32).reshape((d,) * p)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _sympow(x, p):
-    idx, weight = _sympow_table(int(x.shape[-1]), p)
-    out = x[..., idx[:, 0]]
-    for m in range(1, p):
-        out = out * x[..., idx[:, m]]
-    return out * jnp.asarray(weight, dtype=x.dtype)
-
-
-def _sympow_fwd(x, p):
-    return _sympow(x, p), x
-
-
-def _sympow_bwd(p, x, g):
-    # sum_a g_a phi_a(x) = sum over ordered tuples t of T[t] x_t1...x_tp with T[t] = g_a(t) / w_a(t) (each
-    # multi-index a has w_a^2 orderings). Its gradient is p * T contracted with x on p - 1 axes. Gathering
-    # g into T avoids the scatter-add that autodiff of the forward gather makes (slow on CPU).
-    d = x.shape[-1]
-    _, weight = _sympow_table(d, p)
-    t = (g / jnp.asarray(weight, g.dtype))[..., _sympow_full_index(d, p)]  # [..., d, ..., d]
-    for _ in range(p - 1):
-        t = jnp.einsum("...ij,...j->...i", t, x.reshape(x.shape[:-1] + (1,) * (t.ndim - x.ndim - 1) + (d,)))
-    return (p * t,)
-
-
-_sympow.defvjp(_sympow_fwd, _sympow_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _sympow_rows(xT, p):
-    """phi over the second-to-last axis: xT [..., d, r] -> phi(x)^T [..., D, r], D = sympow_dim(d, p).
-
-    The feature-major layout the chunked form's matmuls want: each feature is a product of whole rows of
-    xT, so the gather copies contiguous rows (vectorised) instead of single elements of the last axis.
-    """
-    idx, weight = _sympow_table(int(xT.shape[-2]), p)
-    out = xT[..., idx[:, 0], :]
-    for m in range(1, p):
-        out = out * xT[..., idx[:, m], :]
-    return out * jnp.asarray(weight, dtype=xT.dtype)[:, None]
-
-
-def _sympow_rows_fwd(xT, p):
-    return _sympow_rows(xT, p), xT
-
-
-def _sympow_rows_bwd(p, xT, g):
-    # As _sympow_bwd, with the feature axis second to last: gather g into the ordered-tuple tensor T and
-    # contract it with x on p - 1 axes (no scatter-add).
-    d = xT.shape[-2]
-    _, weight = _sympow_table(d, p)
-    full = _sympow_full_index(d, p).reshape(-1)
-    t = (g / jnp.asarray(weight, g.dtype)[:, None])[..., full, :]  # [..., d^p, r]
-    t = t.reshape(g.shape[:-2] + (d,) * p + g.shape[-1:])
-    for _ in range(p - 1):
-        x_b = xT.reshape(xT.shape[:-2] + (1,) * (t.ndim - xT.ndim - 1) + xT.shape[-2:])
-        t = jnp.einsum("...ijr,...jr->...ir", t, x_b)
-    return (p * t,)
-
-
-_sympow_rows.defvjp(_sympow_rows_fwd, _sympow_rows_bwd)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -313,12 +202,15 @@ def _finish(num_bthge, den_bthg, *, normalize, eps, out_dtype):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _parallel(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p, has_state, return_state):
-    """Quadratic form: the definition with an explicit causal mask over the whole call."""
+def _parallel(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p, has_state, return_state, run_bt=None):
+    """Quadratic form: the definition with an explicit causal mask over the whole call (and, packed rows, a
+    mask of pairs in one document: ``run_bt`` [b, T], each token's document index, segments.run_index)."""
     T = q_bthgd.shape[1]
     G_bth = jnp.cumsum(lg_bth, axis=1)
     s_bhgij = jnp.einsum("bihgd,bjhd->bhgij", q_bthgd, k_bthd)
     causal = jnp.tril(jnp.ones((T, T), bool))
+    if run_bt is not None:
+        causal = causal & (run_bt[:, None, :, None] == run_bt[:, None, None, :])  # [b, 1, i, j]
     # Differences of cumulative log gates, masked before exp: e^{G_i - G_j} <= 1 where kept.
     dG_bhij = G_bth.transpose(0, 2, 1)[:, :, :, None] - G_bth.transpose(0, 2, 1)[:, :, None, :]
     decay_bhij = jnp.exp(jnp.where(causal, dG_bhij, -jnp.inf))
@@ -327,21 +219,29 @@ def _parallel(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p, has_state, return_s
     den = jnp.einsum("bhgij->bihg", w_bhgij)
     if has_state:
         # e^{G_i} <= 1 (it may underflow to 0, which is the right answer); S0 was built before this call.
-        fq_bthgD = sympow_features(q_bthgd, p) * jnp.exp(G_bth)[..., None, None]
+        from_start_bth = jnp.exp(G_bth)
+        if run_bt is not None:  # only the call's first document continues S0
+            from_start_bth = jnp.where((run_bt == 0)[..., None], from_start_bth, 0.0)
+        fq_bthgD = sympow_features(q_bthgd, p) * from_start_bth[..., None, None]
         num = num + jnp.einsum("bthgD,bhDe->bthge", fq_bthgD, S0)
         den = den + jnp.einsum("bthgD,bhD->bthg", fq_bthgD, z0)
     state = None
     if return_state:
         G_T = G_bth[:, -1]  # [b, h]
-        fk_bthD = sympow_features(k_bthd, p) * jnp.exp(G_T[:, None] - G_bth)[..., None]
-        S = jnp.exp(G_T)[..., None, None] * S0 + jnp.einsum("bthD,bthe->bhDe", fk_bthD, v_bthe)
-        z = jnp.exp(G_T)[..., None] * z0 + jnp.sum(fk_bthD, axis=1)
+        to_end_bth, through_bh = jnp.exp(G_T[:, None] - G_bth), jnp.exp(G_T)
+        if run_bt is not None:  # the state leaving the call holds its last document only
+            to_end_bth = jnp.where((run_bt == run_bt[:, -1:])[..., None], to_end_bth, 0.0)
+            through_bh = jnp.where((run_bt[:, -1] == 0)[:, None], through_bh, 0.0)
+        fk_bthD = sympow_features(k_bthd, p) * to_end_bth[..., None]
+        S = through_bh[..., None, None] * S0 + jnp.einsum("bthD,bthe->bhDe", fk_bthD, v_bthe)
+        z = through_bh[..., None] * z0 + jnp.sum(fk_bthD, axis=1)
         state = RetentionState(S, z)
     return num, den, state
 
 
-def _recurrent(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p):
-    """Token-by-token form: lax.scan over time; the output at t reads the state including token t.
+def _recurrent(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p, reset_bt=None):
+    """Token-by-token form: lax.scan over time; the output at t reads the state including token t (dropping the
+    state before it where ``reset_bt`` [b, T], packed rows, marks a document's first token).
 
     phi(q_t)^T S_t is evaluated as g_t phi(q_t)^T S_{t-1} + s_tt^p v_t: the same number, but the token's
     own term comes from its score, so it does not carry the feature map's cancellation round-off (which is
@@ -350,8 +250,10 @@ def _recurrent(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p):
 
     def step(carry, xs):
         S, z = carry
-        q_bhgd, k_bhd, v_bhe, lg_bh = xs
+        q_bhgd, k_bhd, v_bhe, lg_bh = xs[:4]
         g_bh = jnp.exp(lg_bh)
+        if reset_bt is not None:
+            g_bh = jnp.where(xs[4][:, None], 0.0, g_bh)
         fq_bhgD = sympow_features(q_bhgd, p)
         w_bhg = jnp.einsum("bhgd,bhd->bhg", q_bhgd, k_bhd) ** p
         num = g_bh[..., None, None] * jnp.einsum("bhgD,bhDe->bhge", fq_bhgD, S)
@@ -362,12 +264,13 @@ def _recurrent(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p):
         z = g_bh[..., None] * z + fk_bhD
         return (S, z), (num, den)
 
-    xs = tuple(jnp.moveaxis(x, 1, 0) for x in (q_bthgd, k_bthd, v_bthe, lg_bth))
+    inputs = (q_bthgd, k_bthd, v_bthe, lg_bth) + (() if reset_bt is None else (reset_bt,))
+    xs = tuple(jnp.moveaxis(x, 1, 0) for x in inputs)
     (S, z), (num_t, den_t) = jax.lax.scan(step, (S0, z0), xs)
     return jnp.moveaxis(num_t, 0, 1), jnp.moveaxis(den_t, 0, 1), RetentionState(S, z)
 
 
-def _chunked(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p, chunk_size):
+def _chunked(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p, chunk_size, segment_ids=None):
     """Chunked form: intra-chunk attention for all chunks at once (batched matmuls), then one lax.scan
     over chunks in which each chunk queries the state it starts from and then adds its own keys to it.
 
@@ -377,7 +280,8 @@ def _chunked(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p, chunk_size):
     Neither the features of the whole sequence nor the state before every chunk is ever materialised:
     at T = 4096 those would be ~140 MB each, and streaming them through memory made the op
     memory-bound. Under autodiff the step is rematerialised (jax.checkpoint), so the backward pass
-    recomputes the cheap features instead of saving them for every chunk.
+    recomputes the cheap features instead of saving them for every chunk. ``segment_ids`` [b, T] (packed
+    rows, or None) masks the flow of state across document starts.
     """
     b, T, hk, g, d = q_bthgd.shape
     e = v_bthe.shape[-1]
@@ -395,11 +299,14 @@ def _chunked(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p, chunk_size):
     v_bnche = v_bthe.reshape(b, n, c, hk, e)
     lb_bnch = jnp.cumsum(lg_bth.reshape(b, n, c, hk), axis=2)  # local cumulative log gate, <= 0
     a_bnh = lb_bnch[:, :, -1]  # each chunk's total log decay
+    masks: ChunkMasks | None = None if segment_ids is None else chunk_masks(segment_ids, n, c)
 
     # 1. Intra-chunk: all chunks at once, attention-like.
     s_bnhgij = jnp.einsum("bnihgd,bnjhd->bnhgij", q_bncgd, k_bnchd)
     lb_bnhc = lb_bnch.transpose(0, 1, 3, 2)
     causal = jnp.tril(jnp.ones((c, c), bool))
+    if masks is not None:
+        causal = causal & masks.same[:, :, None]  # [b, n, 1, i, j]
     dlb_bnhij = lb_bnhc[..., :, None] - lb_bnhc[..., None, :]
     decay_bnhij = jnp.exp(jnp.where(causal, dlb_bnhij, -jnp.inf))
     w_bnhgij = s_bnhgij**p * decay_bnhij[:, :, :, None]
@@ -409,11 +316,19 @@ def _chunked(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, *, p, chunk_size):
     # 2. Across chunks. phi is homogeneous of degree p, so the decays e^{b_i} (query side) and
     # e^{a - b_j} <= 1 (key side) are applied to the d-vectors as e^{b_i/p}, e^{(a - b_j)/p}.
     # Per chunk, time-minor: q^T [n, b, hk, d, g*c] (columns ordered g, c), k^T [n, b, hk, d, c].
-    qT_nbhdr = (q_bncgd * jnp.exp(lb_bnch / p)[..., None, None]).transpose(1, 0, 3, 5, 4, 2)
+    # With segments the masks zero these factors (phi(0) = 0) where a document starts in between.
+    from_start_bnch = jnp.exp(lb_bnch / p)
+    to_end_bnch = jnp.exp((a_bnh[:, :, None] - lb_bnch) / p)
+    through_bnh = jnp.exp(a_bnh)
+    if masks is not None:
+        from_start_bnch = jnp.where(masks.from_start[..., None], from_start_bnch, 0.0)
+        to_end_bnch = jnp.where(masks.to_end[..., None], to_end_bnch, 0.0)
+        through_bnh = jnp.where(masks.through[..., None], through_bnh, 0.0)
+    qT_nbhdr = (q_bncgd * from_start_bnch[..., None, None]).transpose(1, 0, 3, 5, 4, 2)
     qT_nbhdr = qT_nbhdr.reshape(n, b, hk, d, g * c)
-    kT_nbhdc = (k_bnchd * jnp.exp((a_bnh[:, :, None] - lb_bnch) / p)[..., None]).transpose(1, 0, 3, 4, 2)
+    kT_nbhdc = (k_bnchd * to_end_bnch[..., None]).transpose(1, 0, 3, 4, 2)
     v1_nbhce = jnp.concatenate([v_bnche, jnp.ones_like(v_bnche[..., :1])], -1).transpose(1, 0, 3, 2, 4)
-    decay_nbh = jnp.exp(a_bnh).transpose(1, 0, 2)
+    decay_nbh = through_bnh.transpose(1, 0, 2)
     Sz0_bhDe = jnp.concatenate([S0, z0[..., None]], -1)  # [b, hk, D, e + 1]
 
     @jax.checkpoint
@@ -451,6 +366,7 @@ def power_retention(
     initial_state: RetentionState | None = None,
     return_state: bool = False,
     backend: str = "xla",
+    segment_ids: jax.Array | None = None,
 ):
     """Causal power retention (gated symmetric-power linear attention).
 
@@ -470,6 +386,8 @@ def power_retention(
       return_state: also return the RetentionState after the last token.
       backend: "xla", or "pallas" to run the chunked form as the kernels in pallas_kernels (interpret mode on
         CPU); the parallel and recurrent forms have no kernel and always run in XLA.
+      segment_ids: optional [batch, time] int document ids of a packed row: each document runs as if alone
+        (scaling.ops.segments). The kernels take no segments: with them, backend="pallas" runs XLA's chunked form.
 
     Returns:
       y [batch, time, hq, e] in q.dtype, or (y, RetentionState) when return_state is True.
@@ -482,7 +400,8 @@ def power_retention(
     b, T, hq, hk, d, e, D = _validate(
         q, k, v, log_g, p=p, normalize=normalize, eps=eps, scale=scale, initial_state=initial_state, fn=fn
     )
-    if backend == "pallas" and form == "chunked":
+    segment_ids = check_segment_ids(segment_ids, b, T, fn)
+    if backend == "pallas" and form == "chunked" and segment_ids is None:
         # Imported here: pallas_kernels imports this module. The other forms have no kernel and run in XLA.
         from pallas_kernels import power_retention as pallas_power_retention
 
@@ -501,11 +420,14 @@ def power_retention(
         num, den, state = _parallel(
             q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, p=p,
             has_state=initial_state is not None, return_state=return_state,
+            run_bt=None if segment_ids is None else run_index(segment_ids),
         )
     elif form == "recurrent":
-        num, den, state = _recurrent(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, p=p)
+        num, den, state = _recurrent(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, p=p,
+                                     reset_bt=None if segment_ids is None else resets(segment_ids))
     else:
-        num, den, state = _chunked(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, p=p, chunk_size=int(chunk_size))
+        num, den, state = _chunked(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, p=p, chunk_size=int(chunk_size),
+                                   segment_ids=segment_ids)
     y = _finish(num, den, normalize=normalize, eps=eps, out_dtype=q.dtype)
     return (y, state) if return_state else y
 

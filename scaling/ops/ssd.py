@@ -34,6 +34,12 @@ overflow nor lose the small differences that a global cumulative sum would. The 
 sums ``a_{j+1} + ... + a_i`` come from a masked cumulative sum (no difference of two large cumsums).
 A ragged last chunk is padded with ``dt = 0`` (no decay, no input), so padding leaves the state unchanged.
 
+Packed rows. With ``segment_ids [batch, time]`` (scaling.ops.segments) the state restarts from zero at the
+first token of every document, as if that token's decay were exp(-inf) = 0; the initial state belongs to the
+call's first document. No -inf is formed: the decay factors of step 1 (L), 2 (to the chunk end), 3 (the chunk's
+total) and 4 (from the chunk start) are set to 0 by masks wherever a document starts in between, after
+the exp of the finite log decays, so values and gradients stay finite.
+
 Cost of the chunked form (multiply-adds; one FLOP-counting convention is 2 FLOPs each). Per chunk of c
 tokens, with G groups and H heads:
 
@@ -61,6 +67,8 @@ import numbers
 
 import jax.numpy as jnp
 from jax import lax
+
+from scaling.ops.segments import ChunkMasks, check_segment_ids, chunk_masks, resets
 
 FORMS = ("chunked", "recurrent", "parallel")
 BACKENDS = ("xla", "pallas")
@@ -138,6 +146,7 @@ def ssd(
     initial_state=None,
     return_state: bool = False,
     backend: str = "xla",
+    segment_ids=None,
 ):
     """Mamba-2 SSD scan (see the module docstring for the math and costs).
 
@@ -155,6 +164,9 @@ def ssd(
       return_state: also return the final state.
       backend: "xla", or "pallas" to run the chunked form as the kernels in pallas_kernels (interpret mode on
         CPU); the parallel and recurrent forms have no kernel and always run in XLA.
+      segment_ids: optional [batch, time] int document ids of a packed row: the state restarts from zero at
+        every document start (scaling.ops.segments). The Pallas kernels do not take segments: with
+        segment_ids, backend="pallas" runs the XLA chunked form.
 
     Returns:
       y [batch, time, heads, head_dim] in x.dtype; with return_state, ``(y, state)`` where state is the
@@ -165,8 +177,9 @@ def ssd(
     """
     _check_options(form, chunk_size, backend)
     x, dt, A, B, C, D, initial_state = _asarrays(x, dt, A, B, C, D, initial_state)
-    _, t, _, _, _, _ = _check_inputs(x, dt, A, B, C, D, initial_state)
-    if backend == "pallas" and form == "chunked":
+    b, t, _, _, _, _ = _check_inputs(x, dt, A, B, C, D, initial_state)
+    segment_ids = check_segment_ids(segment_ids, b, t, "ssd")
+    if backend == "pallas" and form == "chunked" and segment_ids is None:
         # Imported here: pallas_kernels imports this module. The other forms have no kernel and run in XLA.
         from pallas_kernels import ssd as pallas_ssd
 
@@ -177,11 +190,11 @@ def ssd(
     if t == 0:
         y, h = jnp.zeros_like(x32), h0
     elif form == "recurrent":
-        y, h = _recurrent(a, xdt, B32, C32, h0)
-    elif form == "parallel":
-        y, h = _chunked(a, xdt, B32, C32, h0, chunk=t)
+        y, h = _recurrent(a, xdt, B32, C32, h0, None if segment_ids is None else resets(segment_ids))
     else:
-        y, h = _chunked(a, xdt, B32, C32, h0, chunk=min(int(chunk_size), t))
+        chunk = t if form == "parallel" else min(int(chunk_size), t)
+        masks = None if segment_ids is None else chunk_masks(segment_ids, -(-t // chunk), chunk)
+        y, h = _chunked(a, xdt, B32, C32, h0, chunk=chunk, masks=masks)
     return _finish(y, h, x32, x, D, return_state)
 
 
@@ -251,16 +264,22 @@ def _finish(y_btgrp, h_bgrps, x_btgrp, x, D, return_state):
     return y, h_bgrps.reshape(b, h, p, h_bgrps.shape[-1])
 
 
-def _recurrent(a_btgr, xdt_btgrp, B_btgs, C_btgs, h0_bgrps):
-    """Token-by-token scan. Returns y [b, t, g, r, p] and the final state [b, g, r, p, s]."""
+def _recurrent(a_btgr, xdt_btgrp, B_btgs, C_btgs, h0_bgrps, reset_bt=None):
+    """Token-by-token scan. Returns y [b, t, g, r, p] and the final state [b, g, r, p, s].
+
+    ``reset_bt`` [b, t] bool (or None): the token starts a document, so the state before it is dropped."""
 
     def step(h_bgrps, inputs):
-        a_bgr, xdt_bgrp, B_bgs, C_bgs = inputs
-        h_bgrps = jnp.exp(a_bgr)[..., None, None] * h_bgrps + xdt_bgrp[..., None] * B_bgs[:, :, None, None, :]
+        a_bgr, xdt_bgrp, B_bgs, C_bgs = inputs[:4]
+        decay_bgr = jnp.exp(a_bgr)
+        if reset_bt is not None:
+            decay_bgr = jnp.where(inputs[4][:, None, None], 0.0, decay_bgr)
+        h_bgrps = decay_bgr[..., None, None] * h_bgrps + xdt_bgrp[..., None] * B_bgs[:, :, None, None, :]
         y_bgrp = jnp.einsum("bgrps,bgs->bgrp", h_bgrps, C_bgs)
         return h_bgrps, y_bgrp
 
-    time_major = tuple(jnp.moveaxis(v, 1, 0) for v in (a_btgr, xdt_btgrp, B_btgs, C_btgs))
+    inputs = (a_btgr, xdt_btgrp, B_btgs, C_btgs) + (() if reset_bt is None else (reset_bt,))
+    time_major = tuple(jnp.moveaxis(v, 1, 0) for v in inputs)
     h_final, y_tbgrp = lax.scan(step, h0_bgrps, time_major)
     return jnp.moveaxis(y_tbgrp, 0, 1), h_final
 
@@ -277,10 +296,11 @@ def _segsum(a_c):
     return jnp.cumsum(a_ij, axis=-2)
 
 
-def _chunked(a_btgr, xdt_btgrp, B_btgs, C_btgs, h0_bgrps, *, chunk):
+def _chunked(a_btgr, xdt_btgrp, B_btgs, C_btgs, h0_bgrps, *, chunk, masks: ChunkMasks | None = None):
     """Chunked SSD (module docstring, steps 1-4). ``chunk = time`` is the parallel (quadratic) form.
 
-    Returns y [b, t, g, r, p] and the final state [b, g, r, p, s].
+    ``masks`` (packed rows, scaling.ops.segments.chunk_masks) zero each decay factor that crosses a document
+    start. Returns y [b, t, g, r, p] and the final state [b, g, r, p, s].
     """
     b, t, g, r, p = xdt_btgrp.shape
     nc = -(-t // chunk)
@@ -301,7 +321,10 @@ def _chunked(a_btgr, xdt_btgrp, B_btgs, C_btgs, h0_bgrps, *, chunk):
     a_bngrc = jnp.moveaxis(split(a_btgr), 2, -1)
 
     # 1. Intra-chunk: masked attention-like block per chunk.
-    L_bngrij = jnp.where(jnp.tril(jnp.ones((chunk, chunk), dtype=bool)), jnp.exp(_segsum(a_bngrc)), 0.0)
+    keep_ij = jnp.tril(jnp.ones((chunk, chunk), dtype=bool))
+    if masks is not None:
+        keep_ij = keep_ij & masks.same[:, :, None, None]  # [b, n, 1, 1, i, j]
+    L_bngrij = jnp.where(keep_ij, jnp.exp(_segsum(a_bngrc)), 0.0)
     scores_bngij = jnp.einsum("bnigs,bnjgs->bngij", C_bnigs, B_bnjgs)
     y_diag = jnp.einsum("bngrij,bnjgrp->bnigrp", scores_bngij[:, :, :, None] * L_bngrij, xdt_bnjgrp)
 
@@ -311,11 +334,15 @@ def _chunked(a_btgr, xdt_btgrp, B_btgs, C_btgs, h0_bgrps, *, chunk):
     to_end_bnjgr = jnp.moveaxis(
         jnp.exp(lax.cumsum(a_shift_bngrc, axis=a_bngrc.ndim - 1, reverse=True)), -1, 2
     )
+    if masks is not None:
+        to_end_bnjgr = jnp.where(masks.to_end[..., None, None], to_end_bnjgr, 0.0)
     S_nbgrps = jnp.einsum("bnjgs,bnjgrp->nbgrps", B_bnjgs, xdt_bnjgrp * to_end_bnjgr[..., None])
 
     # 3. Inter-chunk recurrence; emits the state entering each chunk. O(nc) sequential steps of P*N work.
     a_cum_bngrc = jnp.cumsum(a_bngrc, axis=-1)
     chunk_decay_nbgr = jnp.exp(jnp.moveaxis(a_cum_bngrc[..., -1], 1, 0))
+    if masks is not None:
+        chunk_decay_nbgr = jnp.where(jnp.moveaxis(masks.through, 1, 0)[..., None, None], chunk_decay_nbgr, 0.0)
 
     def carry_state(h_bgrps, inputs):
         decay_bgr, S_bgrps = inputs
@@ -325,6 +352,8 @@ def _chunked(a_btgr, xdt_btgrp, B_btgs, C_btgs, h0_bgrps, *, chunk):
 
     # 4. State to output: the entering state, decayed to token i, read out by C_i.
     from_start_bnigr = jnp.moveaxis(jnp.exp(a_cum_bngrc), -1, 2)
+    if masks is not None:
+        from_start_bnigr = jnp.where(masks.from_start[..., None, None], from_start_bnigr, 0.0)
     y_off = jnp.einsum("bnigs,nbgrps->bnigrp", C_bnigs, h_in_nbgrps) * from_start_bnigr[..., None]
 
     y = (y_diag + y_off).reshape(b, nc * chunk, g, r, p)[:, :t]
