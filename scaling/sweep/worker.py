@@ -217,14 +217,14 @@ def train_workdir(workdir: str | Path, *, lock_timeout: float | None = 60.0) -> 
 def _train_logged(workdir: str, lock_timeout: float | None) -> int:
     """train_workdir with this process's stdout and stderr (file descriptors 1 and 2, so XLA's output too)
     appended to ``WORKDIR/worker.log``; an exception is logged there and answered with EXIT_ERROR."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
     try:
         log = os.open(Path(workdir) / LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     except OSError as e:
         print(f"worker: cannot open the log of {workdir!r}: {e}", file=sys.stderr)
         return EXIT_BAD
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)  # opened only once the log is: a bad workdir leaks no descriptor
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
