@@ -51,7 +51,7 @@ def _generate(args) -> int:
         prompt = "" if args.load_state else "def "
     cfg, model, step = load_run(args.workdir)
     if cfg.data.source == "tokens":
-        from scaling.data.corpus import validate_data_config
+        from scaling.data.config import validate_data_config
         from scaling.data.tokens import spec_of
 
         spec = spec_of(validate_data_config(cfg.data))

@@ -98,7 +98,7 @@ def default_train_config() -> ConfigDict:
 
 def default_config() -> ConfigDict:
     """A complete run config with every section at its default."""
-    from scaling.data.corpus import DATA_DEFAULTS
+    from scaling.data.config import DATA_DEFAULTS
 
     cfg = ConfigDict()
     cfg.model = default_model_config()
@@ -316,7 +316,7 @@ def validate_train(t: ConfigDict, prefix: str = "train") -> None:
 
 def validate(cfg: ConfigDict) -> None:
     """Check every section of a run config; raise ConfigError naming the first bad field."""
-    from scaling.data.corpus import validate_data_config
+    from scaling.data.config import validate_data_config
 
     validate_model(cfg.model)
     validate_train(cfg.train)

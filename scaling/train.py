@@ -10,7 +10,7 @@ interrupted (on one CPU). Metrics rows past the checkpoint are dropped and rewri
 
 A NaN or inf loss stops the run with status "diverged" (the loss is read at every log, eval and checkpoint step,
 so steps between them dispatch without a host sync); the last good checkpoint stays.
-For a synthetic task (``data.source`` in scaling.data.synthetic.TASKS) every eval row of metrics.jsonl also
+For a synthetic task (``data.source`` in scaling.data.config.TASKS) every eval row of metrics.jsonl also
 carries ``task_accuracy`` (exact match on answer tokens, held-out ``data.task.eval_seed`` stream). With
 ``train.eval_contexts`` set, a finished run writes ``eval_contexts.json``: the loss and accuracy per position
 at each of those contexts (see :func:`evaluate_contexts`).
@@ -41,9 +41,8 @@ from scaling import accounting
 from scaling import config as _config
 from scaling.checkpoint import Checkpointer
 from scaling.data import make_eval_batches, make_train_iterator
-from scaling.data.corpus import validate_data_config
+from scaling.data.config import TASKS, default_packing, validate_data_config
 from scaling.data.pipeline import eval_rows
-from scaling.data.synthetic import TASKS
 from scaling.data.tokenizer import N_BYTES
 from scaling.data.tokens import bpb_basis
 from scaling.models import build
@@ -65,6 +64,9 @@ class TrainResult:
 # Fields added after runs were recorded: left out of the hash while at their default (None), so that adding them
 # keeps the ids of every existing run and sweep.
 UNHASHED_WHEN_NONE = (("data", "eos_id"),)
+# Fields whose None means "the default of another field": hashed as what they resolve to, so that a run configured
+# with the resolved value explicitly (as every run was before None was allowed) keeps its id.
+RESOLVED_WHEN_NONE = {("data", "packing"): lambda d: default_packing(d["data"].get("source", "stdlib"))}
 
 
 def run_id(cfg) -> str:
@@ -73,6 +75,9 @@ def run_id(cfg) -> str:
     for section, key in UNHASHED_WHEN_NONE:
         if key in d.get(section, {}) and d[section][key] is None:
             d[section] = {k: v for k, v in d[section].items() if k != key}
+    for (section, key), resolve in RESOLVED_WHEN_NONE.items():
+        if key in d.get(section, {}) and d[section][key] is None:
+            d[section] = {**d[section], key: resolve(d)}
     blob = json.dumps(d, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -359,7 +364,7 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     # Packed rows hold several documents: their segment ids and positions go to the model, which keeps the
     # documents apart. An unpacked row is one document (padding after it), which sees nothing else anyway: the
     # model gets the tokens alone, so the train step stays the plain (and Pallas-capable) program.
-    drop = () if cfg.data.get("packing") else ("segment_ids", "positions")
+    drop = () if validate_data_config(cfg.data)["packing"] else ("segment_ids", "positions")
 
     def shard(batch):
         return {k: jax.device_put(np.asarray(v), data_sharding) for k, v in batch.items() if k not in drop}

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from scaling.data import tokenizer as byte_tokenizer
+from scaling.data.sources import corpus_pieces
 
 EOS_NAMES = ("<|eos|>", "<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
 BOS_NAMES = ("<|bos|>", "<s>", "<bos>", "<|begin_of_text|>", "<|startoftext|>")
@@ -134,17 +135,15 @@ def train_bpe(path, out_dir, *, vocab_size: int, fmt: str = "auto", glob: str = 
 
     Returns ``{"out", "vocab_size", "documents", "bytes", "sha256"}``. Raises ValueError naming the option.
     """
-    from scaling.data.tokenize import corpus_pieces
-
     check_vocab_size(vocab_size)
     counts = {"documents": 0, "bytes": 0}
 
     def texts():
-        for starts, piece, consumed, total in corpus_pieces(path, fmt, glob, text_field, max_bytes):
+        for starts, piece, read, total in corpus_pieces(path, fmt, glob, text_field, max_bytes):
             counts["documents"] += int(starts)
-            counts["bytes"] += consumed
+            counts["bytes"] += len(piece)
             if progress:
-                progress(counts["bytes"], total)
+                progress(read, total)
             yield piece.decode("utf-8", errors="replace")
 
     tok, trainer = new_bpe(vocab_size)

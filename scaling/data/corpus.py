@@ -1,36 +1,23 @@
-"""Corpus sources: where documents come from, and the train / validation split.
+"""Corpora: the documents of a data config, split into train and validation, and their statistics.
 
-A *document* is a :class:`Document`: a stable string ``key`` and a 1-D array ``ids`` of token ids *without*
-BOS/EOS (the pipeline adds them). Byte sources hold ``np.uint8`` arrays of the raw file bytes; the
-``tokens`` source holds views into a memory-mapped array of its ``token_dtype``.
+Sources (``data.source``; readers in :mod:`scaling.data.sources`, token files in :mod:`scaling.data.tokens`)
+-----------------------------------------------------------------------------------------------------------
+``stdlib`` (default, no download, on every machine): the running Python's standard library, one ``*.py`` file a
+document. ``data.path`` must be None.
+``text_dir``: every file matching ``data.glob`` under the directory ``data.path``, one file a document.
+``jsonl``: the file ``data.path`` (``.jsonl``, ``.jsonl.gz`` or ``.jsonl.zst``), the string field
+``data.text_field`` of each line a document.
+``parquet``: the string column ``data.text_field`` of the ``.parquet`` file (or every ``*.parquet`` under the
+directory) ``data.path``, one value a document.
+``tokens``: a pre-tokenized 1-D array of ids, ``.npy`` or raw ``.bin`` (``data.token_dtype``), with its metadata
+``<path>.meta.json`` (written by ``scaling tokenize``: the tokenizer, its BOS / EOS / PAD ids) or, for a file from
+another tool (nanoGPT's ``train.bin``), ``data.eos_id``, the id between its documents. Documents are the runs
+between EOS tokens (a leading BOS in a run is dropped, empty runs skipped), keyed ``"doc:<run index>"``; they enter
+the stream wrapped in the file's own BOS (if any) and EOS, and windows are padded with its PAD (else EOS). Without
+EOS the array is one long stream (key ``"stream"``). ``model.vocab_size`` must exceed the largest id.
 
-Sources (``data.source``)
--------------------------
-``stdlib`` (default, no download, on every machine)
-    Every ``*.py`` file under ``sysconfig.get_paths()["stdlib"]`` (the running Python's standard library,
-    ~1,800 files / ~30 MB for CPython 3.11), skipping ``site-packages``, ``dist-packages``,
-    ``__pycache__`` and any directory holding a ``pyvenv.cfg`` (a virtual environment). One file is one
-    document; its key is its path relative to the stdlib root in POSIX form (``"json/decoder.py"``).
-    ``data.path`` must be None.
-``text_dir``
-    Every file matching ``data.glob`` (default ``"**/*.txt"``, recursive) under the directory
-    ``data.path``. One file is one document, keyed by its relative POSIX path. Bytes are taken as they are
-    on disk (any encoding).
-``jsonl``
-    The file ``data.path``: one JSON object per line; the string field ``data.text_field`` (default
-    ``"text"``) is one document, encoded as UTF-8. The key is the 1-based line number (``"line:12"``);
-    blank lines are skipped.
-``tokens``
-    A pre-tokenized 1-D array of ids (scaling/data/tokens.py): ``data.path`` ending in ``.npy`` (read with
-    ``np.load(mmap_mode="r")``, dtype from the file) or ``.bin`` (raw, read with ``np.memmap`` as
-    ``data.token_dtype``, default ``uint16``). Its metadata ``<path>.meta.json`` (written by ``scaling tokenize``)
-    names the tokenizer and its BOS / EOS / PAD ids; a file without one (nanoGPT's ``train.bin``) needs
-    ``data.eos_id``, the id between its documents. Documents are the runs between EOS tokens (a leading BOS in a
-    run is dropped, empty runs skipped), keyed ``"doc:<run index>"``; they enter the stream wrapped in the file's
-    own BOS (if any) and EOS, and windows are padded with its PAD (else EOS). Without EOS the array is one long
-    stream (key ``"stream"``). ``model.vocab_size`` must exceed the largest id (scaling.config.validate).
-
-Empty documents (no bytes) are skipped everywhere.
+Text sources hold every document's bytes in memory (a corpus of a few GB); for more, ``scaling tokenize`` streams
+the corpus into a token file, which training reads memory-mapped.
 
 Split
 -----
@@ -48,55 +35,26 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import math
-import os
-import sysconfig
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from scaling.data import tokens as _tokens
-from scaling.data.synthetic import TASK_DEFAULTS, TASKS, task_params
+from scaling.data.config import TASKS, validate_data_config
+from scaling.data.sources import (
+    Document,
+    jsonl_documents,
+    parquet_documents,
+    stdlib_documents,
+    stdlib_root,
+    text_dir_documents,
+)
 from scaling.data.tokenizer import BOS, EOS, N_BYTES, PAD, VOCAB_SIZE
 
-SOURCES = ("stdlib", "text_dir", "jsonl", "tokens")
-TOKEN_DTYPES = ("uint8", "uint16", "uint32", "int32", "int64")
-TOKEN_SUFFIXES = (".npy", ".bin")
 STREAM_KEY = "stream"
-
-# Defaults of every data config field; configs/data/stdlib.py spells the same values out.
-DATA_DEFAULTS: dict[str, Any] = {
-    "source": "stdlib",
-    "path": None,
-    "glob": "**/*.txt",
-    "text_field": "text",
-    "token_dtype": "uint16",
-    # the id between the documents of a token file without metadata (50256 for GPT-2 ids); None: read the metadata
-    "eos_id": None,
-    "val_fraction": 0.02,
-    "packing": False,  # the stdlib files are long: whole-corpus window shuffle (see pipeline.py)
-    # the fixed held-out evaluation set: ceil(eval_tokens / context) rows spread evenly over the validation
-    # stream, the same rows for every run of that data source and context whatever its batch size
-    "eval_tokens": 65536,
-    # parameters of the synthetic tasks (data.source in scaling.data.synthetic.TASKS); text sources ignore them
-    "task": dict(TASK_DEFAULTS),
-}
-
-_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
-
-
-@dataclasses.dataclass(frozen=True)
-class Document:
-    """One document: ``key`` (stable across machines and file orders) and ``ids`` ``[n]`` without BOS/EOS."""
-
-    key: str
-    ids: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.ids.shape[0])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,170 +74,7 @@ class Corpus:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Config validation
-
-
-def _cfg_items(cfg: Any) -> dict[str, Any]:
-    if cfg is None:
-        return {}
-    if hasattr(cfg, "to_dict"):  # ml_collections.ConfigDict / FrozenConfigDict
-        return dict(cfg.to_dict())
-    if isinstance(cfg, Mapping):
-        return dict(cfg)
-    raise TypeError(f"data config: got {type(cfg).__name__}; must be a ConfigDict or a mapping")
-
-
-def check_eos_id(eos: Any, source: str, prefix: str = "data") -> None:
-    """``data.eos_id``: None, or an integer >= 0 for source ``tokens`` (a token file without metadata)."""
-    if eos is not None and (isinstance(eos, bool) or not isinstance(eos, int) or eos < 0):
-        raise ValueError(f"{prefix}.eos_id = {eos!r}: must be None or an integer >= 0 (the id between the documents "
-                         "of a token file)")
-    if eos is not None and source != "tokens":
-        raise ValueError(f"{prefix}.eos_id = {eos!r}: only for source 'tokens' (a token file without metadata); "
-                         f"must be None for source {source!r}")
-
-
-def validate_data_config(cfg: Any, *, prefix: str = "data") -> dict[str, Any]:
-    """Checks a data config and returns it resolved: a plain dict with defaults filled in, path absolute.
-
-    Raises ValueError naming the field (``data.source = 'foo': must be one of ...``) and FileNotFoundError
-    for a path that does not exist. Nothing is read beyond a ``stat`` of ``data.path``.
-    """
-    given = _cfg_items(cfg)
-    if set(given) == {prefix} and isinstance(given[prefix], Mapping):
-        raise ValueError(f"data config: got a whole config with a {prefix!r} section; pass cfg.{prefix}")
-    unknown = sorted(set(given) - set(DATA_DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"{prefix}.{unknown[0]}: unknown field; accepted fields: {', '.join(DATA_DEFAULTS)}"
-        )
-    c = {**DATA_DEFAULTS, **given}
-    c["task"] = task_params(c, prefix=prefix)
-
-    def bad(field: str, why: str) -> ValueError:
-        return ValueError(f"{prefix}.{field} = {c[field]!r}: {why}")
-
-    if c["source"] not in SOURCES + TASKS:
-        raise bad("source", f"must be one of {', '.join(SOURCES)} (corpora) or {', '.join(TASKS)} "
-                            "(synthetic tasks, scaling.data.synthetic)")
-    for field in ("glob", "text_field"):
-        if not isinstance(c[field], str) or not c[field]:
-            raise bad(field, "must be a non-empty string")
-    if c["token_dtype"] not in TOKEN_DTYPES:
-        raise bad("token_dtype", f"must be one of {', '.join(TOKEN_DTYPES)}")
-    check_eos_id(c["eos_id"], c["source"], prefix)
-    vf = c["val_fraction"]
-    if isinstance(vf, bool) or not isinstance(vf, int | float) or not 0.0 < vf < 1.0:
-        raise bad("val_fraction", "must be a number in the open interval (0, 1)")
-    if not isinstance(c["packing"], bool):
-        raise bad("packing", "must be True or False")
-    et = c["eval_tokens"]
-    if isinstance(et, bool) or not isinstance(et, int) or et < 1:
-        raise bad("eval_tokens", "must be an integer >= 1 (tokens of the held-out evaluation set)")
-
-    source, path = c["source"], c["path"]
-    if source == "stdlib" or source in TASKS:
-        if path is not None:
-            what = "the running Python's standard library" if source == "stdlib" else "a synthetic task"
-            raise bad("path", f"must be None for source {source!r} ({what})")
-        return c
-    what = {
-        "text_dir": "a directory of text files",
-        "jsonl": "a .jsonl file",
-        "tokens": "a .npy or .bin file",
-    }
-    if path is None or (isinstance(path, str) and not path):
-        raise bad("path", f"required for source {source!r}: {what[source]}")
-    if not isinstance(path, str | os.PathLike):
-        raise bad("path", "must be a string path")
-    p = Path(path).expanduser().resolve()
-    if not p.exists():
-        raise FileNotFoundError(f"{prefix}.path = {str(path)!r}: no such file or directory ({what[source]})")
-    if source == "text_dir" and not p.is_dir():
-        raise bad("path", "must be a directory for source 'text_dir'")
-    if source in ("jsonl", "tokens") and not p.is_file():
-        raise bad("path", f"must be a file for source {source!r}")
-    if source == "tokens" and p.suffix not in TOKEN_SUFFIXES:
-        raise bad("path", f"must end in one of {', '.join(TOKEN_SUFFIXES)} for source 'tokens'")
-    c["path"] = str(p)
-    return c
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Sources
-
-
-def stdlib_root() -> Path:
-    """The running Python's standard library directory."""
-    return Path(sysconfig.get_paths()["stdlib"]).resolve()
-
-
-def stdlib_paths(root: Path | None = None) -> list[str]:
-    """Relative POSIX paths of the stdlib ``*.py`` files, sorted; see the module docstring for exclusions."""
-    root = stdlib_root() if root is None else Path(root)
-    rel: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        # Pruning in place keeps os.walk out of installed packages and virtual environments.
-        dirnames[:] = [
-            d
-            for d in dirnames
-            if d not in _SKIP_DIRS and not os.path.exists(os.path.join(dirpath, d, "pyvenv.cfg"))
-        ]
-        base = Path(dirpath).relative_to(root)
-        rel.extend((base / f).as_posix() for f in filenames if f.endswith(".py"))
-    return sorted(rel)
-
-
-def _bytes_doc(key: str, data: bytes) -> Document | None:
-    return Document(key, np.frombuffer(data, dtype=np.uint8)) if data else None
-
-
-def stdlib_documents(root: Path | None = None) -> Iterator[Document]:
-    """Yields one Document per stdlib ``*.py`` file (uint8 bytes), in sorted key order."""
-    root = stdlib_root() if root is None else Path(root)
-    for key in stdlib_paths(root):
-        doc = _bytes_doc(key, (root / key).read_bytes())
-        if doc is not None:
-            yield doc
-
-
-def text_dir_documents(path: str | Path, glob: str = "**/*.txt") -> Iterator[Document]:
-    """Yields one Document per file matching ``glob`` under ``path`` (uint8 bytes), in sorted key order."""
-    root = Path(path)
-    files = sorted((p.relative_to(root).as_posix(), p) for p in root.glob(glob) if p.is_file())
-    for key, p in files:
-        doc = _bytes_doc(key, p.read_bytes())
-        if doc is not None:
-            yield doc
-
-
-def jsonl_documents(path: str | Path, text_field: str = "text") -> Iterator[Document]:
-    """Yields one Document per non-blank line of a .jsonl file: the UTF-8 bytes of ``record[text_field]``."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(
-                    f"data.path = {str(path)!r}: line {lineno} is not valid JSON ({e})"
-                ) from None
-            if not isinstance(record, dict) or text_field not in record:
-                fields = ", ".join(record) if isinstance(record, dict) else type(record).__name__
-                raise ValueError(
-                    f"data.text_field = {text_field!r}: line {lineno} of {str(path)!r} has no such field "
-                    f"(it has: {fields})"
-                )
-            text = record[text_field]
-            if not isinstance(text, str):
-                raise ValueError(
-                    f"data.text_field = {text_field!r}: line {lineno} of {str(path)!r} holds a "
-                    f"{type(text).__name__}; must be a string"
-                )
-            doc = _bytes_doc(f"line:{lineno}", text.encode("utf-8"))
-            if doc is not None:
-                yield doc
+# Token files as documents
 
 
 def load_token_array(path: str | Path, token_dtype: str = "uint16", eos_id: int | None = None) -> np.ndarray:
@@ -327,7 +122,7 @@ def _cache_key(c: dict[str, Any]) -> _CorpusKey:
         return _CorpusKey(source, vf, root=str(stdlib_root()))
     if source == "text_dir":
         return _CorpusKey(source, vf, root=c["path"], glob=c["glob"])
-    if source == "jsonl":
+    if source in ("jsonl", "parquet"):
         return _CorpusKey(source, vf, root=c["path"], text_field=c["text_field"])
     return _CorpusKey(source, vf, root=c["path"], token_dtype=c["token_dtype"], eos_id=c["eos_id"])
 
@@ -339,6 +134,8 @@ def _documents(k: _CorpusKey) -> list[Document]:
         return list(text_dir_documents(k.root, k.glob))
     if k.source == "jsonl":
         return list(jsonl_documents(k.root, k.text_field))
+    if k.source == "parquet":
+        return list(parquet_documents(k.root, k.text_field))
     return list(token_documents(k.root, k.token_dtype, k.eos_id))
 
 
@@ -351,6 +148,7 @@ def _load_cached(k: _CorpusKey) -> Corpus:
             "stdlib": f"no *.py files with text under {k.root}",
             "text_dir": f"no non-empty files match data.glob = {k.glob!r} under {k.root!r}",
             "jsonl": f"no non-empty {k.text_field!r} fields in {k.root!r}",
+            "parquet": f"no non-empty values in the column {k.text_field!r} of {k.root!r}",
             "tokens": f"no tokens besides BOS/EOS in {k.root!r}",
         }[source]
         raise ValueError(f"data.source = {source!r}: empty corpus ({where})")

@@ -44,7 +44,7 @@ calling thread (no grain worker processes or threads).
 over the unshuffled validation stream, the same rows whatever the batch size (fewer if the stream is shorter;
 a last partial batch is filled with padding rows, loss_mask 0).
 
-Synthetic tasks (``data.source`` in :data:`scaling.data.synthetic.TASKS`) go through the same two entry
+Synthetic tasks (``data.source`` in :data:`scaling.data.config.TASKS`) go through the same two entry
 points: the training stream is the task's examples for ``seed``, the evaluation batches come from its held-out
 ``data.task.eval_seed`` stream, and the rows have this same format (see :mod:`scaling.data.synthetic`).
 """
@@ -59,7 +59,9 @@ import grain
 import numpy as np
 
 from scaling.data import synthetic
-from scaling.data.corpus import Document, corpus_stats, load_corpus, validate_data_config
+from scaling.data.config import TASKS, validate_data_config
+from scaling.data.corpus import corpus_stats, load_corpus
+from scaling.data.sources import Document
 from scaling.data.tokenizer import BOS, EOS, PAD, wrap_document
 
 __all__ = [
@@ -303,9 +305,23 @@ class DataIterator(grain.DatasetIterator):
         self._parent.set_state(_restore_tuples(state["grain"]))
 
 
+def _task_pipeline_id(c: dict[str, Any], p: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    # JSON round trip so the saved pipeline compares equal to a rebuilt one (tuples, numpy ints).
+    return json.loads(json.dumps({"source": c["source"], "task": dict(p), "val_fraction": c["val_fraction"], **kw},
+                                 default=str))
+
+
+def _task_train_iterator(c: dict[str, Any], *, batch_size: int, context: int, seed: int) -> DataIterator:
+    """The training stream of a synthetic task: its examples for ``seed``, in order (each is drawn at random)."""
+    src = synthetic.TaskSource(c, context=context, stream="train", seed=seed)
+    ds = grain.MapDataset.source(src).batch(batch_size, drop_remainder=True).to_iter_dataset(_READ)
+    return DataIterator(iter(ds), _task_pipeline_id(c, src.params, batch_size=batch_size, context=context, seed=seed))
+
+
 def _pipeline_id(c: dict[str, Any], **kw: Any) -> dict[str, Any]:
     fields = {"source": c["source"], "val_fraction": c["val_fraction"], "packing": c["packing"]}
-    extra = {"text_dir": ("glob",), "jsonl": ("text_field",), "tokens": ("token_dtype", "eos_id")}.get(c["source"])
+    extra = {"text_dir": ("glob",), "jsonl": ("text_field",), "parquet": ("text_field",),
+             "tokens": ("token_dtype", "eos_id")}.get(c["source"])
     for key in extra or ():
         fields[key] = c[key]
     return {**fields, **kw}
@@ -332,8 +348,8 @@ def make_train_iterator(data_cfg: Any, *, batch_size: int, context: int, seed: i
     batch_size = _check_int("batch_size", batch_size, 1)
     context = _check_int("context", context, 1)
     seed = _check_int("seed", seed, 0, 2**32 - 1)
-    if c["source"] in synthetic.TASKS:
-        return synthetic.make_task_train_iterator(c, batch_size=batch_size, context=context, seed=seed)
+    if c["source"] in TASKS:
+        return _task_train_iterator(c, batch_size=batch_size, context=context, seed=seed)
     corpus = load_corpus(data_cfg)
     docs = corpus.train
     if not c["packing"]:
@@ -394,7 +410,7 @@ def make_eval_batches(
         want = eval_rows(c, context)
     else:
         want = _check_int("num_batches", num_batches, 1) * batch_size
-    if c["source"] in synthetic.TASKS:
+    if c["source"] in TASKS:
         return _batch_rows(synthetic.task_eval_rows(c, context=context, num_rows=want), batch_size, context)
     corpus = load_corpus(data_cfg)
     docs = corpus.validation

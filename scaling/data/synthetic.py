@@ -1,4 +1,4 @@
-"""Synthetic recall tasks as grain sources: MQAR, selective copying, induction heads, needle in a haystack.
+"""Synthetic recall tasks as numpy generators: MQAR, selective copying, induction heads, needle in a haystack.
 
 Each task draws example ``i`` of a stream from its own generator, ``np.random.default_rng((stream, seed, i))``
 (``stream`` 0 = training, 1 = evaluation), so a stream is deterministic for a seed, any example can be
@@ -50,29 +50,17 @@ Tokens of the first three tasks lie in ``[0, task.vocab_size)``, which must not 
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
-import grain
 import numpy as np
 
-TASKS = ("mqar", "selective_copy", "induction", "needle")
+from scaling.data.config import TASK_DEFAULTS, TASKS, task_params, validate_data_config
+from scaling.data.corpus import load_corpus
+
 FILLER, MARKER, TRIGGER = 0, 1, 0
 STREAMS = {"train": 0, "eval": 1}
-
-# Defaults of every data.task field (each task reads the ones its docstring names).
-TASK_DEFAULTS: dict[str, Any] = {
-    "vocab_size": 128,  # mqar / selective_copy / induction: tokens in [0, vocab_size)
-    "num_kv_pairs": 8,  # mqar
-    "num_queries": None,  # mqar: how many keys are queried; None = all num_kv_pairs
-    "power_a": 0.01,  # mqar: query slot g drawn with probability ∝ g ** (power_a - 1)
-    "num_tokens": 8,  # selective_copy: data tokens to copy
-    "depth": None,  # needle: insertion depth in [0, 1]; None = uniform per example
-    "needle_digits": 6,  # needle: digits of the value
-    "eval_seed": 1234,  # held-out evaluation stream
-}
 
 NEEDLE = "\n# The secret number of {key} is {value}.\n"
 QUESTION = "\n# The secret number of {key} is "
@@ -80,55 +68,15 @@ _KEY_LEN = 5
 _LEN = 2**40  # examples per stream: unbounded in practice
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Validation
+__all__ = ["TASKS", "TASK_DEFAULTS", "TaskSource", "answer_accuracy", "check_task", "min_context", "task_eval_rows"]
 
 
 def _fail(field: str, value: Any, why: str) -> ValueError:
     return ValueError(f"{field} = {value!r}: {why}")
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
-
-def task_params(data: Mapping[str, Any], *, prefix: str = "data") -> dict[str, Any]:
-    """``data.task`` with defaults filled in and every field checked (context-free checks only).
-
-    ``data`` is the resolved data config as a dict. Raises ValueError naming ``data.task.<field>``.
-    """
-    given = data.get("task") or {}
-    if hasattr(given, "to_dict"):
-        given = given.to_dict()
-    if not isinstance(given, Mapping):
-        raise _fail(f"{prefix}.task", given, f"must be a mapping with fields {', '.join(TASK_DEFAULTS)}")
-    unknown = sorted(set(given) - set(TASK_DEFAULTS))
-    if unknown:
-        raise ValueError(f"{prefix}.task.{unknown[0]}: unknown field; accepted fields: {', '.join(TASK_DEFAULTS)}")
-    p = {**TASK_DEFAULTS, **given}
-    f = f"{prefix}.task"
-    for name, lo in (("vocab_size", 4), ("num_kv_pairs", 1), ("num_tokens", 1), ("needle_digits", 1)):
-        if not _is_int(p[name]) or p[name] < lo:
-            raise _fail(f"{f}.{name}", p[name], f"must be an integer >= {lo}")
-    if not _is_int(p["eval_seed"]) or not 0 <= p["eval_seed"] < 2**32:
-        raise _fail(f"{f}.eval_seed", p["eval_seed"], "must be an integer in [0, 2**32 - 1]")
-    nq = p["num_queries"]
-    if nq is not None and (not _is_int(nq) or not 1 <= nq <= p["num_kv_pairs"]):
-        raise _fail(f"{f}.num_queries", nq, f"must be None (all) or an integer in [1, num_kv_pairs = "
-                                            f"{p['num_kv_pairs']}]")
-    pa = p["power_a"]
-    if isinstance(pa, bool) or not isinstance(pa, int | float) or not 0 < pa <= 1:
-        raise _fail(f"{f}.power_a", pa, "must be a number in (0, 1] (1 = uniform query placement)")
-    d = p["depth"]
-    if d is not None and (isinstance(d, bool) or not isinstance(d, int | float) or not 0 <= d <= 1):
-        raise _fail(f"{f}.depth", d, "must be None (uniform) or a number in [0, 1]")
-    source = data.get("source")
-    half = p["vocab_size"] // 2
-    if source == "mqar" and p["num_kv_pairs"] > half - 1:
-        raise _fail(f"{f}.num_kv_pairs", p["num_kv_pairs"],
-                    f"needs that many distinct keys in [1, vocab_size // 2 = {half}): at most {half - 1}; "
-                    "raise data.task.vocab_size")
-    return p
+# ----------------------------------------------------------------------------------------------------------
+# Validation
 
 
 def min_context(data: Mapping[str, Any]) -> int:
@@ -150,8 +98,6 @@ def check_task(data: Any, *, context: int, vocab_size: int | None = None, field:
 
     Raises ValueError naming the field (``train.context``, ``data.task.vocab_size``) and what it accepts.
     """
-    from scaling.data.corpus import validate_data_config
-
     c = validate_data_config(data)
     if c["source"] not in TASKS:
         return
@@ -225,8 +171,6 @@ def induction_example(rng: np.random.Generator, context: int, p: Mapping[str, An
 
 @functools.lru_cache(maxsize=2)
 def _haystack(val_fraction: float, split: str) -> np.ndarray:
-    from scaling.data.corpus import load_corpus
-
     corpus = load_corpus({"source": "stdlib", "val_fraction": val_fraction})
     gap = np.frombuffer(b"\n\n", np.uint8)  # the files of the split, one after another
     return np.concatenate([part for d in corpus.split(split) for part in (np.asarray(d.ids, np.uint8), gap)])
@@ -260,11 +204,12 @@ def _row(seq: np.ndarray, mask: np.ndarray, *, hide_answers: bool = False) -> di
 
 
 # ----------------------------------------------------------------------------------------------------------
-# grain source
+# Random-access source (scaling/data/pipeline.py wraps it in grain)
 
 
 class TaskSource:
-    """A ``grain.RandomAccessDataSource`` of one task's rows: item ``i`` is example ``i`` of the stream.
+    """A random-access source of one task's rows (``len`` and ``[i]``, as ``grain.MapDataset.source`` takes):
+    item ``i`` is example ``i`` of the stream.
 
     Args:
       data_cfg: the data config, ``data.source`` one of :data:`TASKS`.
@@ -274,8 +219,6 @@ class TaskSource:
     """
 
     def __init__(self, data_cfg: Any, *, context: int, stream: str, seed: int):
-        from scaling.data.corpus import validate_data_config
-
         c = validate_data_config(data_cfg)
         if c["source"] not in TASKS:
             raise _fail("data.source", c["source"], f"not a synthetic task; tasks are {', '.join(TASKS)}")
@@ -308,27 +251,8 @@ class TaskSource:
         return f"TaskSource({self.task}, context={self.context}, key={self.key})"
 
 
-def _pipeline_id(c: Mapping[str, Any], p: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
-    # JSON round trip so the saved pipeline compares equal to a rebuilt one (tuples, numpy ints).
-    return json.loads(json.dumps({"source": c["source"], "task": dict(p), "val_fraction": c["val_fraction"], **kw},
-                                 default=str))
-
-
-def make_task_train_iterator(data_cfg: Any, *, batch_size: int, context: int, seed: int):
-    """The training stream of a task as a resumable :class:`scaling.data.pipeline.DataIterator`."""
-    from scaling.data.corpus import validate_data_config
-    from scaling.data.pipeline import _READ, DataIterator
-
-    c = validate_data_config(data_cfg)
-    src = TaskSource(c, context=context, stream="train", seed=seed)
-    ds = grain.MapDataset.source(src).batch(batch_size, drop_remainder=True).to_iter_dataset(_READ)
-    return DataIterator(iter(ds), _pipeline_id(c, src.params, batch_size=batch_size, context=context, seed=seed))
-
-
 def task_eval_rows(data_cfg: Any, *, context: int, num_rows: int) -> list[dict[str, np.ndarray]]:
     """The first ``num_rows`` rows of the held-out stream (seed ``data.task.eval_seed``)."""
-    from scaling.data.corpus import validate_data_config
-
     c = validate_data_config(data_cfg)
     src = TaskSource(c, context=context, stream="eval", seed=task_params(c)["eval_seed"])
     return [src[i] for i in range(num_rows)]

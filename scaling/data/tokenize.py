@@ -1,16 +1,18 @@
 """Convert text corpora into a memory-mapped token file for ``data.source = "tokens"`` (``scaling tokenize``).
 
-Input: ``"stdlib"`` (the running Python's standard library, like ``data.source = "stdlib"``), a directory of text
-files (``glob``, like ``"text_dir"``), a ``.jsonl`` file (one document per line, field ``text_field``, like
-``"jsonl"``) or a single text file (one document); ``max_bytes`` keeps only the first documents (a slice).
+Input (scaling/data/sources.py): ``"stdlib"`` (the running Python's standard library), a directory of text files
+(``glob``), a ``.jsonl`` / ``.jsonl.gz`` / ``.jsonl.zst`` file (field ``text_field``), a ``.parquet`` file or
+directory of them (column ``text_field``) or a single text file (one document); ``max_bytes`` keeps only the first
+documents (a slice). ``workers`` processes encode batches of documents in parallel; the main process reads and
+writes in order, so the file does not depend on the worker count.
 Tokenizer: ``"bytes"`` (scaling/data/tokenizer.py, the default) or a Hugging Face ``tokenizer.json``
 (scaling/data/bpe.py). Output: a raw ``.bin`` file of ids (uint16 by default) or a ``.npy`` file, where every
 document is written as ``[BOS,] ids..., EOS`` with the tokenizer's own specials, and beside it the metadata
 ``<out>.meta.json`` (tokenizer, its sha256, vocabulary size, BOS/EOS/PAD ids, dtype, documents, tokens, the UTF-8
 bytes encoded, the largest id: scaling/data/tokens.py), so the ``tokens`` source splits it back into the same
-documents and reports bits per byte. Documents stream through: a batch of documents (about 4 MiB), or 16 MiB of a
-single text file cut at a line end, at a time, so memory stays flat whatever the corpus size. Both files appear
-atomically (temporary files, then renames); on any error nothing is left behind.
+documents and reports bits per byte. Documents stream through: a batch of documents (about 4 MiB; two a
+worker in flight), or 16 MiB of a single text file cut at a line end, at a time, so memory stays flat whatever the
+corpus size. Both files appear atomically (temporary files, then renames); on any error nothing is left behind.
 
 The train / validation split of the ``tokens`` source hashes the document's index (``doc:<i>``), not its path or
 line number, so it differs from the split the text source would make of the same documents.
@@ -18,22 +20,27 @@ line number, so it differs from the split the text source would make of the same
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import multiprocessing
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from scaling.data import tokens as _tokens
 from scaling.data.bpe import load_tokenizer
-from scaling.data.corpus import TOKEN_SUFFIXES, jsonl_documents, stdlib_documents, stdlib_root, text_dir_documents
+from scaling.data.config import TOKEN_SUFFIXES
+from scaling.data.sources import FORMATS, check_input, corpus_pieces
 
-FORMATS = ("auto", "stdlib", "text_dir", "jsonl", "txt")
+__all__ = ["FORMATS", "OUT_DTYPES", "TokenizeResult", "tokenize"]
+
 OUT_DTYPES = ("uint16", "uint32")
-_CHUNK = 16 << 20  # bytes of a single text file read at a time
-_BATCH = 4 << 20  # bytes of documents encoded in one call
+_BATCH = 4 << 20  # bytes of documents encoded in one call (one task of a worker process)
+_CHUNK = 16 << 20  # ids copied at a time into a .npy
 
 
 @dataclasses.dataclass
@@ -48,76 +55,8 @@ class TokenizeResult:
     text_bytes: int = 0  # UTF-8 bytes encoded (the metadata's "bytes")
 
 
-def detect_format(path: Path) -> str:
-    if str(path) == "stdlib" and not path.exists():
-        return "stdlib"
-    if path.is_dir():
-        return "text_dir"
-    if path.suffix == ".jsonl":
-        return "jsonl"
-    return "txt"
-
-
-def _check_input(path, fmt: str) -> tuple[Path, str]:
-    if fmt not in FORMATS:
-        raise ValueError(f"--format {fmt!r}: must be one of {', '.join(FORMATS)}")
-    path = Path(path).expanduser()
-    fmt = detect_format(path) if fmt == "auto" else fmt
-    if fmt == "stdlib":
-        return path, fmt
-    if not path.exists():
-        raise FileNotFoundError(f"input {str(path)!r}: no such file or directory (or 'stdlib', the embedded corpus)")
-    if (fmt == "text_dir") != path.is_dir():
-        raise ValueError(f"--format {fmt!r}: {str(path)!r} is {'a directory' if path.is_dir() else 'a file'}")
-    return path, fmt
-
-
-def corpus_pieces(path, fmt: str = "auto", glob: str = "**/*.txt", text_field: str = "text",
-                  max_bytes: int | None = None) -> Iterator[tuple[bool, bytes, int, int]]:
-    """(starts a document, its bytes, input bytes consumed, total input bytes) in order; a single text file comes in
-    pieces cut at line ends. Stops after the piece that reaches ``max_bytes`` (None: everything)."""
-    path, fmt = _check_input(path, fmt)
-    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
-        raise ValueError(f"--max-bytes {max_bytes!r}: must be an integer >= 1 (or omitted: the whole corpus)")
-    if fmt == "stdlib":
-        root = stdlib_root()
-        docs, total = stdlib_documents(root), None
-    elif fmt == "text_dir":
-        docs = text_dir_documents(path, glob)
-        total = sum(p.stat().st_size for p in path.glob(glob) if p.is_file())
-    elif fmt == "jsonl":
-        docs, total = jsonl_documents(path, text_field), path.stat().st_size
-    else:
-        docs, total = None, path.stat().st_size
-    if total is None:  # the stdlib: sized once, cheaply
-        from scaling.data.corpus import stdlib_paths
-
-        total = sum((root / k).stat().st_size for k in stdlib_paths(root))
-    total = total if max_bytes is None else min(total, max_bytes)
-    done = 0
-    if docs is not None:
-        for doc in docs:
-            done += len(doc)
-            yield True, doc.ids.tobytes(), len(doc), total
-            if max_bytes is not None and done >= max_bytes:
-                return
-        return
-    with open(path, "rb") as f:
-        first, buf = True, b""
-        while chunk := f.read(_CHUNK):
-            buf += chunk
-            cut = buf.rfind(b"\n") + 1 or len(buf)
-            piece, buf = buf[:cut], buf[cut:]
-            done += len(piece)
-            yield first, piece, len(piece), total
-            first = False
-            if max_bytes is not None and done >= max_bytes:
-                return
-        if buf:
-            yield first, buf, len(buf), total
-
-
-def _batches(pieces, size: int = _BATCH):
+def _batches(pieces, size: int | None = None):
+    size = _BATCH if size is None else size
     batch, n = [], 0
     for item in pieces:
         batch.append(item)
@@ -129,22 +68,64 @@ def _batches(pieces, size: int = _BATCH):
         yield batch
 
 
+_WORKER_TOKENIZER = None
+
+
+def _init_worker(spec: str) -> None:
+    global _WORKER_TOKENIZER
+    # one process per core: the tokenizers library's own threads would only contend with the other workers
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _WORKER_TOKENIZER = load_tokenizer(spec)
+
+
+def _encode(pieces: list[bytes], dtype: str) -> list[tuple[np.ndarray, int]]:
+    return [(ids.astype(dtype), n) for ids, n in _WORKER_TOKENIZER.encode_pieces(pieces)]
+
+
+def _encoded_batches(batches, tokenizer: str, tok, dtype: str, workers: int):
+    """(batch, its encodings) in order; with ``workers > 1`` the encoding runs in that many processes, with at most
+    two batches a worker in flight, so memory stays flat."""
+    if workers == 1:
+        for batch in batches:
+            yield batch, [(ids.astype(dtype), n) for ids, n in tok.encode_pieces([p for _, p, _, _ in batch])]
+        return
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold the tokenizers' threads
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(tokenizer,)) as pool:
+        pending = collections.deque()
+        for batch in batches:
+            pending.append((batch, pool.submit(_encode, [p for _, p, _, _ in batch], dtype)))
+            if len(pending) >= 2 * workers:
+                done, fut = pending.popleft()
+                yield done, fut.result()
+        while pending:
+            done, fut = pending.popleft()
+            yield done, fut.result()
+
+
+def check_workers(workers) -> int:
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= 256:
+        raise ValueError(f"--workers {workers!r}: must be an integer in [1, 256] (processes that encode)")
+    return workers
+
+
 def tokenize(path, out, *, fmt: str = "auto", glob: str = "**/*.txt", text_field: str = "text",
-             dtype: str = "uint16", tokenizer: str = "bytes", max_bytes: int | None = None,
+             dtype: str = "uint16", tokenizer: str = "bytes", max_bytes: int | None = None, workers: int = 1,
              progress: Callable[[int, int], None] | None = None) -> TokenizeResult:
     """Write the documents of ``path`` to the token file ``out`` (``.bin`` raw ids or ``.npy``) and its metadata.
 
-    ``tokenizer``: ``"bytes"`` or a tokenizer.json. ``progress(done_bytes, total_bytes)`` is called as input is
-    consumed. Raises ValueError naming the option for a bad format, dtype, tokenizer or output suffix,
-    FileNotFoundError for a missing input or tokenizer file, and ValueError for an input without any non-empty
-    document. Nothing is written when it raises.
+    ``tokenizer``: ``"bytes"`` or a tokenizer.json. ``workers``: processes that encode (1: in this process; the
+    file is the same byte for byte whatever the count). ``progress(done_bytes, total_bytes)`` is called as input is
+    consumed. Raises ValueError naming the option for a bad format, dtype, tokenizer, worker count or output
+    suffix, FileNotFoundError for a missing input or tokenizer file, and ValueError for an input without any
+    non-empty document. Nothing is written when it raises.
     """
     out = Path(out).expanduser()
     if dtype not in OUT_DTYPES:
         raise ValueError(f"--dtype {dtype!r}: must be one of {', '.join(OUT_DTYPES)}")
     if out.suffix not in TOKEN_SUFFIXES:
         raise ValueError(f"--out {str(out)!r}: must end in one of {', '.join(TOKEN_SUFFIXES)}")
-    path, fmt = _check_input(path, fmt)
+    workers = check_workers(workers)
+    path, fmt = check_input(path, fmt)
     tok = load_tokenizer(tokenizer)
     top = max(tok.vocab_size - 1, tok.eos_id, tok.bos_id or 0, tok.pad_id or 0)
     if top > np.iinfo(dtype).max:
@@ -159,20 +140,19 @@ def tokenize(path, out, *, fmt: str = "auto", glob: str = "**/*.txt", text_field
     try:
         with os.fdopen(fd, "wb") as f:
             open_doc = False
-            for batch in _batches(pieces):
-                encoded = tok.encode_pieces([piece for _, piece, _, _ in batch])
-                for (starts, _, consumed, _total), (ids, n_bytes) in zip(batch, encoded, strict=True):
+            for batch, encoded in _encoded_batches(_batches(pieces), str(tokenizer), tok, dtype, workers):
+                for (starts, _, read, _total), (ids, n_bytes) in zip(batch, encoded, strict=True):
                     if starts:
                         if open_doc:
                             f.write(eos)
                         f.write(bos)
                         docs, n_ids, open_doc = docs + 1, n_ids + (open_doc + bool(bos)), True
                     if ids.size:
-                        f.write(ids.astype(dtype).tobytes())
+                        f.write(ids.tobytes())
                         max_id = max(max_id, int(ids.max()))
                     n_ids += ids.size
                     text_bytes += n_bytes
-                    done += consumed
+                    done = read
                 if progress:
                     progress(done, batch[-1][3])
             if open_doc:

@@ -220,7 +220,7 @@ def token_spec(path: str | Path, token_dtype: str = "uint16", eos_id: int | None
 
 
 def spec_of(c: dict[str, Any]) -> TokenSpec:
-    """The TokenSpec of a resolved ``tokens`` data config (scaling.data.corpus.validate_data_config)."""
+    """The TokenSpec of a resolved ``tokens`` data config (scaling.data.config.validate_data_config)."""
     return token_spec(c["path"], c["token_dtype"], c["eos_id"])
 
 

@@ -447,7 +447,7 @@ def _validate(cfg: ConfigDict, where: str, check_data: bool = True) -> None:
         else:
             _config.validate_model(cfg.model)
             _config.validate_train(cfg.train)
-            from scaling.data.corpus import SOURCES, check_eos_id, validate_data_config
+            from scaling.data.config import SOURCES, check_eos_id, validate_data_config
 
             data = cfg.data.to_dict()
             if data.get("source") not in SOURCES:

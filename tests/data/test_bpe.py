@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from scaling import config
+from scaling.data import config as data_config
 from scaling.data import corpus, pipeline
 from scaling.data.bpe import load_tokenizer, train_bpe
-from scaling.data.tokenize import corpus_pieces, tokenize
+from scaling.data.sources import corpus_pieces
+from scaling.data.tokenize import tokenize
 from scaling.data.tokens import bpb_basis, meta_path, read_metadata
 
 ROOT = Path(__file__).parents[2]
@@ -66,7 +68,7 @@ def test_tokenize_with_bpe_reads_back_the_documents(bpe, tmp_path, suffix):
     assert c.specials == (1, 2, 0)
     batch = next(pipeline.make_train_iterator(data, batch_size=2, context=64, seed=0))
     assert batch["inputs"].max() < 512
-    assert bpb_basis(corpus.validate_data_config(data)) == pytest.approx(meta["tokens"] / meta["bytes"])
+    assert bpb_basis(data_config.validate_data_config(data)) == pytest.approx(meta["tokens"] / meta["bytes"])
     with pytest.raises(config.ConfigError, match=r"^model.vocab_size = 259: smaller than the largest token id "
                        rf"{meta['max_id']} of data.path = .*; must be >= {meta['max_id'] + 1}; its tokenizer has 512"):
         config.load(TINY_MODEL, TINY + ["data.source=tokens", f"data.path={out}"])
@@ -120,7 +122,7 @@ def _nanogpt_file(tmp_path, n_docs=40, seed=0):
     return path, docs
 
 
-def test_nanogpt_file_yields_its_documents_and_trains(tmp_path):
+def test_nanogpt_file_yields_its_documents_and_trains(tmp_path, capsys):
     from scaling.train import train
 
     path, docs = _nanogpt_file(tmp_path)
@@ -129,7 +131,17 @@ def test_nanogpt_file_yields_its_documents_and_trains(tmp_path):
     assert c.specials == (None, EOT, EOT)
     got = sorted((d.key, d.ids.tolist()) for d in c.train + c.validation)
     assert got == sorted((f"doc:{i}", d.tolist()) for i, d in enumerate(docs))
-    assert bpb_basis(corpus.validate_data_config(data)) is None
+    assert bpb_basis(data_config.validate_data_config(data)) is None
+    from scaling.cli import main
+
+    sets = [a for e in ["data.source=tokens", f"data.path={path}", f"data.eos_id={EOT}", "data.val_fraction=0.25",
+                        "model.vocab_size=50257"] for a in ("--set", e)]
+    assert main(["data", TINY_MODEL, *sets, "--json"]) == 0  # exactly the file's documents and tokens
+    s = json.loads(capsys.readouterr().out)
+    assert (s["tokenizer"], s["vocab_size"], s["specials"]) == (None, None, {"bos": None, "eos": EOT, "pad": EOT})
+    assert s["train"]["documents"] + s["validation"]["documents"] == len(docs)
+    assert s["train"]["tokens"] + s["validation"]["tokens"] == sum(len(d) + 1 for d in docs)
+    assert s["train"]["bytes"] is None and s["packing"] is True
     npy = tmp_path / "train.npy"  # the same ids as a raw .npy of another dtype: the same documents
     np.save(npy, np.fromfile(path, np.uint16).astype(np.int32))
     assert [d.ids.tolist() for d in corpus.token_documents(npy, eos_id=EOT)] == [d.tolist() for d in docs]
@@ -159,9 +171,9 @@ def test_bits_per_byte_across_tokenizers(bpe, tmp_path):
 
     byte_file = tokenize("stdlib", tmp_path / "b.bin", max_bytes=SLICE).out
     bpe_file = tokenize("stdlib", tmp_path / "p.bin", tokenizer=str(bpe["out"]), max_bytes=SLICE).out
-    basis = {name: bpb_basis(corpus.validate_data_config({"source": "tokens", "path": str(p)}))
+    basis = {name: bpb_basis(data_config.validate_data_config({"source": "tokens", "path": str(p)}))
              for name, p in (("bytes", byte_file), ("bpe", bpe_file))}
-    assert basis["bytes"] == "bytes" and bpb_basis(corpus.validate_data_config({})) == "bytes"
+    assert basis["bytes"] == "bytes" and bpb_basis(data_config.validate_data_config({})) == "bytes"
     meta = read_metadata(bpe_file)
     assert basis["bpe"] == pytest.approx(meta["tokens"] / meta["bytes"])
     loss_sum, count, n_bytes = np.array([30.0, 50.0]), np.array([10.0, 20.0]), np.array([8.0, 18.0])

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scaling.data import corpus
+from scaling.data import config as data_config
+from scaling.data import corpus, sources
 from scaling.data.tokenizer import BOS, EOS
 from scaling.data.tokens import byte_metadata, write_metadata
 
@@ -46,18 +47,37 @@ def _write(root: Path, files: dict[str, bytes]) -> None:
 
 def test_preset_matches_defaults_and_validates():
     cfg = _preset()
-    assert cfg.data.to_dict() == corpus.DATA_DEFAULTS
-    resolved = corpus.validate_data_config(cfg.data)
-    assert resolved == corpus.DATA_DEFAULTS
-    assert corpus.validate_data_config({}) == corpus.DATA_DEFAULTS  # missing fields take the defaults
+    assert cfg.data.to_dict() == data_config.DATA_DEFAULTS
+    resolved = data_config.validate_data_config(cfg.data)
+    assert resolved == {**data_config.DATA_DEFAULTS, "packing": False}  # None: the stdlib's default, unpacked
+    assert data_config.validate_data_config({}) == resolved  # missing fields take the defaults
     with pytest.raises(ValueError, match="pass cfg.data"):
-        corpus.validate_data_config(cfg)
+        data_config.validate_data_config(cfg)
+
+
+def test_packing_defaults_by_source_and_run_ids_keep(tmp_path):
+    """packing None resolves per source (tokens, jsonl, parquet packed); a run id hashes the resolved value, so a
+    config written with the explicit value (as every run before the None default) keeps its id."""
+    from scaling import config as run_config
+    from scaling.train import run_id
+
+    f = tmp_path / "a.jsonl"
+    f.write_text('{"text": "x"}\n')
+    assert data_config.validate_data_config({"source": "jsonl", "path": str(f)})["packing"] is True
+    assert data_config.validate_data_config({"source": "text_dir", "path": str(tmp_path)})["packing"] is False
+    assert data_config.validate_data_config({"source": "jsonl", "path": str(f), "packing": False})["packing"] is False
+    cfg = run_config.default_config()
+    explicit = run_config.default_config()
+    explicit.data.packing = False
+    assert cfg.data.packing is None and run_id(cfg) == run_id(explicit)
+    explicit.data.packing = True
+    assert run_id(cfg) != run_id(explicit)
 
 
 @pytest.mark.parametrize(
     "override, match",
     [
-        ({"source": "foo"}, r"^data.source = 'foo': must be one of stdlib, text_dir, jsonl, tokens \(corpora\) or "
+        ({"source": "foo"}, r"^data.source = 'foo': must be one of stdlib, text_dir, jsonl, parquet, tokens \(corpora\) or "
                                 r"mqar, selective_copy, induction, needle \(synthetic tasks, "
                                 r"scaling.data.synthetic\)$"),
         ({"path": "/x"}, r"data.path = '/x': must be None for source 'stdlib'"),
@@ -67,7 +87,7 @@ def test_preset_matches_defaults_and_validates():
         ({"val_fraction": 1}, r"data.val_fraction = 1: must be"),
         ({"val_fraction": True}, r"data.val_fraction = True: must be"),
         ({"token_dtype": "float32"}, r"data.token_dtype = 'float32': must be one of uint8, uint16"),
-        ({"packing": 1}, r"data.packing = 1: must be True or False"),
+        ({"packing": 1}, r"data.packing = 1: must be True, False or None"),
         ({"eval_tokens": 0}, r"data.eval_tokens = 0: must be an integer >= 1"),
         ({"glob": ""}, r"data.glob = '': must be a non-empty string"),
         ({"text_field": None}, r"data.text_field = None: must be a non-empty string"),
@@ -76,23 +96,23 @@ def test_preset_matches_defaults_and_validates():
 )
 def test_validate_rejects(override, match):
     with pytest.raises(ValueError, match=match):
-        corpus.validate_data_config({**corpus.DATA_DEFAULTS, **override})
+        data_config.validate_data_config({**data_config.DATA_DEFAULTS, **override})
 
 
 def test_validate_paths(tmp_path):
     missing = tmp_path / "nope"
     for source in ("text_dir", "jsonl", "tokens"):
         with pytest.raises(FileNotFoundError, match=r"data.path = '.*nope': no such file or directory"):
-            corpus.validate_data_config({"source": source, "path": str(missing)})
+            data_config.validate_data_config({"source": source, "path": str(missing)})
     f = tmp_path / "a.txt"
     f.write_text("x")
     with pytest.raises(ValueError, match="data.path = .*: must be a directory for source 'text_dir'"):
-        corpus.validate_data_config({"source": "text_dir", "path": str(f)})
+        data_config.validate_data_config({"source": "text_dir", "path": str(f)})
     with pytest.raises(ValueError, match="data.path = .*: must be a file for source 'jsonl'"):
-        corpus.validate_data_config({"source": "jsonl", "path": str(tmp_path)})
+        data_config.validate_data_config({"source": "jsonl", "path": str(tmp_path)})
     with pytest.raises(ValueError, match=r"data.path = .*: must end in one of .npy, .bin"):
-        corpus.validate_data_config({"source": "tokens", "path": str(f)})
-    resolved = corpus.validate_data_config({"source": "text_dir", "path": str(tmp_path / "." / "")})
+        data_config.validate_data_config({"source": "tokens", "path": str(f)})
+    resolved = data_config.validate_data_config({"source": "text_dir", "path": str(tmp_path / "." / "")})
     assert resolved["path"] == str(tmp_path.resolve())
 
 
@@ -129,8 +149,8 @@ def test_text_dir(tmp_path):
     assert len(c.validation) == 3 and all(corpus.is_validation(d.key, vf) for d in c.validation)
     assert not any(corpus.is_validation(d.key, vf) for d in c.train)
 
-    assert [d.key for d in corpus.text_dir_documents(tmp_path, "*.md")] == ["skip.md"]
-    assert [d.key for d in corpus.text_dir_documents(tmp_path, "d1/*.txt")] == ["d1/f1.txt", "d1/f10.txt",
+    assert [d.key for d in sources.text_dir_documents(tmp_path, "*.md")] == ["skip.md"]
+    assert [d.key for d in sources.text_dir_documents(tmp_path, "d1/*.txt")] == ["d1/f1.txt", "d1/f10.txt",
                                                                                 "d1/f4.txt", "d1/f7.txt"]
 
 
@@ -250,7 +270,7 @@ def test_tokens_errors(tmp_path):
     with pytest.raises(ValueError, match=r"data.source = 'tokens': empty corpus \(no tokens besides BOS/EOS"):
         corpus.load_corpus({"source": "tokens", "path": str(p)})
     with pytest.raises(ValueError, match=r"data.eos_id = 5: only for source 'tokens'"):
-        corpus.validate_data_config({"eos_id": 5})
+        data_config.validate_data_config({"eos_id": 5})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -300,4 +320,4 @@ def test_stdlib_split_stable_disjoint_and_cached():
     assert [d.key for d in again.validation] == val
     assert all(np.array_equal(a.ids, b.ids) for a, b in zip(again.validation, c.validation, strict=True))
     doc = {d.key: d for d in again.train + again.validation}["os.py"]
-    assert doc.ids.tobytes() == (corpus.stdlib_root() / "os.py").read_bytes()
+    assert doc.ids.tobytes() == (sources.stdlib_root() / "os.py").read_bytes()

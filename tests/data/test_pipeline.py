@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scaling.data import corpus, pipeline
+from scaling.data.sources import Document
 from scaling.data.tokenizer import BOS, EOS, PAD, decode
 from scaling.data.tokens import byte_metadata, write_metadata
 
@@ -256,7 +257,7 @@ def test_eval_set_is_fixed_by_tokens_not_batch_size(tmp_path):
     st.booleans(),
 )
 def test_rows_match_reference(raw_docs, context, packing):
-    docs = [corpus.Document(str(i), np.frombuffer(d, np.uint8)) for i, d in enumerate(raw_docs)]
+    docs = [Document(str(i), np.frombuffer(d, np.uint8)) for i, d in enumerate(raw_docs)]
     got = list(pipeline._rows(docs, context, packing=packing, seed=None))
     got = {k: np.stack([r[k] for r in got]) for k in pipeline.BATCH_KEYS}
     ref_fn = pipeline.packed_windows_reference if packing else pipeline.unpacked_windows_reference

@@ -9,7 +9,7 @@ import pytest
 
 from scaling import config
 from scaling.data import BATCH_KEYS, make_eval_batches, make_train_iterator, synthetic
-from scaling.data.synthetic import TASKS
+from scaling.data.config import TASKS, task_params
 
 SMALL = {
     "mqar": {"vocab_size": 32, "num_kv_pairs": 6},
@@ -83,7 +83,7 @@ CHECKS = {"mqar": _check_mqar, "selective_copy": _check_selective_copy, "inducti
 
 @pytest.mark.parametrize("task", TASKS)
 def test_answers_sit_where_the_loss_mask_says(task):
-    p = synthetic.task_params(_data(task) | {"source": task})
+    p = task_params(_data(task) | {"source": task})
     for batch in _batches(task) + make_eval_batches(_data(task), batch_size=4, context=CONTEXT[task],
                                                     num_batches=2):
         assert set(batch) == set(BATCH_KEYS)
@@ -188,7 +188,7 @@ def test_bad_task_settings_name_the_field(overrides, message):
 
 
 def test_unknown_task_field_is_refused_by_the_data_config():
-    from scaling.data.corpus import validate_data_config
+    from scaling.data.config import validate_data_config
 
     with pytest.raises(ValueError, match=r"data.task.n_pairs: unknown field; accepted fields: vocab_size"):
         validate_data_config({"source": "mqar", "task": {"n_pairs": 3}})

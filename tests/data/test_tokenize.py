@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from scaling.data import make_train_iterator
-from scaling.data.corpus import load_corpus, text_dir_documents, token_documents
+from scaling.data.corpus import load_corpus, token_documents
+from scaling.data.sources import text_dir_documents
 from scaling.data.tokenize import tokenize
 from scaling.data.tokenizer import BOS, EOS
 
