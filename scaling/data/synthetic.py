@@ -314,15 +314,19 @@ def _pipeline_id(c: Mapping[str, Any], p: Mapping[str, Any], **kw: Any) -> dict[
                                  default=str))
 
 
-def make_task_train_iterator(data_cfg: Any, *, batch_size: int, context: int, seed: int):
-    """The training stream of a task as a resumable :class:`scaling.data.pipeline.DataIterator`."""
+def make_task_train_iterator(data_cfg: Any, *, batch_size: int, context: int, seed: int,
+                             process_index: int = 0, process_count: int = 1):
+    """The training stream of a task as a resumable :class:`scaling.data.pipeline.DataIterator`; ``batch_size`` is
+    the global batch, of which process ``process_index`` reads (generates) only its rows ``[p*B/P, (p+1)*B/P)``."""
     from scaling.data.corpus import validate_data_config
-    from scaling.data.pipeline import _READ, DataIterator
+    from scaling.data.pipeline import _READ, DataIterator, _process_rows
 
     c = validate_data_config(data_cfg)
     src = TaskSource(c, context=context, stream="train", seed=seed)
-    ds = grain.MapDataset.source(src).batch(batch_size, drop_remainder=True).to_iter_dataset(_READ)
-    return DataIterator(iter(ds), _pipeline_id(c, src.params, batch_size=batch_size, context=context, seed=seed))
+    ds = _process_rows(grain.MapDataset.source(src), batch_size, process_index, process_count)
+    ds = ds.batch(batch_size // process_count, drop_remainder=True).to_iter_dataset(_READ)
+    return DataIterator(iter(ds), _pipeline_id(c, src.params, batch_size=batch_size, context=context, seed=seed,
+                                               process_index=process_index, process_count=process_count))
 
 
 def task_eval_rows(data_cfg: Any, *, context: int, num_rows: int) -> list[dict[str, np.ndarray]]:
