@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -267,9 +268,7 @@ def _host(x) -> np.ndarray:
     """A (global) jax array, or a tuple of them stacked, as float64 numpy on every process."""
     if isinstance(x, tuple):
         return np.stack([_host(v) for v in x]) if x else np.zeros(0)
-    if not getattr(x, "is_fully_addressable", True):  # rows on other processes' devices
-        from jax.experimental import multihost_utils
-
+    if not getattr(x, "is_fully_addressable", True):  # rows on other processes' devices: gathered
         x = multihost_utils.process_allgather(x, tiled=True)
     return np.asarray(x, np.float64)
 

@@ -40,6 +40,14 @@ windows (no packing) are shuffled by ``seed`` and every epoch is reshuffled with
 fresh iterator, so a resumed run sees exactly the batches of an uninterrupted one. All work happens in the
 calling thread (no grain worker processes or threads).
 
+Processes
+---------
+``batch_size`` is the global batch B. With P processes (``process_index`` p / ``process_count`` P, by default
+``jax.process_index()`` / ``jax.process_count()``) both entry points give process p rows ``[p*B/P, (p+1)*B/P)`` of
+every global batch, so the processes' batches concatenated in process order are the one-process batches, row for
+row. Unpacked windows and synthetic examples are read by index (global row ``b*B + p*B/P + j``), so a process reads
+only its own rows; the packed stream is sequential, so each process builds the global batch and keeps its slice.
+
 ``make_eval_batches`` returns the fixed evaluation set: ceil(``data.eval_tokens`` / context) rows spread evenly
 over the unshuffled validation stream, the same rows whatever the batch size (fewer if the stream is shorter;
 a last partial batch is filled with padding rows, loss_mask 0).
