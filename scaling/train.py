@@ -14,7 +14,9 @@ For a synthetic task (``data.source`` in scaling.data.config.TASKS) every eval r
 carries ``task_accuracy`` (exact match on answer tokens, held-out ``data.task.eval_seed`` stream). With
 ``train.eval_contexts`` set, a finished run writes ``eval_contexts.json``: the loss and accuracy per position
 at each of those contexts (see :func:`evaluate_contexts`).
-The batch is sharded over every local device along a "data" mesh axis; parameters are replicated.
+The batch is sharded over every device along a "data" mesh axis; parameters are replicated. With several
+processes (``jax.distributed``) ``train.batch_size`` is the global batch: each process reads its rows
+``[p*B/P, (p+1)*B/P)`` (scaling.data.make_train_iterator) and the global arrays are built from them.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -266,6 +269,15 @@ def eval_set(cfg, context: int) -> list[dict]:
 _EVAL_SETS: dict[tuple, list[dict]] = {}
 
 
+def _host(x) -> np.ndarray:
+    """A (global) jax array, or a tuple of them stacked, as float64 numpy on every process."""
+    if isinstance(x, tuple):
+        return np.stack([_host(v) for v in x]) if x else np.zeros(0)
+    if not getattr(x, "is_fully_addressable", True):  # rows on other processes' devices: gathered
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x, np.float64)
+
+
 def evaluate(eval_step, params, batches, shard, *, task: bool = False, bpb: str | float | None = "bytes") -> dict:
     """Loss on the fixed evaluation set: ``val_loss`` (nats per loss token), its standard error ``val_loss_se``
     over the set's sequences, ``val_bpb``, ``val_tokens`` (loss tokens) and, for a synthetic task (``task``),
@@ -280,7 +292,7 @@ def evaluate(eval_step, params, batches, shard, *, task: bool = False, bpb: str 
     its standard error is sqrt(sum_i (l_i - val_loss n_i)^2 / (m (m - 1))) / mean(n_i) over the m sequences
     with at least one loss token.
     """
-    parts = [np.asarray(x, np.float64) for x in zip(*(eval_step(params, shard(b)) for b in batches), strict=True)]
+    parts = [_host(x) for x in zip(*(eval_step(params, shard(b)) for b in batches), strict=True)]
     rows = [np.concatenate(p) for p in parts] if parts else [np.zeros(0)] * 4
     loss_sum, count, n_bytes, hits = rows
     total, n = float(loss_sum.sum()), float(count.sum())
@@ -316,7 +328,7 @@ def evaluate_contexts(cfg, graphdef, params, shard) -> list[dict]:
     for context in cfg.train.eval_contexts:
         sums = None
         for batch in eval_set(cfg, context):
-            terms = [np.asarray(x, np.float64) for x in step(params, shard(batch))]
+            terms = [_host(x) for x in step(params, shard(batch))]
             sums = terms if sums is None else [a + b for a, b in zip(sums, terms, strict=True)]
         total, count, _, hits = sums
         def per(x, count=count):
@@ -353,7 +365,10 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
 
     m, t = cfg.model, cfg.train
     total = _config.total_steps(t)
-    n_dev = jax.device_count()
+    n_dev, n_proc = jax.device_count(), jax.process_count()
+    if t.batch_size % n_proc:
+        raise _config.ConfigError(f"train.batch_size = {t.batch_size}: must be a multiple of the "
+                                  f"{n_proc} processes that each read an equal slice of it")
     if t.batch_size % n_dev:
         raise _config.ConfigError(f"train.batch_size = {t.batch_size}: must be a multiple of the "
                                   f"{n_dev} devices the batch is sharded over")
@@ -366,8 +381,9 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     # model gets the tokens alone, so the train step stays the plain (and Pallas-capable) program.
     drop = () if validate_data_config(cfg.data)["packing"] else ("segment_ids", "positions")
 
-    def shard(batch):
-        return {k: jax.device_put(np.asarray(v), data_sharding) for k, v in batch.items() if k not in drop}
+    def shard(batch):  # this process's rows of the global batch -> global arrays (one process: device_put)
+        return {k: jax.make_array_from_process_local_data(data_sharding, np.asarray(v))
+                for k, v in batch.items() if k not in drop}
 
     graphdef, train_state, tx, schedule = init_train_state(cfg)
     train_state = jax.device_put(train_state, replicated)

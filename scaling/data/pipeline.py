@@ -40,6 +40,14 @@ windows (no packing) are shuffled by ``seed`` and every epoch is reshuffled with
 fresh iterator, so a resumed run sees exactly the batches of an uninterrupted one. All work happens in the
 calling thread (no grain worker processes or threads).
 
+Processes
+---------
+``batch_size`` is the global batch B. With P processes (``process_index`` p / ``process_count`` P, by default
+``jax.process_index()`` / ``jax.process_count()``) both entry points give process p rows ``[p*B/P, (p+1)*B/P)`` of
+every global batch, so the processes' batches concatenated in process order are the one-process batches, row for
+row. Unpacked windows and synthetic examples are read by index (global row ``b*B + p*B/P + j``), so a process reads
+only its own rows; the packed stream is sequential, so each process builds the global batch and keeps its slice.
+
 ``make_eval_batches`` returns the fixed evaluation set: ceil(``data.eval_tokens`` / context) rows spread evenly
 over the unshuffled validation stream, the same rows whatever the batch size (fewer if the stream is shorter;
 a last partial batch is filled with padding rows, loss_mask 0).
@@ -71,8 +79,6 @@ __all__ = [
     "eval_rows",
     "make_eval_batches",
     "make_train_iterator",
-    "packed_windows_reference",
-    "unpacked_windows_reference",
 ]
 
 BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_mask")
@@ -167,52 +173,6 @@ def _unpacked_row(ids: np.ndarray, start: int, context: int, specials=(BOS, EOS,
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Naive references (clarity over speed; the tests hold the grain pipelines to them)
-
-
-def packed_windows_reference(docs: Sequence[np.ndarray], context: int,
-                             specials=(BOS, EOS, PAD)) -> dict[str, np.ndarray]:
-    """Rows ``[N, context]`` of the packed stream of ``docs`` in the given order, the last row PAD-filled."""
-    bos, eos, pad = specials
-    tokens, seg_doc, pos = [], [], []
-    for d, ids in enumerate(docs):
-        wrapped = ([] if bos is None else [bos]) + [int(x) for x in ids] + [eos]
-        tokens += wrapped
-        seg_doc += [d] * len(wrapped)
-        pos += list(range(len(wrapped)))
-    rows = []
-    for s in range(0, len(tokens), context + 1):
-        w = tokens[s : s + context + 1]
-        dw = seg_doc[s : s + context + 1]
-        pw = pos[s : s + context + 1]
-        # Segment ids count documents within the row, from 1.
-        seg = [1 + sorted(set(dw)).index(x) for x in dw]
-        n_pad = context + 1 - len(w)
-        w, seg, pw = w + [pad] * n_pad, seg + [0] * n_pad, pw + [0] * n_pad
-        rows.append(_row(np.array(w, np.int32), np.array(seg, np.int32), np.array(pw, np.int32)))
-    return {k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS}
-
-
-def unpacked_windows_reference(docs: Sequence[np.ndarray], context: int,
-                               specials=(BOS, EOS, PAD)) -> dict[str, np.ndarray]:
-    """Rows ``[N, context]`` of the unpacked windows of ``docs`` in order (see the module docstring)."""
-    bos, eos, pad = specials
-    rows = []
-    for ids in docs:
-        wrapped = ([] if bos is None else [bos]) + [int(x) for x in ids] + [eos]
-        start = 0
-        while start < len(wrapped) - 1:
-            w = wrapped[start : start + context + 1]
-            n_pad = context + 1 - len(w)
-            seg = [1] * len(w) + [0] * n_pad
-            pw = list(range(start, start + len(w))) + [0] * n_pad
-            rows.append(_row(np.array(w + [pad] * n_pad, np.int32), np.array(seg, np.int32),
-                             np.array(pw, np.int32)))
-            start += context
-    return {k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS}
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Datasets
 
 
@@ -231,21 +191,25 @@ def _n_special(specials) -> int:
     return 1 if specials[0] is None else 2
 
 
-def _unpacked_rows(docs: Sequence[Document], context: int, *, seed: int | None, specials) -> grain.IterDataset:
+def _unpacked_rows(docs: Sequence[Document], context: int, *, seed: int | None, specials,
+                   select=None) -> grain.IterDataset:
     lengths = np.array([len(d) + _n_special(specials) for d in docs], dtype=np.int64)
     doc_idx, starts = _window_index(lengths, context)
     ids = [d.ids for d in docs]
     ds = grain.MapDataset.range(doc_idx.size)
     if seed is not None:
         ds = ds.shuffle(seed=seed).repeat()
+    if select is not None:  # this process's rows: index arithmetic before any window is read
+        ds = select(ds)
     return ds.map(lambda i: _unpacked_row(ids[doc_idx[i]], int(starts[i]), context, specials)).to_iter_dataset(_READ)
 
 
 def _rows(docs: Sequence[Document], context: int, *, packing: bool, seed: int | None,
-          specials=(BOS, EOS, PAD)) -> grain.IterDataset:
-    """Rows of ``docs``: shuffled and infinite if ``seed`` is given, else in order and finite."""
+          specials=(BOS, EOS, PAD), select=None) -> grain.IterDataset:
+    """Rows of ``docs``: shuffled and infinite if ``seed`` is given, else in order and finite. ``select`` (unpacked
+    only) maps the MapDataset of window indices to the ones to read (:func:`_process_rows`)."""
     if not packing:
-        return _unpacked_rows(docs, context, seed=seed, specials=specials)
+        return _unpacked_rows(docs, context, seed=seed, specials=specials, select=select)
     ds = grain.MapDataset.source([d.ids for d in docs])
     if seed is None:
         return _packed_rows(ds, context, specials)
@@ -294,7 +258,7 @@ class DataIterator(grain.DatasetIterator):
     def set_state(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or set(state) != {"pipeline", "grain"}:
             raise ValueError("state: must be a dict returned by DataIterator.get_state()")
-        saved = state["pipeline"]
+        saved = {**_SINGLE_PROCESS, **state["pipeline"]}  # states saved before the layout was recorded
         diff = sorted(k for k in set(saved) | set(self._pipeline) if saved.get(k) != self._pipeline.get(k))
         if diff:
             k = diff[0]
@@ -305,17 +269,24 @@ class DataIterator(grain.DatasetIterator):
         self._parent.set_state(_restore_tuples(state["grain"]))
 
 
+_SINGLE_PROCESS = {"process_index": 0, "process_count": 1}
+
+
 def _task_pipeline_id(c: dict[str, Any], p: dict[str, Any], **kw: Any) -> dict[str, Any]:
     # JSON round trip so the saved pipeline compares equal to a rebuilt one (tuples, numpy ints).
     return json.loads(json.dumps({"source": c["source"], "task": dict(p), "val_fraction": c["val_fraction"], **kw},
                                  default=str))
 
 
-def _task_train_iterator(c: dict[str, Any], *, batch_size: int, context: int, seed: int) -> DataIterator:
-    """The training stream of a synthetic task: its examples for ``seed``, in order (each is drawn at random)."""
+def _task_train_iterator(c: dict[str, Any], *, batch_size: int, context: int, seed: int, process_index: int = 0,
+                         process_count: int = 1) -> DataIterator:
+    """The training stream of a synthetic task: its examples for ``seed``, in order (each is drawn at random);
+    process ``process_index`` reads (generates) only its rows ``[p*B/P, (p+1)*B/P)`` of each global batch."""
     src = synthetic.TaskSource(c, context=context, stream="train", seed=seed)
-    ds = grain.MapDataset.source(src).batch(batch_size, drop_remainder=True).to_iter_dataset(_READ)
-    return DataIterator(iter(ds), _task_pipeline_id(c, src.params, batch_size=batch_size, context=context, seed=seed))
+    ds = _process_rows(grain.MapDataset.source(src), batch_size, process_index, process_count)
+    ds = ds.batch(batch_size // process_count, drop_remainder=True).to_iter_dataset(_READ)
+    return DataIterator(iter(ds), _task_pipeline_id(c, src.params, batch_size=batch_size, context=context, seed=seed,
+                                                    process_index=process_index, process_count=process_count))
 
 
 def _pipeline_id(c: dict[str, Any], **kw: Any) -> dict[str, Any]:
@@ -328,35 +299,90 @@ def _pipeline_id(c: dict[str, Any], **kw: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Processes: each reads its slice of the global batch
+
+
+def _process_layout(batch_size: int, process_index: int | None, process_count: int | None,
+                    field: str = "train.batch_size") -> tuple[int, int]:
+    """(p, P) checked, defaults from ``jax.process_index()`` / ``jax.process_count()``; B must divide by P."""
+    if process_index is None or process_count is None:
+        import jax  # lazily: the data package itself does not need jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    count = _check_int("process_count", process_count, 1)
+    index = _check_int("process_index", process_index, 0, count - 1)
+    if batch_size % count:
+        raise ValueError(f"{field} = {batch_size}: must be a multiple of the process count {count} "
+                         "(each process reads an equal slice of the global batch)")
+    return index, count
+
+
+def _process_rows(ds: grain.MapDataset, batch_size: int, p: int, n_proc: int) -> grain.MapDataset:
+    """The items of process ``p`` of a random-access row stream cut into global batches of ``batch_size``:
+    local item ``i`` = row ``j = i % Bp`` of local batch ``b = i // Bp`` is global item ``b*B + p*Bp + j``
+    (``Bp = B / P``), so only this process's rows are ever read."""
+    if n_proc == 1:
+        return ds
+    n = batch_size // n_proc
+    return grain.MapDataset.range(len(ds) // batch_size * n).map(
+        lambda i: ds[(i // n) * batch_size + p * n + i % n])
+
+
+def _local_batch(batch: dict[str, np.ndarray], p: int, n_proc: int) -> dict[str, np.ndarray]:
+    """Rows ``[p*B/P, (p+1)*B/P)`` of a global batch."""
+    if n_proc == 1:
+        return batch
+    n = len(batch["inputs"]) // n_proc
+    return {k: v[p * n:(p + 1) * n] for k, v in batch.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Public entry points
 
 
-def make_train_iterator(data_cfg: Any, *, batch_size: int, context: int, seed: int) -> DataIterator:
+def make_train_iterator(data_cfg: Any, *, batch_size: int, context: int, seed: int,
+                        process_index: int | None = None, process_count: int | None = None) -> DataIterator:
     """The infinite, shuffled training stream as batches (see the module docstring for the format).
 
     Args:
       data_cfg: the data config (``configs/data/stdlib.py``); validated first.
-      batch_size: rows per batch, B >= 1.
+      batch_size: rows per GLOBAL batch, B >= 1, a multiple of the process count P.
       context: tokens per row, T >= 1 (windows hold T + 1 tokens).
       seed: shuffle seed in [0, 2**32 - 1]; epoch e is shuffled with ``seed + e``.
+      process_index, process_count: this process p and the count P (default: ``jax.process_index()`` /
+        ``jax.process_count()``). Process p gets rows ``[p*B/P, (p+1)*B/P)`` of every global batch, so the
+        processes' batches concatenated in process order are the one-process batches, row for row. Without
+        packing (and for synthetic tasks) the stream is random access and each process reads only its rows;
+        the packed stream is sequential (documents concatenated then split, then a window shuffle), so every
+        process builds the global batch and keeps its slice.
 
     Returns:
-      A :class:`DataIterator` (a ``grain.DatasetIterator``) of dicts of ``[B, T]`` arrays, with
-      ``get_state`` / ``set_state``.
+      A :class:`DataIterator` (a ``grain.DatasetIterator``) of dicts of ``[B/P, T]`` arrays, with
+      ``get_state`` / ``set_state`` (a state is refused by another process layout).
     """
     c = validate_data_config(data_cfg)
     batch_size = _check_int("batch_size", batch_size, 1)
     context = _check_int("context", context, 1)
     seed = _check_int("seed", seed, 0, 2**32 - 1)
+    p, n_proc = _process_layout(batch_size, process_index, process_count)
     if c["source"] in TASKS:
-        return _task_train_iterator(c, batch_size=batch_size, context=context, seed=seed)
+        return _task_train_iterator(c, batch_size=batch_size, context=context, seed=seed, process_index=p,
+                                    process_count=n_proc)
     corpus = load_corpus(data_cfg)
     docs = corpus.train
     if not c["packing"]:
         _check_fits(docs, context, "train", _n_special(corpus.specials))
-    ds = _rows(docs, context, packing=c["packing"], seed=seed, specials=corpus.specials)
-    ds = ds.batch(batch_size, drop_remainder=True)
-    pipeline = _pipeline_id(c, batch_size=batch_size, context=context, seed=seed)
+    select = lambda ds: _process_rows(ds, batch_size, p, n_proc)  # noqa: E731
+    ds = _rows(docs, context, packing=c["packing"], seed=seed, specials=corpus.specials, select=select)
+    if c["packing"]:
+        ds = ds.batch(batch_size, drop_remainder=True)
+        if n_proc > 1:
+            ds = ds.map(lambda batch: _local_batch(batch, p, n_proc))
+    else:
+        ds = ds.batch(batch_size // n_proc, drop_remainder=True)
+    pipeline = _pipeline_id(c, batch_size=batch_size, context=context, seed=seed, process_index=p,
+                            process_count=n_proc)
     return DataIterator(iter(ds), pipeline)
 
 
@@ -391,7 +417,8 @@ def _batch_rows(picked: Sequence[dict[str, np.ndarray]], batch_size: int, contex
 
 
 def make_eval_batches(
-    data_cfg: Any, *, batch_size: int, context: int, num_batches: int | None = None
+    data_cfg: Any, *, batch_size: int, context: int, num_batches: int | None = None,
+    process_index: int | None = None, process_count: int | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """The fixed held-out evaluation set as ``[batch_size, context]`` batches, in stream order.
 
@@ -402,16 +429,23 @@ def make_eval_batches(
     loss_mask 0). ``num_batches`` asks for ``num_batches * batch_size`` rows instead. If the stream has fewer
     rows than asked for, all of them are used. Spreading the rows makes the estimate represent every validation
     document, not the first few. Deterministic and the same on every call.
+
+    With several processes (``process_index`` / ``process_count``, default from jax, as for
+    :func:`make_train_iterator`) ``batch_size`` is the global batch and each process gets rows
+    ``[p*B/P, (p+1)*B/P)`` of every batch: the global arrays built from them are the one-process batches, so the
+    evaluation loss is the one-process loss. (Every process builds the small set and keeps its slice.)
     """
     c = validate_data_config(data_cfg)
     batch_size = _check_int("batch_size", batch_size, 1)
     context = _check_int("context", context, 1)
+    p, n_proc = _process_layout(batch_size, process_index, process_count, "eval batch_size")
     if num_batches is None:
         want = eval_rows(c, context)
     else:
         want = _check_int("num_batches", num_batches, 1) * batch_size
     if c["source"] in TASKS:
-        return _batch_rows(synthetic.task_eval_rows(c, context=context, num_rows=want), batch_size, context)
+        batches = _batch_rows(synthetic.task_eval_rows(c, context=context, num_rows=want), batch_size, context)
+        return [_local_batch(b, p, n_proc) for b in batches]
     corpus = load_corpus(data_cfg)
     docs = corpus.validation
     if not c["packing"]:
@@ -423,4 +457,4 @@ def make_eval_batches(
     n_rows = sum(1 for _ in rows())
     keep = set(range(n_rows)) if want >= n_rows else set(((np.arange(want) * n_rows) // want).tolist())
     picked = [row for i, row in enumerate(rows()) if i in keep]
-    return _batch_rows(picked, batch_size, context, corpus.specials[2])
+    return [_local_batch(b, p, n_proc) for b in _batch_rows(picked, batch_size, context, corpus.specials[2])]

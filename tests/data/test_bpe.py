@@ -14,7 +14,7 @@ import pytest
 
 from scaling import config
 from scaling.data import config as data_config
-from scaling.data import corpus, pipeline
+from scaling.data import corpus, pipeline, reference
 from scaling.data.bpe import load_tokenizer, train_bpe
 from scaling.data.sources import corpus_pieces
 from scaling.data.tokenize import tokenize
@@ -147,9 +147,9 @@ def test_nanogpt_file_yields_its_documents_and_trains(tmp_path, capsys):
     assert [d.ids.tolist() for d in corpus.token_documents(npy, eos_id=EOT)] == [d.tolist() for d in docs]
     # the windows hold documents as [ids..., EOT], no BOS, padded with EOT (loss_mask 0)
     val = [d.ids for d in c.validation]
-    for packing, reference in ((False, pipeline.unpacked_windows_reference),
-                               (True, pipeline.packed_windows_reference)):
-        ref = reference(val, 32, specials=(None, EOT, EOT))
+    for packing, windows in ((False, reference.unpacked_windows_reference),
+                               (True, reference.packed_windows_reference)):
+        ref = windows(val, 32, specials=(None, EOT, EOT))
         rows = pipeline.make_eval_batches({**data, "eval_tokens": 10**6, "packing": packing}, batch_size=1,
                                           context=32)
         for key in pipeline.BATCH_KEYS:

@@ -77,7 +77,8 @@ def test_packing_defaults_by_source_and_run_ids_keep(tmp_path):
 @pytest.mark.parametrize(
     "override, match",
     [
-        ({"source": "foo"}, r"^data.source = 'foo': must be one of stdlib, text_dir, jsonl, parquet, tokens \(corpora\) or "
+        ({"source": "foo"}, r"^data.source = 'foo': must be one of stdlib, text_dir, jsonl, parquet, tokens "
+                            r"\(corpora\) or "
                                 r"mqar, selective_copy, induction, needle \(synthetic tasks, "
                                 r"scaling.data.synthetic\)$"),
         ({"path": "/x"}, r"data.path = '/x': must be None for source 'stdlib'"),

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scaling.data import corpus, pipeline
+from scaling.data import corpus, pipeline, reference
 from scaling.data.sources import Document
 from scaling.data.tokenizer import BOS, EOS, PAD, decode
 from scaling.data.tokens import byte_metadata, write_metadata
@@ -98,7 +98,7 @@ def test_packed_train_matches_reference(cfg):
     epochs = 4
     while True:
         order = [shuffled[i] for i in range(epochs * len(docs))]
-        ref = pipeline.packed_windows_reference([docs[j].ids for j in order], T)
+        ref = reference.packed_windows_reference([docs[j].ids for j in order], T)
         if ref["inputs"].shape[0] > window:
             break
         epochs *= 2
@@ -170,7 +170,7 @@ def test_state_from_other_pipeline_is_refused(cfg):
 def test_unpacked_train_is_a_shuffle_of_the_windows(cfg):
     cfg = {**cfg, "packing": False}
     docs = corpus.load_corpus(cfg).train
-    ref = pipeline.unpacked_windows_reference([d.ids for d in docs], T)
+    ref = reference.unpacked_windows_reference([d.ids for d in docs], T)
     n = ref["inputs"].shape[0]
     assert n == sum(math.ceil((len(d) + 1) / T) for d in docs)
     batches = _take(pipeline.make_train_iterator(cfg, batch_size=B, context=T, seed=0), 2 * n // B + 1)
@@ -212,7 +212,7 @@ def test_unpacked_context_longer_than_every_document(cfg):
 def test_eval_batches_match_reference(cfg, packing):
     cfg = {**cfg, "packing": packing}
     docs = [d.ids for d in corpus.load_corpus(cfg).validation]
-    ref = (pipeline.packed_windows_reference if packing else pipeline.unpacked_windows_reference)(docs, T)
+    ref = (reference.packed_windows_reference if packing else reference.unpacked_windows_reference)(docs, T)
     n_rows = ref["inputs"].shape[0]
     batches = pipeline.make_eval_batches(cfg, batch_size=B, context=T, num_batches=100)
     assert len(batches) == math.ceil(n_rows / B)
@@ -260,7 +260,7 @@ def test_rows_match_reference(raw_docs, context, packing):
     docs = [Document(str(i), np.frombuffer(d, np.uint8)) for i, d in enumerate(raw_docs)]
     got = list(pipeline._rows(docs, context, packing=packing, seed=None))
     got = {k: np.stack([r[k] for r in got]) for k in pipeline.BATCH_KEYS}
-    ref_fn = pipeline.packed_windows_reference if packing else pipeline.unpacked_windows_reference
+    ref_fn = reference.packed_windows_reference if packing else reference.unpacked_windows_reference
     _assert_same(got, ref_fn([d.ids for d in docs], context))
 
 

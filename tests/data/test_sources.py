@@ -121,7 +121,8 @@ def test_streaming_memory_is_flat(tmp_path, monkeypatch):
 
 BAD = {  # file contents, data config, the error
     "missing column": ("c.parquet", {"text_field": "body"},
-                       r"^data.text_field = 'body': parquet file '.*c.parquet' has no such column \(it has: text, n\)$"),
+                       r"^data.text_field = 'body': parquet file '.*c.parquet' has no such column "
+                       r"\(it has: text, n\)$"),
     "not a string column": ("c.parquet", {"text_field": "n"},
                             r"^data.text_field = 'n': column of parquet file .* holds int64; must be a string column$"),
     "text named .parquet": ("fake.parquet", {}, r"^data.path = '.*fake.parquet': not a readable parquet file"),

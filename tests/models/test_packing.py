@@ -14,7 +14,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from scaling import config
-from scaling.data.pipeline import BATCH_KEYS, packed_windows_reference
+from scaling.data.pipeline import BATCH_KEYS
+from scaling.data.reference import packed_windows_reference
 from scaling.data.tokenizer import PAD
 from scaling.models import build
 from scaling.ops.segments import positions_in_document
