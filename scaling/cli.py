@@ -41,9 +41,14 @@ def _train(args) -> int:
 def _generate(args) -> int:
     import resource
 
+    from scaling.cli_errors import check_generate
     from scaling.inference import StateError, generate
     from scaling.train import load_run
 
+    bad = check_generate(args)
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
     prompt = args.prompt
     if args.prompt_file:
         prompt = Path(args.prompt_file).read_text(encoding="utf-8")
@@ -68,7 +73,7 @@ def _generate(args) -> int:
                  seed=args.seed, model_cfg=cfg.model, save_state_to=args.save_state, load_state_from=args.load_state,
                  stats=stats, on_text=None if args.quiet else lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     except StateError as e:
-        print(f"StateError: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     sys.stdout.write("\n")
     if args.save_state:
@@ -189,7 +194,7 @@ def _bench(args) -> int:
         return default if v is None else v
 
     def err(msg):
-        print(f"scaling bench {args.what}: {msg}", file=sys.stderr)
+        print(f"error: scaling bench {args.what}: {msg}", file=sys.stderr)
         return 2
 
     if args.what == "kernels":
@@ -285,7 +290,9 @@ def _print_table(title: str, rows) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scaling", description="statescale: scaling-law experiments over "
+    from scaling.cli_errors import Parser, int_at_least
+
+    p = Parser(prog="scaling", description="statescale: scaling-law experiments over "
                                 "parameters, state size and context length.", epilog=EPILOG)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -339,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Forward FLOPs per token (2 per multiply-add) at each context, split into "
                        "weight and state FLOPs (Manifest's weight/state ratio), with the state size.")
     f.add_argument("config", help="config file, e.g. configs/models/transformer_small.py")
-    f.add_argument("--context", type=int, nargs="+", default=[1024, 4096, 16384, 65536],
+    f.add_argument("--context", type=int_at_least(1, "tokens"), nargs="+", default=[1024, 4096, 16384, 65536],
                    help="contexts in tokens (default 1k 4k 16k 64k)")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     f.set_defaults(func=_flops)
@@ -435,7 +442,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError) as e:
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
