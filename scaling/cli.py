@@ -51,19 +51,20 @@ def _generate(args) -> int:
         return 2
     prompt = args.prompt
     if args.prompt_file:
-        prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+        try:
+            prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            reason = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else (e.strerror or str(e))
+            print(f"error: --prompt-file {args.prompt_file!r}: {reason} (give a UTF-8 text file)", file=sys.stderr)
+            return 2
     elif prompt is None:
         prompt = "" if args.load_state else "def "
+    try:  # the run's tokenizer is found (or refused) before its checkpoint is loaded
+        text_tokenizer = _run_tokenizer(args.workdir)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     cfg, model, step = load_run(args.workdir)
-    if cfg.data.source == "tokens":
-        from scaling.data.corpus import validate_data_config
-        from scaling.data.tokens import spec_of
-
-        spec = spec_of(validate_data_config(cfg.data))
-        if spec.tokenizer != "bytes":
-            print(f"error: generate encodes and decodes with the byte tokenizer; this run trained on "
-                  f"{cfg.data.path} (tokenizer {spec.tokenizer or 'unknown: no metadata'})", file=sys.stderr)
-            return 2
     print(f"[checkpoint step {step}]", file=sys.stderr)
     if not args.prompt_file:
         sys.stdout.write(prompt)
@@ -71,7 +72,8 @@ def _generate(args) -> int:
     try:
         generate(model, prompt, args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                  seed=args.seed, model_cfg=cfg.model, save_state_to=args.save_state, load_state_from=args.load_state,
-                 stats=stats, on_text=None if args.quiet else lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+                 stats=stats, text_tokenizer=text_tokenizer,
+                 on_text=None if args.quiet else lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     except StateError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -83,6 +85,24 @@ def _generate(args) -> int:
     print(f"[{stats['generated']:,} tokens generated; position {stats['pos']:,}; decode state "
           f"{stats['state_bytes']:,} bytes; peak RSS {peak:,.0f} MiB]", file=sys.stderr)
     return 0
+
+
+def _run_tokenizer(workdir):
+    """scaling.inference.run_tokenizer of the run in ``workdir`` (None: bytes; also when there is no config.json,
+    which load_run then names)."""
+    import json
+
+    from scaling import config
+    from scaling.inference import run_tokenizer
+
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())["config"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{str(path)!r}: not a run config written by `scaling train`") from None
+    return run_tokenizer(config.from_dict(d).data)
 
 
 def _convert(args) -> int:
@@ -197,6 +217,22 @@ def _bench(args) -> int:
         print(f"error: scaling bench {args.what}: {msg}", file=sys.stderr)
         return 2
 
+    try:  # every setting is checked before anything is timed
+        for flag, v in (("--sizes", args.sizes), ("--context", args.context), ("--repeats", args.repeats),
+                        ("--batch", args.batch), ("--heads", args.heads), ("--head-dim", args.head_dim),
+                        ("--d-state", args.d_state), ("--chunk", args.chunk), ("--train-batch", args.train_batch),
+                        ("--train-context", args.train_context), ("--tokens", args.tokens)):
+            if v is not None:
+                bench._check_positive(flag, v)
+        if args.what in ("train", "all"):
+            bench._check_presets(arg("presets", list(bench.TRAIN_PRESETS)))
+        if args.what in ("decode", "all"):
+            bench._check_presets(arg("presets", list(bench.DECODE_PRESETS)))
+        if not args.max_gib > 0:
+            raise ValueError(f"--max-gib = {args.max_gib}: must be > 0")
+    except ValueError as e:
+        return err(str(e))
+
     if args.what == "kernels":
         info = bench.machine_info()
         ctx = arg("context", [1024, 4096])
@@ -227,22 +263,6 @@ def _bench(args) -> int:
     decode_kw = {"presets": arg("presets", list(bench.DECODE_PRESETS)),
                  "contexts": arg("context", list(bench.DECODE_CONTEXTS)), "batch": args.batch,
                  "tokens": args.tokens, "overrides": args.set}
-    try:  # every setting is checked before anything is timed
-        for flag, v in (("--sizes", args.sizes), ("--context", args.context), ("--repeats", args.repeats),
-                        ("--batch", args.batch), ("--heads", args.heads), ("--head-dim", args.head_dim),
-                        ("--d-state", args.d_state), ("--chunk", args.chunk), ("--train-batch", args.train_batch),
-                        ("--train-context", args.train_context), ("--tokens", args.tokens)):
-            if v is not None:
-                bench._check_positive(flag, v)
-        if args.what in ("train", "all"):
-            bench._check_presets(train_kw["presets"])
-        if args.what in ("decode", "all"):
-            bench._check_presets(decode_kw["presets"])
-        if not args.max_gib > 0:
-            raise ValueError(f"--max-gib = {args.max_gib}: must be > 0")
-    except ValueError as e:
-        return err(str(e))
-
     out = Path(args.out)
     info = bench.machine_info()
     print(f"{info['cpu']} ({info['cpu_count']} cores, {info['platform']}), jax {info['jax']}, {info['date']}; "
@@ -318,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--load-state", metavar="PATH", help="continue from a state saved by --save-state; the "
                    "prompt (may be empty) is appended to what it has seen")
     g.add_argument("--quiet", action="store_true", help="do not print the generated text")
-    g.add_argument("--max-tokens", type=int, default=200, help="bytes to generate (default 200; 0: only prefill)")
+    g.add_argument("--max-tokens", type=int, default=200,
+                   help="tokens to generate: bytes with the byte tokenizer (default 200; 0: only prefill)")
     g.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
     g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")

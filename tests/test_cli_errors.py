@@ -114,3 +114,75 @@ def test_parser_errors_are_one_line(here, capsys):
     assert _run(["bench", "decode", "--tokens", "0", "--out", here / "b"], capsys).startswith(
         "error: scaling bench decode: --tokens = 0")
     assert not list(here.iterdir())
+
+
+def test_bench_kernels_checks_its_flags_too(here, capsys):
+    assert _run(["bench", "kernels", "--context", "0"], capsys).startswith(
+        "error: scaling bench kernels: --context = 0: must be an integer >= 1")
+
+
+def test_generate_prompt_file_missing_or_not_text(here, capsys):
+    msg = _run(["generate", here / "no-such-run", "--prompt-file", here / "nope.txt"], capsys)
+    assert msg == f"error: --prompt-file {str(here / 'nope.txt')!r}: No such file or directory (give a UTF-8 text file)"
+    (here / "bin.txt").write_bytes(b"\xff\xfe\x00bad")
+    assert "not UTF-8 text" in _run(["generate", here / "no-such-run", "--prompt-file", here / "bin.txt"], capsys)
+
+
+@pytest.fixture(scope="module")
+def bpe_tokens(tmp_path_factory):
+    """A byte-level BPE (vocab 300) trained on a slice of the embedded corpus, and a token file made with it."""
+    from scaling.data.bpe import train_bpe
+    from scaling.data.tokenize import tokenize
+
+    d = tmp_path_factory.mktemp("bpe")
+    info = train_bpe("stdlib", d / "tok", vocab_size=300, max_bytes=20_000)
+    tokenize("stdlib", d / "c.bin", tokenizer=str(info["out"]), max_bytes=20_000)
+    return d, info
+
+
+def _run_dir(path: Path, sets) -> Path:
+    """A run workdir holding only config.json (no checkpoint): generate must refuse before it looks for one."""
+    import json
+
+    from scaling import config
+
+    cfg = config.load(TINY, sets)
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"config": cfg.to_dict()}))
+    return path
+
+
+def test_generate_refuses_a_tokenizer_it_cannot_find(here, capsys, bpe_tokens):
+    d, info = bpe_tokens
+    raw = d / "raw.bin"
+    raw.write_bytes((d / "c.bin").read_bytes())  # the same ids, no metadata
+    run = _run_dir(here / "raw-run", ["data.source=tokens", f"data.path={raw}", "data.eos_id=2",
+                                      "model.vocab_size=300"])
+    msg = _run(["generate", run], capsys)
+    assert msg == (f"error: generate decodes byte ids, or with the tokenizer.json named in a token file's metadata; "
+                   f"this run trained on data.path = {str(raw)!r}, a raw token file without metadata (tokenizer "
+                   "unknown)")
+    moved = d / "moved"
+    moved.mkdir(exist_ok=True)
+    for name in ("c.bin", "c.bin.meta.json"):
+        (moved / name).write_bytes((d / name).read_bytes())
+    run = _run_dir(here / "bpe-run", ["data.source=tokens", f"data.path={moved / 'c.bin'}", "model.vocab_size=300"])
+    saved = info["out"].read_bytes()
+    info["out"].unlink()
+    try:
+        msg = _run(["generate", run], capsys)
+    finally:
+        info["out"].write_bytes(saved)
+    assert msg.startswith("error: generate decodes byte ids") and f"(tokenizer {str(info['out'])!r}, named in" in msg
+    assert msg.endswith("and that file is not found")
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]  # no checkpoint read, nothing written
+
+
+def test_generate_finds_the_tokenizer_named_in_the_metadata(here, bpe_tokens):
+    from scaling.data.bpe import FileTokenizer
+
+    d, info = bpe_tokens
+    run = _run_dir(here / "bpe-run", ["data.source=tokens", f"data.path={d / 'c.bin'}", "model.vocab_size=300"])
+    tok = cli._run_tokenizer(run)
+    assert isinstance(tok, FileTokenizer) and tok.sha256 == info["sha256"]
+    assert cli._run_tokenizer(_run_dir(here / "byte-run", [])) is None  # the byte tokenizer: the byte path
