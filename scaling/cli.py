@@ -12,6 +12,7 @@ EPILOG = "Configs are Python files with get_config() (see configs/). Overrides: 
 
 def _train(args) -> int:
     from scaling import accounting, config
+    from scaling.cli_errors import check_corpus
     from scaling.train import run_id, train
 
     if Path(args.config).is_dir():  # a run workdir (e.g. written by `scaling convert`): continue it
@@ -20,6 +21,7 @@ def _train(args) -> int:
     else:
         cfg = config.load(args.config, args.set)
         workdir = args.workdir or str(Path("runs") / f"{cfg.model.name}-{run_id(cfg)}")
+    check_corpus(cfg)
     n = accounting.params(cfg)
     print(f"run {run_id(cfg)}  model {cfg.model.name} (pattern {cfg.model.pattern} x {cfg.model.n_layers})  "
           f"params {n['total']:,} ({n['non_embedding']:,} non-embedding)  workdir {workdir}")

@@ -44,3 +44,17 @@ def check_generate(args) -> str | None:
     if not 0 < args.top_p <= 1:
         return f"--top-p {args.top_p}: must be in (0, 1] (1: off)"
     return None
+
+
+def check_corpus(cfg) -> None:
+    """Read (and split) the run's corpus before anything is written: an empty corpus or an empty train or
+    validation split is then one ConfigError, not a traceback out of training. The corpus is cached per process,
+    so training reads it once."""
+    from scaling.config import ConfigError
+    from scaling.data.corpus import TASKS, load_corpus
+
+    if cfg.data.source not in TASKS:
+        try:
+            load_corpus(cfg.data)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None

@@ -186,3 +186,14 @@ def test_generate_finds_the_tokenizer_named_in_the_metadata(here, bpe_tokens):
     tok = cli._run_tokenizer(run)
     assert isinstance(tok, FileTokenizer) and tok.sha256 == info["sha256"]
     assert cli._run_tokenizer(_run_dir(here / "byte-run", [])) is None  # the byte tokenizer: the byte path
+
+
+def test_train_on_a_corpus_too_small_to_split_is_one_line_before_the_workdir(here, capsys):
+    from scaling.data.tokenize import tokenize
+
+    (here / "one.txt").write_text("print('one document')\n")
+    tokenize(here / "one.txt", here / "one.bin")
+    msg = _run(["train", TINY, "--set", "data.source=tokens", "--set", f"data.path={here / 'one.bin'}",
+                "--workdir", here / "run", "--no-progress"], capsys)
+    assert msg.startswith("error: data.val_fraction = 0.02: the validation split of the 1 document(s) came out empty")
+    assert not (here / "run").exists()
