@@ -108,6 +108,14 @@ def test_generate_sampling_flags_are_checked_before_the_run_is_loaded(here, caps
     assert msg.startswith(f"error: {flag} ") and accepted in msg, msg
 
 
+def test_generate_state_files_are_checked_before_the_run_is_loaded(here, capsys):
+    msg = _run(["generate", here / "no-such-run", "--load-state", here / "s.npz"], capsys)
+    assert msg == f"error: --load-state {str(here / 's.npz')!r}: no such file (a state saved by --save-state)"
+    msg = _run(["generate", here / "no-such-run", "--save-state", here / "nodir" / "s.npz"], capsys)
+    assert msg == f"error: --save-state {str(here / 'nodir' / 's.npz')!r}: its directory does not exist"
+    assert not list(here.iterdir())
+
+
 def test_parser_errors_are_one_line(here, capsys):
     assert "invalid choice: 'fast'" in _run(["bench", "fast"], capsys)
     assert "the following arguments are required: config" in _run(["flops"], capsys)
