@@ -197,7 +197,9 @@ def apply_overrides(cfg: ConfigDict, overrides) -> ConfigDict:
         node = cfg
         for i, part in enumerate(parents):
             if part not in node or not isinstance(node[part], ConfigDict):
-                raise ConfigError(f"{'.'.join(parents[: i + 1])}: unknown config section in override {key!r}")
+                known = ", ".join(sorted(k for k in node.keys() if isinstance(node[k], ConfigDict))) or "none"
+                raise ConfigError(f"{'.'.join(parents[: i + 1])}: unknown config section in override {key!r}; "
+                                  f"sections here: {known}")
             node = node[part]
         if leaf not in node:
             raise ConfigError(f"{key}: unknown field; known fields here: {', '.join(sorted(node.keys()))}")

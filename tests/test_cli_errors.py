@@ -75,7 +75,8 @@ def test_flops_context_names_the_flag_and_the_range(here, capsys, value):
 @pytest.mark.parametrize("argv, pattern", [
     (["--set", "train.context=-1"], r"error: train\.context = -1: must be an integer >= 1"),
     (["--set", "model.d_model=abc"], r"error: model\.d_model = 'abc': expected an int"),
-    (["--set", "nonexistent.field=1"], r"error: nonexistent: unknown config section in override"),
+    (["--set", "nonexistent.field=1"], r"error: nonexistent: unknown config section in override 'nonexistent.field'; "
+                                      r"sections here: data, model, train$"),
     (["--set", "train.nope=1"], r"error: train\.nope: unknown field; known fields here: .*batch_size"),
     (["--set", "train.steps"], r"error: override 'train.steps': must look like key=value"),
 ])
