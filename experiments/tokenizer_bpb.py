@@ -97,7 +97,8 @@ def _run(out: Path, name: str, tokens: Path) -> dict:
     curve = [(r["step"] * BATCH[name] * CONTEXT * fpt, r["val_bpb"]) for r in evals if r["kind"] == "eval"]
     n = accounting.params(cfg)
     return {"status": result.status, "steps": steps, "params": n["total"], "non_embedding_params": n["non_embedding"],
-            "train_flops_per_token": fpt, "tokens": steps * BATCH[name] * CONTEXT, "val_loss": result.summary["val_loss"],
+            "train_flops_per_token": fpt, "tokens": steps * BATCH[name] * CONTEXT,
+            "val_loss": result.summary["val_loss"],
             "val_loss_se": result.summary["val_loss_se"], "val_bpb": result.summary["val_bpb"], "curve": curve,
             "seconds": time.perf_counter() - t0}
 

@@ -12,6 +12,7 @@ EPILOG = "Configs are Python files with get_config() (see configs/). Overrides: 
 
 def _train(args) -> int:
     from scaling import accounting, config
+    from scaling.cli_errors import check_corpus
     from scaling.train import run_id, train
 
     if Path(args.config).is_dir():  # a run workdir (e.g. written by `scaling convert`): continue it
@@ -20,6 +21,7 @@ def _train(args) -> int:
     else:
         cfg = config.load(args.config, args.set)
         workdir = args.workdir or str(Path("runs") / f"{cfg.model.name}-{run_id(cfg)}")
+    check_corpus(cfg)
     n = accounting.params(cfg)
     print(f"run {run_id(cfg)}  model {cfg.model.name} (pattern {cfg.model.pattern} x {cfg.model.n_layers})  "
           f"params {n['total']:,} ({n['non_embedding']:,} non-embedding)  workdir {workdir}")
@@ -41,24 +43,30 @@ def _train(args) -> int:
 def _generate(args) -> int:
     import resource
 
+    from scaling.cli_errors import check_generate
     from scaling.inference import StateError, generate
     from scaling.train import load_run
 
+    bad = check_generate(args)
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
     prompt = args.prompt
     if args.prompt_file:
-        prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+        try:
+            prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            reason = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else (e.strerror or str(e))
+            print(f"error: --prompt-file {args.prompt_file!r}: {reason} (give a UTF-8 text file)", file=sys.stderr)
+            return 2
     elif prompt is None:
         prompt = "" if args.load_state else "def "
+    try:  # the run's tokenizer is found (or refused) before its checkpoint is loaded
+        text_tokenizer = _run_tokenizer(args.workdir)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     cfg, model, step = load_run(args.workdir)
-    if cfg.data.source == "tokens":
-        from scaling.data.config import validate_data_config
-        from scaling.data.tokens import spec_of
-
-        spec = spec_of(validate_data_config(cfg.data))
-        if spec.tokenizer != "bytes":
-            print(f"error: generate encodes and decodes with the byte tokenizer; this run trained on "
-                  f"{cfg.data.path} (tokenizer {spec.tokenizer or 'unknown: no metadata'})", file=sys.stderr)
-            return 2
     print(f"[checkpoint step {step}]", file=sys.stderr)
     if not args.prompt_file:
         sys.stdout.write(prompt)
@@ -66,9 +74,10 @@ def _generate(args) -> int:
     try:
         generate(model, prompt, args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                  seed=args.seed, model_cfg=cfg.model, save_state_to=args.save_state, load_state_from=args.load_state,
-                 stats=stats, on_text=None if args.quiet else lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+                 stats=stats, text_tokenizer=text_tokenizer,
+                 on_text=None if args.quiet else lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     except StateError as e:
-        print(f"StateError: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     sys.stdout.write("\n")
     if args.save_state:
@@ -78,6 +87,24 @@ def _generate(args) -> int:
     print(f"[{stats['generated']:,} tokens generated; position {stats['pos']:,}; decode state "
           f"{stats['state_bytes']:,} bytes; peak RSS {peak:,.0f} MiB]", file=sys.stderr)
     return 0
+
+
+def _run_tokenizer(workdir):
+    """scaling.inference.run_tokenizer of the run in ``workdir`` (None: bytes; also when there is no config.json,
+    which load_run then names)."""
+    import json
+
+    from scaling import config
+    from scaling.inference import run_tokenizer
+
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())["config"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"{str(path)!r}: not a run config written by `scaling train`") from None
+    return run_tokenizer(config.from_dict(d).data)
 
 
 def _convert(args) -> int:
@@ -189,8 +216,24 @@ def _bench(args) -> int:
         return default if v is None else v
 
     def err(msg):
-        print(f"scaling bench {args.what}: {msg}", file=sys.stderr)
+        print(f"error: scaling bench {args.what}: {msg}", file=sys.stderr)
         return 2
+
+    try:  # every setting is checked before anything is timed
+        for flag, v in (("--sizes", args.sizes), ("--context", args.context), ("--repeats", args.repeats),
+                        ("--batch", args.batch), ("--heads", args.heads), ("--head-dim", args.head_dim),
+                        ("--d-state", args.d_state), ("--chunk", args.chunk), ("--train-batch", args.train_batch),
+                        ("--train-context", args.train_context), ("--tokens", args.tokens)):
+            if v is not None:
+                bench._check_positive(flag, v)
+        if args.what in ("train", "all"):
+            bench._check_presets(arg("presets", list(bench.TRAIN_PRESETS)))
+        if args.what in ("decode", "all"):
+            bench._check_presets(arg("presets", list(bench.DECODE_PRESETS)))
+        if not args.max_gib > 0:
+            raise ValueError(f"--max-gib = {args.max_gib}: must be > 0")
+    except ValueError as e:
+        return err(str(e))
 
     if args.what == "kernels":
         info = bench.machine_info()
@@ -222,22 +265,6 @@ def _bench(args) -> int:
     decode_kw = {"presets": arg("presets", list(bench.DECODE_PRESETS)),
                  "contexts": arg("context", list(bench.DECODE_CONTEXTS)), "batch": args.batch,
                  "tokens": args.tokens, "overrides": args.set}
-    try:  # every setting is checked before anything is timed
-        for flag, v in (("--sizes", args.sizes), ("--context", args.context), ("--repeats", args.repeats),
-                        ("--batch", args.batch), ("--heads", args.heads), ("--head-dim", args.head_dim),
-                        ("--d-state", args.d_state), ("--chunk", args.chunk), ("--train-batch", args.train_batch),
-                        ("--train-context", args.train_context), ("--tokens", args.tokens)):
-            if v is not None:
-                bench._check_positive(flag, v)
-        if args.what in ("train", "all"):
-            bench._check_presets(train_kw["presets"])
-        if args.what in ("decode", "all"):
-            bench._check_presets(decode_kw["presets"])
-        if not args.max_gib > 0:
-            raise ValueError(f"--max-gib = {args.max_gib}: must be > 0")
-    except ValueError as e:
-        return err(str(e))
-
     out = Path(args.out)
     info = bench.machine_info()
     print(f"{info['cpu']} ({info['cpu_count']} cores, {info['platform']}), jax {info['jax']}, {info['date']}; "
@@ -285,7 +312,9 @@ def _print_table(title: str, rows) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scaling", description="statescale: scaling-law experiments over "
+    from scaling.cli_errors import Parser, int_at_least
+
+    p = Parser(prog="scaling", description="statescale: scaling-law experiments over "
                                 "parameters, state size and context length.", epilog=EPILOG)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -311,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--load-state", metavar="PATH", help="continue from a state saved by --save-state; the "
                    "prompt (may be empty) is appended to what it has seen")
     g.add_argument("--quiet", action="store_true", help="do not print the generated text")
-    g.add_argument("--max-tokens", type=int, default=200, help="bytes to generate (default 200; 0: only prefill)")
+    g.add_argument("--max-tokens", type=int, default=200,
+                   help="tokens to generate: bytes with the byte tokenizer (default 200; 0: only prefill)")
     g.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
     g.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
@@ -339,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Forward FLOPs per token (2 per multiply-add) at each context, split into "
                        "weight and state FLOPs (Manifest's weight/state ratio), with the state size.")
     f.add_argument("config", help="config file, e.g. configs/models/transformer_small.py")
-    f.add_argument("--context", type=int, nargs="+", default=[1024, 4096, 16384, 65536],
+    f.add_argument("--context", type=int_at_least(1, "tokens"), nargs="+", default=[1024, 4096, 16384, 65536],
                    help="contexts in tokens (default 1k 4k 16k 64k)")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     f.set_defaults(func=_flops)
@@ -435,7 +465,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (ConfigError, FileNotFoundError) as e:
-        print(f"{type(e).__name__}: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)

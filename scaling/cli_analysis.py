@@ -35,7 +35,7 @@ def analyze(args) -> int:
     from scaling.analysis import report
 
     if args.bootstrap < 0:
-        print(f"--bootstrap {args.bootstrap}: must be >= 0 (number of resamples)", file=sys.stderr)
+        print(f"error: --bootstrap {args.bootstrap}: must be >= 0 (number of resamples)", file=sys.stderr)
         return 2
     try:
         result = report.write_report(args.sweep_dir, args.out, bootstrap=args.bootstrap, seed=args.seed,
@@ -43,7 +43,7 @@ def analyze(args) -> int:
                                      progress=not args.no_progress and sys.stderr.isatty(), holdout=args.holdout)
     except ValueError as e:
         if str(e).startswith("--holdout"):
-            print(str(e), file=sys.stderr)
+            print(f"error: {e}", file=sys.stderr)
             return 2
         raise
     fitted = sum(r.ok for r in result.records)
@@ -69,7 +69,7 @@ def predict(args) -> int:
     from scaling.analysis.load import load_configs, load_sweep
 
     if not args.budget > 0:
-        print(f"--budget {args.budget}: must be a positive number of training FLOPs", file=sys.stderr)
+        print(f"error: --budget {args.budget}: must be a positive number of training FLOPs", file=sys.stderr)
         return 2
     data = load_sweep(args.sweep_dir)
     records = plan.fit_sweep(data, bootstrap=0, fast=args.fast, kinds=["parametric", "state_law"])
@@ -141,6 +141,6 @@ def _with_holdout(args):
     try:
         args.holdout = _holdout_arg(args.holdout)
     except argparse.ArgumentTypeError as e:
-        print(str(e), file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     return args

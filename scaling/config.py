@@ -10,8 +10,10 @@ names the field and the accepted values, raised before any compute starts.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import math
+import traceback
 from pathlib import Path
 
 import ml_collections
@@ -113,21 +115,54 @@ def default_config() -> ConfigDict:
 
 def import_file(path: str | Path, function: str, *, kind: str = "config file", error=None):
     """Import the Python file ``path`` (a config or sweep spec) and return the module; it must define
-    ``function``. A missing file or function raises ``error`` (default ConfigError) naming ``kind`` and the path."""
+    ``function``. A missing file or function, a syntax error or an exception while importing raises ``error``
+    (default ConfigError) naming ``kind``, the path and (for the last two) the line."""
     error = error or ConfigError
     path = Path(path)
+    if path.is_dir():
+        raise error(f"{kind} {str(path)!r} is a directory: give a Python file with {function}()")
     if not path.is_file():
         raise error(f"{kind} {str(path)!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"_statescale_{function}_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise error(f"{kind} {str(path)!r}: not a Python file (.py) with {function}()")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with file_errors(path, kind, error):
+        spec.loader.exec_module(module)
     if not hasattr(module, function):
         raise error(f"{kind} {str(path)!r} has no {function}()")
     return module
 
 
+@contextlib.contextmanager
+def file_errors(path: str | Path, kind: str = "config file", error=None):
+    """Turn an exception raised by the code of the user's file ``path`` (importing it, or its get_config())
+    into one ``error`` naming the file and the line: ``config file 'x.py' line 3: invalid syntax``.
+    ConfigErrors (already naming a field) pass through."""
+    error = error or ConfigError
+    try:
+        yield
+    except ConfigError:
+        raise
+    except SyntaxError as e:  # the file itself does not parse
+        where = f" line {e.lineno}" if e.lineno else ""
+        raise error(f"{kind} {str(path)!r}{where}: {e.msg}") from None
+    except Exception as e:
+        target = Path(path).resolve()
+        lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == target]
+        where = f" line {lines[-1]}" if lines else ""
+        text = f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
+        raise error(f"{kind} {str(path)!r}{where}: {text}") from None
+
+
 def _load_file(path: str | Path) -> ConfigDict:
-    return import_file(path, "get_config").get_config()
+    module = import_file(path, "get_config")
+    with file_errors(path):
+        cfg = module.get_config()
+    if not hasattr(cfg, "items"):
+        raise ConfigError(f"config file {str(path)!r}: get_config() returned a value of type {type(cfg).__name__}; "
+                          "it must return a ConfigDict (or dict) of model / train / data sections")
+    return cfg
 
 
 def merge(base: ConfigDict, update: ConfigDict | dict, prefix: str = "") -> ConfigDict:
@@ -162,7 +197,9 @@ def apply_overrides(cfg: ConfigDict, overrides) -> ConfigDict:
         node = cfg
         for i, part in enumerate(parents):
             if part not in node or not isinstance(node[part], ConfigDict):
-                raise ConfigError(f"{'.'.join(parents[: i + 1])}: unknown config section in override {key!r}")
+                known = ", ".join(sorted(k for k in node.keys() if isinstance(node[k], ConfigDict))) or "none"
+                raise ConfigError(f"{'.'.join(parents[: i + 1])}: unknown config section in override {key!r}; "
+                                  f"sections here: {known}")
             node = node[part]
         if leaf not in node:
             raise ConfigError(f"{key}: unknown field; known fields here: {', '.join(sorted(node.keys()))}")
@@ -172,7 +209,8 @@ def apply_overrides(cfg: ConfigDict, overrides) -> ConfigDict:
         try:
             node[leaf] = value
         except TypeError as e:
-            raise ConfigError(f"{key} = {value!r}: expected a {type(old).__name__}") from e
+            kind = type(old).__name__
+            raise ConfigError(f"{key} = {value!r}: expected a{'n' if kind[0] in 'aeiou' else ''} {kind}") from e
     return cfg
 
 

@@ -296,9 +296,13 @@ _sample = jax.jit(sample_logits, static_argnames=("temperature", "top_k", "top_p
 def generate(model, prompt: str | bytes, max_tokens: int, *, temperature: float = 0.8, top_k: int = 0,
              top_p: float = 1.0, seed: int = 0, on_text: Callable[[str], None] | None = None,
              model_cfg=None, save_state_to=None, load_state_from=None, stats: dict | None = None,
-             stop_at_eos: bool = True) -> str:
+             stop_at_eos: bool = True, text_tokenizer=None) -> str:
     """Continue ``prompt`` by up to ``max_tokens`` bytes; stops early at EOS (unless ``stop_at_eos`` is False,
     when EOS is never sampled: for benchmarks that need exactly ``max_tokens``).
+
+    ``text_tokenizer``: None for the byte tokenizer (scaling.data.tokenizer), else the
+    ``scaling.data.bpe.FileTokenizer`` the run's token file was made with (:func:`run_tokenizer`): the prompt is
+    encoded, the tokens decoded and EOS / BOS / PAD taken from it, and ``max_tokens`` counts its tokens.
 
     ``on_text`` receives the text as it is generated (whole UTF-8 characters), for streaming.
     ``load_state_from``: a state file (:func:`save_state`) to continue from; ``prompt`` is then appended to
@@ -310,12 +314,13 @@ def generate(model, prompt: str | bytes, max_tokens: int, *, temperature: float 
     """
     _validate(max_tokens, temperature, top_k, top_p)
     prefill, step = _prefill, _step
+    codec = _TextCodec(text_tokenizer) if text_tokenizer is not None else tokenizer
     if load_state_from is None:
-        ids = tokenizer.encode(prompt, add_bos=True)[None]
+        ids = codec.encode(prompt, add_bos=True)[None]
         state = model.init_state(1, ids.shape[1] + max_tokens)
         logits = None
     else:
-        ids = tokenizer.encode(prompt)[None]
+        ids = codec.encode(prompt)[None]
         saved = read_state_info(load_state_from)
         if saved.batch != 1:
             raise StateError(f"state file {str(load_state_from)!r} holds {saved.batch} sequences; generate "
@@ -328,7 +333,7 @@ def generate(model, prompt: str | bytes, max_tokens: int, *, temperature: float 
                              "give a non-empty prompt to continue from it")
     sample = functools.partial(_sample, temperature=temperature, top_k=top_k, top_p=top_p)
     # never emit the padding or BOS tokens
-    never = [tokenizer.PAD, tokenizer.BOS] + ([] if stop_at_eos else [tokenizer.EOS])
+    never = [i for i in (codec.PAD, codec.BOS) if i is not None] + ([] if stop_at_eos else [codec.EOS])
     banned = jnp.zeros((model.embed.num_embeddings,), bool).at[jnp.array(never)].set(True)
 
     if ids.shape[1]:
@@ -336,24 +341,93 @@ def generate(model, prompt: str | bytes, max_tokens: int, *, temperature: float 
         logits = logits[:, -1]
     if save_state_to is not None:
         save_state(save_state_to, state, logits=logits, model_cfg=model_cfg,
-                   meta={"prompt_tail": tokenizer.decode(ids[0, -64:]) if ids.shape[1] else ""})
+                   meta={"prompt_tail": codec.decode(ids[0, -64:]) if ids.shape[1] else ""})
     key = jax.random.key(seed)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace") if codec is tokenizer else codec.stream()
     out = []
     for _ in range(max_tokens):
         key, sub = jax.random.split(key)
         tok = int(sample(jnp.where(banned, -jnp.inf, logits), sub)[0])
-        if tok == tokenizer.EOS:
+        if tok == codec.EOS:
             break
         out.append(tok)
-        text = decoder.decode(bytes([tok]))
+        text = decoder.decode(bytes([tok]) if codec is tokenizer else tok)
         if on_text and text:
             on_text(text)
         logits, state = step(model, jnp.asarray([tok]), state)
-    tail = decoder.decode(b"", final=True)
+    tail = decoder.decode(b"" if codec is tokenizer else None, final=True)
     if on_text and tail:
         on_text(tail)
     if stats is not None:
         stats.update(prompt_tokens=int(ids.shape[1]), generated=len(out), pos=int(state["pos"]),
                      state_bytes=state_nbytes(state))
-    return tokenizer.decode(np.asarray(out, np.int32))
+    return codec.decode(np.asarray(out, np.int32))
+
+
+def run_tokenizer(data_cfg):
+    """The tokenizer ``generate`` encodes and decodes with for a run trained on ``data_cfg`` (its data section):
+    None for the byte tokenizer, else the FileTokenizer named by the token file's metadata (the path as written
+    there, else beside the token file). A ValueError (one line, naming the run's tokenizer) when it cannot be
+    found: a raw token file without metadata, or a tokenizer file that is gone or changed."""
+    from scaling.data import bpe
+    from scaling.data.config import validate_data_config
+    from scaling.data.tokens import meta_path, read_metadata, spec_of
+
+    c = validate_data_config(data_cfg)
+    if c["source"] != "tokens":
+        return None
+    spec = spec_of(c)
+    if spec.tokenizer == "bytes":
+        return None
+    refuse = (f"generate decodes byte ids, or with the tokenizer.json named in a token file's metadata; this run "
+              f"trained on data.path = {c['path']!r}")
+    if spec.tokenizer is None:
+        raise ValueError(f"{refuse}, a raw token file without metadata (tokenizer unknown)")
+    named = Path(spec.tokenizer).expanduser()
+    found = next((p for p in (named, Path(c["path"]).parent / named.name) if p.is_file() or p.is_dir()), None)
+    if found is None:
+        raise ValueError(f"{refuse} (tokenizer {spec.tokenizer!r}, named in {str(meta_path(c['path']))!r}), "
+                         "and that file is not found")
+    tok = bpe.load_tokenizer(found)
+    if tok.sha256 != read_metadata(c["path"]).get("tokenizer_sha256"):
+        raise ValueError(f"{refuse} (tokenizer {spec.tokenizer!r}); {str(found)!r} is not that file any more "
+                         "(its sha256 differs from the metadata's)")
+    return tok
+
+
+class _TextCodec:
+    """A FileTokenizer behind the byte tokenizer's module interface (encode, decode, PAD / BOS / EOS), with
+    ``stream()``: an incremental decoder that holds back text ending in an incomplete character."""
+
+    def __init__(self, tok):
+        self.tok, self.PAD, self.BOS, self.EOS = tok.tok, tok.pad_id, tok.bos_id, tok.eos_id
+
+    def encode(self, text: str | bytes, *, add_bos: bool = False) -> np.ndarray:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        ids = self.tok.encode(text, add_special_tokens=False).ids
+        return np.asarray(([self.BOS] if add_bos and self.BOS is not None else []) + ids, np.int32)
+
+    def decode(self, ids) -> str:
+        specials = {self.PAD, self.BOS, self.EOS}
+        return self.tok.decode([int(i) for i in ids if int(i) not in specials], skip_special_tokens=True)
+
+    def stream(self):
+        return _TokenStream(self)
+
+
+class _TokenStream:
+    """decode(token) -> the text it completes (decoding every token so far, so merges across tokens come out
+    right); a trailing U+FFFD (a character whose bytes have not all come) waits for the next token."""
+
+    def __init__(self, codec: _TextCodec):
+        self.codec, self.ids, self.done = codec, [], 0
+
+    def decode(self, tok, final: bool = False) -> str:
+        if tok is not None:
+            self.ids.append(tok)
+        text = self.codec.decode(self.ids)
+        if text.endswith("\ufffd") and not final:
+            return ""
+        new, self.done = text[self.done:], len(text)
+        return new

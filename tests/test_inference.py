@@ -170,3 +170,24 @@ def test_generate_saves_and_continues_from_a_state(tmp_path):
     save_state(tmp_path / "nologits.npz", model.init_state(1, 4))
     with pytest.raises(StateError, match="no logits"):
         generate(model, "", 4, load_state_from=tmp_path / "nologits.npz")
+
+
+def test_generate_with_a_file_tokenizer_encodes_decodes_and_streams(tmp_path):
+    from scaling.data.bpe import load_tokenizer, train_bpe
+
+    info = train_bpe("stdlib", tmp_path, vocab_size=300, max_bytes=20_000)
+    tok = load_tokenizer(info["out"])
+    cfg, model = _model("retention", ["model.vocab_size=300"])
+    streamed, stats = [], {}
+    text = generate(model, "def f(x):", 12, temperature=1.0, seed=3, text_tokenizer=tok, on_text=streamed.append,
+                    stats=stats)
+    assert "".join(streamed) == text and stats["generated"] <= 12
+    assert stats["prompt_tokens"] == 1 + len(tok.tok.encode("def f(x):", add_special_tokens=False).ids)  # BOS
+    # a prompt split in two through a saved state continues like the whole prompt (greedy)
+    whole = generate(model, "def f(x):", 8, temperature=0, text_tokenizer=tok, model_cfg=cfg.model)
+    generate(model, "def", 0, text_tokenizer=tok, save_state_to=tmp_path / "s.npz", model_cfg=cfg.model)
+    ids = lambda s: tok.tok.encode(s, add_special_tokens=False).ids
+    assert ids("def") + ids(" f(x):") == ids("def f(x):")  # a split between pre-tokenizer words
+    rest = generate(model, " f(x):", 8, temperature=0, text_tokenizer=tok, load_state_from=tmp_path / "s.npz",
+                    model_cfg=cfg.model)
+    assert rest == whole

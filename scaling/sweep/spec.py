@@ -152,15 +152,14 @@ def load_spec(path: str | Path, scale: str | None = None) -> Sweep:
     path = Path(path)
     module = _config.import_file(path, "get_sweep", kind="sweep spec", error=SpecError)
     takes_scale = "scale" in inspect.signature(module.get_sweep).parameters
-    if scale is None:
-        return as_sweep(module.get_sweep())
-    if not takes_scale:
+    if scale is not None and not takes_scale:
         raise SpecError(f"--scale {scale}: sweep spec {str(path)!r} has no scales (its get_sweep() takes no scale "
                         "argument); run it without --scale")
     accepted = tuple(getattr(module, "SCALES", SCALES))
-    if scale not in accepted:
+    if scale is not None and scale not in accepted:
         raise SpecError(f"--scale {scale!r}: must be one of {', '.join(accepted)} for {str(path)!r}")
-    return as_sweep(module.get_sweep(scale=scale))
+    with _config.file_errors(path, "sweep spec", SpecError):  # its own exceptions name the file and line
+        return as_sweep(module.get_sweep(**({} if scale is None else {"scale": scale})))
 
 
 def as_sweep(obj) -> Sweep:

@@ -122,6 +122,6 @@ def test_cli_predict_prints_the_rung_and_names_what_it_cannot_write(held, capsys
     assert cli.main(["predict", str(sweep), "--budget", "1e17", "--fast"]) == 2
     out, err = capsys.readouterr()
     assert "attention (attention) at C = 1e+17: N_opt" in out and "predicted loss" in out
-    assert err.strip().startswith("ConfigError") and "\n" not in err.strip()
+    assert err.strip().startswith("error: ") and "\n" not in err.strip()
     assert cli.main(["predict", str(sweep), "--budget", "-1"]) == 2
     assert "--budget -1.0: must be a positive number" in capsys.readouterr().err

@@ -229,7 +229,7 @@ def _one_line_error(proc, pattern):
 
 
 TRAIN_ERRORS = {  # file, extra overrides, the error line
-    "id over the vocabulary": ("bpe.bin", [], r"^ConfigError: model.vocab_size = 259: smaller than the largest "
+    "id over the vocabulary": ("bpe.bin", [], r"^error: model.vocab_size = 259: smaller than the largest "
                                r"token id 5\d\d of data.path = '.*bpe.bin'; must be >= 5\d\d"),
     "missing metadata": ("raw.bin", [], r"no metadata file '.*raw.bin.meta.json'.*data.eos_id=50256"),
     "empty .bin": ("empty.bin", ["data.eos_id=0"], r"data.path = '.*empty.bin': the file is empty"),
