@@ -5,7 +5,8 @@
     source, path, tokenizer ("bytes", a tokenizer file, or null: a raw token file), vocab_size (the tokenizer's),
     specials {bos, eos, pad}, packing (in effect), context,
     train / validation: {documents, tokens (as streamed: with each document's BOS / EOS), bytes (UTF-8 bytes of
-                         text, null when unknown), bytes_per_token (null when unknown)},
+                         text: counted for the byte tokenizer, else the split's ids x the file's bytes per id from
+                         its metadata; null when unknown), bytes_per_token (null when unknown)},
     padding: {packed, unpacked}: the fraction of target slots of one epoch of the training split that are padding
              (loss_mask 0) at ``context``, with and without packing,
     eval_rows: rows of the fixed evaluation set at ``context``
@@ -95,7 +96,9 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append(f"tokenizer {tok}{vocab}; BOS {sp['bos']}, EOS {sp['eos']}, PAD {sp['pad']}")
     for name in ("train", "validation"):
         d = s[name]
-        bpt = "bytes unknown" if d["bytes"] is None else f"{d['bytes']:,} bytes, {d['bytes_per_token']:.3f} bytes/token"
+        about = "" if s["tokenizer"] == "bytes" else "~"  # estimated from the file's bytes per id
+        bpt = "bytes unknown" if d["bytes"] is None else \
+            f"{about}{d['bytes']:,} bytes, {d['bytes_per_token']:.3f} bytes/token"
         lines.append(f"{name:<10}{d['documents']:>10,} documents {d['tokens']:>14,} tokens  {bpt}")
     p = s["padding"]
     on = "packed" if s["packing"] else "unpacked"
