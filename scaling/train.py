@@ -278,15 +278,16 @@ def _host(x) -> np.ndarray:
     return np.asarray(x, np.float64)
 
 
-def evaluate(eval_step, params, batches, shard, *, task: bool = False, bpb: str | float | None = "bytes") -> dict:
+def evaluate(eval_step, params, batches, shard, *, task: bool = False, bpb="bytes") -> dict:
     """Loss on the fixed evaluation set: ``val_loss`` (nats per loss token), its standard error ``val_loss_se``
     over the set's sequences, ``val_bpb``, ``val_tokens`` (loss tokens) and, for a synthetic task (``task``),
     ``task_accuracy``: the exact-match accuracy of the argmax prediction on answer tokens.
 
     ``val_bpb`` (bits per UTF-8 byte, comparable across tokenizers) follows ``bpb``
     (scaling.data.tokens.bpb_basis): ``"bytes"``: the loss summed over the set over its byte targets (ids below 256,
-    the byte tokenizer); a float r (tokens per byte of the token file, from its metadata): ``val_loss * r / ln 2``;
-    None: unknown (a token file without byte counts), ``val_bpb`` is None.
+    the byte tokenizer); an array (the bytes of each id, a byte-level tokenizer's file): the loss summed over the
+    set over the bytes of its loss targets; a float r (tokens per byte of the token file, from its metadata):
+    ``val_loss * r / ln 2``; None: unknown (a token file without byte counts), ``val_bpb`` is None.
 
     ``val_loss`` = sum_i l_i / sum_i n_i over sequences i with loss sum l_i over n_i tokens (a ratio estimator);
     its standard error is sqrt(sum_i (l_i - val_loss n_i)^2 / (m (m - 1))) / mean(n_i) over the m sequences
@@ -304,7 +305,10 @@ def evaluate(eval_step, params, batches, shard, *, task: bool = False, bpb: str 
         se = float(np.sqrt((dev**2).sum() / (m * (m - 1))) / count[real].mean())
     else:
         se = float("nan")
-    if bpb == "bytes":
+    if isinstance(bpb, np.ndarray):  # exact: the bytes of every loss target (counted here, on the host batches)
+        counted = sum(float((bpb[np.asarray(b["targets"])] * np.asarray(b["loss_mask"])).sum()) for b in batches)
+        val_bpb = total / max(counted, 1.0) / LN2
+    elif bpb == "bytes":
         val_bpb = total / max(float(n_bytes.sum()), 1.0) / LN2
     else:
         val_bpb = None if bpb is None else mean * float(bpb) / LN2

@@ -51,6 +51,10 @@ class ByteTokenizer:
         """(ids, UTF-8 bytes encoded) of each piece of text."""
         return [(np.frombuffer(p, np.uint8), len(p)) for p in pieces]
 
+    def token_bytes(self) -> list[int]:
+        """UTF-8 bytes of each id: 1 for the 256 bytes, 0 for the specials."""
+        return [1] * byte_tokenizer.N_BYTES + [0] * (self.vocab_size - byte_tokenizer.N_BYTES)
+
 
 class FileTokenizer:
     """A Hugging Face ``tokenizer.json`` (``name`` = the path as given, ``sha256`` of the file)."""
@@ -79,6 +83,28 @@ class FileTokenizer:
             raise ValueError(f"--tokenizer {str(path)!r}: has no end-of-document token (an added token named one of "
                              f"{', '.join(EOS_NAMES)}), so its documents could not be split apart again")
         self.tok.encode_special_tokens = True  # "<|endoftext|>" inside a document is text, not a separator
+
+    def token_bytes(self) -> list[int] | None:
+        """UTF-8 bytes each id decodes to, for a byte-level tokenizer (its decoder is ByteLevel: every character of
+        a token stands for one byte), 0 for the added (special) tokens; None for any other kind of tokenizer, whose
+        tokens' bytes depend on their neighbours (bits per byte then use the file's average)."""
+        from tokenizers import pre_tokenizers
+
+        decoder = json.loads(self.tok.to_str()).get("decoder") or {}
+        if decoder.get("type") != "ByteLevel":
+            return None
+        alphabet = set(pre_tokenizers.ByteLevel.alphabet())
+        added = set(self.tok.get_added_tokens_decoder())
+        out = []
+        for i in range(self.vocab_size):
+            piece = self.tok.id_to_token(i)
+            if i in added or piece is None:
+                out.append(0)
+            elif set(piece) <= alphabet:
+                out.append(len(piece))
+            else:
+                return None
+        return out
 
     def encode_pieces(self, pieces: list[bytes]) -> list[tuple[np.ndarray, int]]:
         texts = [p.decode("utf-8", errors="replace") for p in pieces]

@@ -5,8 +5,8 @@
     source, path, tokenizer ("bytes", a tokenizer file, or null: a raw token file), vocab_size (the tokenizer's),
     specials {bos, eos, pad}, packing (in effect), context,
     train / validation: {documents, tokens (as streamed: with each document's BOS / EOS), bytes (UTF-8 bytes of
-                         text: counted for the byte tokenizer, else the split's ids x the file's bytes per id from
-                         its metadata; null when unknown), bytes_per_token (null when unknown)},
+                         text: counted for the byte tokenizer and byte-level BPEs (bytes_counted), else the split's
+                         ids x the file's bytes per id from its metadata; null when unknown), bytes_per_token},
     padding: {packed, unpacked}: the fraction of target slots of one epoch of the training split that are padding
              (loss_mask 0) at ``context``, with and without packing,
     eval_rows: rows of the fixed evaluation set at ``context``
@@ -42,10 +42,10 @@ def padding_fraction(lengths: np.ndarray, context: int, packing: bool) -> float:
     return 1.0 - int((lengths - 1).sum()) / slots
 
 
-def _split(docs, n_special: int, bytes_per_id: float | None, byte_ids: bool) -> dict[str, Any]:
+def _split(docs, n_special: int, bytes_per_id: float | None, table: np.ndarray | None) -> dict[str, Any]:
     n_ids = sum(len(d) for d in docs)
-    if byte_ids:  # ids below 256 are the bytes (the byte tokenizer's files hold the specials as ids too)
-        n_bytes = sum(int((np.asarray(d.ids) < N_BYTES).sum()) for d in docs)
+    if table is not None:  # the bytes of each id: counted exactly
+        n_bytes = sum(int(table[np.asarray(d.ids)].sum()) for d in docs)
     else:
         n_bytes = None if bytes_per_id is None else round(n_ids * bytes_per_id)
     tokens = n_ids + n_special * len(docs)
@@ -66,18 +66,21 @@ def data_summary(data_cfg: Any, *, context: int) -> dict[str, Any]:
     bos, eos, pad = corpus.specials
     out["specials"] = {"bos": bos, "eos": eos, "pad": pad}
     tokenizer, vocab, bytes_per_id = "bytes", N_BYTES + 3, None
+    table = np.array([1] * N_BYTES + [0] * 3)
     if c["source"] == "tokens":
         spec = _tokens.spec_of(c)
         tokenizer, vocab = spec.tokenizer, spec.vocab_size
-        if spec.n_bytes and spec.tokenizer != "bytes":
+        if spec.tokenizer != "bytes":
+            table = None if spec.token_bytes is None else np.asarray(spec.token_bytes, np.int64)
+        if table is None and spec.n_bytes:
             # the metadata counts the file's bytes and ids; documents get the file's average
             n_specials = spec.n_tokens - sum(len(d) for d in corpus.train + corpus.validation)
             bytes_per_id = spec.n_bytes / max(spec.n_tokens - n_specials, 1)
-    byte_ids = tokenizer == "bytes"
     n_special = 1 if bos is None else 2
     out.update(tokenizer=tokenizer, vocab_size=vocab)
     for name in ("train", "validation"):
-        out[name] = _split(corpus.split(name), n_special, bytes_per_id, byte_ids)
+        out[name] = _split(corpus.split(name), n_special, bytes_per_id, table)
+    out["bytes_counted"] = table is not None
     lengths = np.array([len(d) + n_special for d in corpus.train], np.int64)
     out["padding"] = {"packed": padding_fraction(lengths, context, True),
                       "unpacked": padding_fraction(lengths, context, False)}
@@ -96,7 +99,7 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append(f"tokenizer {tok}{vocab}; BOS {sp['bos']}, EOS {sp['eos']}, PAD {sp['pad']}")
     for name in ("train", "validation"):
         d = s[name]
-        about = "" if s["tokenizer"] == "bytes" else "~"  # estimated from the file's bytes per id
+        about = "" if s["bytes_counted"] else "~"  # else estimated from the file's bytes per id
         bpt = "bytes unknown" if d["bytes"] is None else \
             f"{about}{d['bytes']:,} bytes, {d['bytes_per_token']:.3f} bytes/token"
         lines.append(f"{name:<10}{d['documents']:>10,} documents {d['tokens']:>14,} tokens  {bpt}")

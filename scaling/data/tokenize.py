@@ -166,7 +166,8 @@ def tokenize(path, out, *, fmt: str = "auto", glob: str = "**/*.txt", text_field
         meta = {"tokenizer": tok.name, "tokenizer_sha256": tok.sha256, "vocab_size": tok.vocab_size,
                 "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id, "dtype": dtype, "documents": docs,
                 "tokens": n_ids, "bytes": text_bytes,
-                "max_id": max(max_id, tok.eos_id, tok.bos_id if tok.bos_id is not None else 0)}
+                "max_id": max(max_id, tok.eos_id, tok.bos_id if tok.bos_id is not None else 0),
+                "token_bytes": tok.token_bytes()}
         _tokens.meta_path(out).unlink(missing_ok=True)  # never a stale metadata file beside the new ids
         os.replace(tmp, out)
         meta_file = _tokens.write_metadata(out, meta)

@@ -18,6 +18,9 @@ Metadata
 ``tokens``          ids in the file, specials included
 ``bytes``           UTF-8 bytes of the documents' text (bits per byte use tokens / bytes)
 ``max_id``          the largest id in the file (``model.vocab_size`` must exceed it)
+``token_bytes``     optional: the UTF-8 bytes each id decodes to (``vocab_size`` integers; specials 0), for the
+                    byte tokenizer and byte-level BPEs, so bits per byte count the exact bytes of the evaluated
+                    targets; null for other tokenizers (their tokens' bytes depend on the neighbours)
 ==================  ==========================================================================================
 
 Files without metadata (nanoGPT's ``train.bin``, any ``.npy`` of ids) need ``data.eos_id``, the id that separates
@@ -45,6 +48,7 @@ META_FORMAT = "statescale.tokens/1"
 META_SUFFIX = ".meta.json"
 META_FIELDS = ("format", "tokenizer", "tokenizer_sha256", "vocab_size", "bos_id", "eos_id", "pad_id", "dtype",
                "documents", "tokens", "bytes", "max_id")
+OPTIONAL_FIELDS = ("token_bytes",)  # absent from files written before them
 META_DTYPES = ("uint8", "uint16", "uint32", "int32", "int64")
 _SCAN = 1 << 24  # ids scanned at a time for the largest id of a raw file
 
@@ -57,7 +61,8 @@ def meta_path(path: str | Path) -> Path:
 def write_metadata(path: str | Path, meta: dict[str, Any]) -> Path:
     """Write ``meta`` (the fields of the module docstring; ``format`` is added) as ``path``'s metadata, atomically."""
     out = meta_path(path)
-    body = {"format": META_FORMAT, **{k: meta[k] for k in META_FIELDS if k != "format"}}
+    body = {"format": META_FORMAT, **{k: meta[k] for k in META_FIELDS if k != "format"},
+            **{k: meta[k] for k in OPTIONAL_FIELDS if meta.get(k) is not None}}
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
         with os.fdopen(fd, "w") as f:
@@ -75,7 +80,8 @@ def byte_metadata(ids: np.ndarray) -> dict[str, Any]:
     ids = np.asarray(ids)
     return {"tokenizer": "bytes", "tokenizer_sha256": "bytes", "vocab_size": VOCAB_SIZE, "bos_id": BOS,
             "eos_id": EOS, "pad_id": PAD, "dtype": str(ids.dtype), "documents": int((ids == EOS).sum()),
-            "tokens": int(ids.size), "bytes": int((ids < N_BYTES).sum()), "max_id": int(ids.max()) if ids.size else 0}
+            "tokens": int(ids.size), "bytes": int((ids < N_BYTES).sum()), "max_id": int(ids.max()) if ids.size else 0,
+            "token_bytes": [1] * N_BYTES + [0] * (VOCAB_SIZE - N_BYTES)}
 
 
 def _int_or_none(meta: dict, key: str, where: str, *, required: bool = False) -> int | None:
@@ -104,6 +110,11 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         _int_or_none(meta, key, where, required=True)
     for key in ("bos_id", "pad_id", "bytes"):
         _int_or_none(meta, key, where)
+    tb = meta.get("token_bytes")
+    if tb is not None and (not isinstance(tb, list) or len(tb) != meta["vocab_size"]
+                           or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in tb)):
+        raise ValueError(f"{where}: field 'token_bytes' must be null or {meta['vocab_size']} integers >= 0 (the bytes "
+                         "of each id)")
     return meta
 
 
@@ -121,6 +132,7 @@ class TokenSpec:
     tokenizer: str | None = None  # "bytes", a tokenizer file, or None (a raw file without metadata)
     vocab_size: int | None = None  # the tokenizer's, from the metadata
     n_bytes: int | None = None  # UTF-8 bytes the file encodes, from the metadata
+    token_bytes: tuple[int, ...] | None = None  # UTF-8 bytes of each id, from the metadata (byte-level tokenizers)
 
     @property
     def pad(self) -> int:
@@ -190,7 +202,8 @@ def _spec_cached(path: str, token_dtype: str, eos_id: int | None, _stamp: tuple)
                              f"{meta['dtype']} ids; the metadata belongs to another file (rewrite both with "
                              "scaling tokenize)")
         return TokenSpec(path, meta["dtype"], meta["eos_id"], meta["bos_id"], meta["pad_id"], meta["max_id"],
-                         meta["tokens"], meta["tokenizer"], meta["vocab_size"], meta["bytes"])
+                         meta["tokens"], meta["tokenizer"], meta["vocab_size"], meta["bytes"],
+                         tuple(meta["token_bytes"]) if meta.get("token_bytes") else None)
     if eos_id is None:
         raise ValueError(f"{where}: no metadata file {str(meta_path(p))!r} (scaling tokenize writes one); for a "
                          "token file from another tool set data.eos_id to the id between its documents, e.g. "
@@ -249,15 +262,19 @@ def token_documents(spec: TokenSpec, stream_key: str = "stream") -> Iterator[tup
             yield f"doc:{i}", arr[a:b]
 
 
-def bpb_basis(c: dict[str, Any]) -> str | float | None:
+def bpb_basis(c: dict[str, Any]) -> str | np.ndarray | float | None:
     """How a run of the resolved data config ``c`` counts bits per byte: ``"bytes"`` (its targets below 256 are
-    the bytes: the byte tokenizer), a float (tokens per UTF-8 byte of its token file, from the metadata), or None
-    (unknown: a raw token file, or a tokenizer file without a byte count)."""
+    the bytes: the byte tokenizer), an int array ``[vocab_size]`` (the UTF-8 bytes of each id, from the metadata of a
+    byte-level tokenizer's file: the bytes of the evaluated targets are counted exactly), a float (tokens per UTF-8
+    byte of its token file, from the metadata: the file's average), or None (unknown: a raw token file, or a
+    tokenizer file without a byte count)."""
     if c["source"] != "tokens":
         return "bytes"
     spec = spec_of(c)
     if spec.tokenizer == "bytes":
         return "bytes"
+    if spec.token_bytes:
+        return np.asarray(spec.token_bytes, np.int64)
     if spec.n_bytes:
         return spec.n_tokens / spec.n_bytes
     return None

@@ -68,7 +68,9 @@ def test_tokenize_with_bpe_reads_back_the_documents(bpe, tmp_path, suffix):
     assert c.specials == (1, 2, 0)
     batch = next(pipeline.make_train_iterator(data, batch_size=2, context=64, seed=0))
     assert batch["inputs"].max() < 512
-    assert bpb_basis(data_config.validate_data_config(data)) == pytest.approx(meta["tokens"] / meta["bytes"])
+    table = bpb_basis(data_config.validate_data_config(data))  # a byte-level BPE: the bytes of each id
+    assert table.shape == (512,) and table[:3].tolist() == [0, 0, 0] and (table[3:] >= 1).all()
+    assert sum(int(table[d.ids].sum()) for d in docs) == meta["bytes"]  # exactly the bytes of the text
     with pytest.raises(config.ConfigError, match=r"^model.vocab_size = 259: smaller than the largest token id "
                        rf"{meta['max_id']} of data.path = .*; must be >= {meta['max_id'] + 1}; its tokenizer has 512"):
         config.load(TINY_MODEL, TINY + ["data.source=tokens", f"data.path={out}"])
@@ -175,14 +177,20 @@ def test_bits_per_byte_across_tokenizers(bpe, tmp_path):
              for name, p in (("bytes", byte_file), ("bpe", bpe_file))}
     assert basis["bytes"] == "bytes" and bpb_basis(data_config.validate_data_config({})) == "bytes"
     meta = read_metadata(bpe_file)
-    assert basis["bpe"] == pytest.approx(meta["tokens"] / meta["bytes"])
     loss_sum, count, n_bytes = np.array([30.0, 50.0]), np.array([10.0, 20.0]), np.array([8.0, 18.0])
     rows = [loss_sum, count, n_bytes, np.zeros(2)]
     step = lambda params, b: rows
-    assert evaluate(step, None, [0], lambda b: b)["val_bpb"] == pytest.approx(80 / 26 / LN2)
-    got = evaluate(step, None, [0], lambda b: b, bpb=basis["bpe"])["val_bpb"]
-    assert got == pytest.approx(80 / 30 * meta["tokens"] / meta["bytes"] / LN2)
-    assert evaluate(step, None, [0], lambda b: b, bpb=None)["val_bpb"] is None
+    batch = {"targets": np.array([[5, 300, 2], [7, 7, 1]]), "loss_mask": np.array([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])}
+    assert evaluate(step, None, [batch], lambda b: b)["val_bpb"] == pytest.approx(80 / 26 / LN2)
+    # a byte-level BPE's file: the loss over the bytes of the (masked-in) targets, counted exactly
+    exact = float(basis["bpe"][[5, 300, 2, 7]].sum())
+    got = evaluate(step, None, [batch], lambda b: b, bpb=basis["bpe"])["val_bpb"]
+    assert got == pytest.approx(80 / exact / LN2)
+    # a tokenizer whose tokens' bytes are not fixed: the file's average tokens per byte
+    ratio = meta["tokens"] / meta["bytes"]
+    got = evaluate(step, None, [batch], lambda b: b, bpb=ratio)["val_bpb"]
+    assert got == pytest.approx(80 / 30 * ratio / LN2)
+    assert evaluate(step, None, [batch], lambda b: b, bpb=None)["val_bpb"] is None
 
 
 # ----------------------------------------------------------------------------------------------------------
