@@ -92,23 +92,16 @@ def _generate(args) -> int:
 def _run_tokenizer(workdir):
     """scaling.inference.run_tokenizer of the run in ``workdir`` (None: bytes; also when there is no config.json,
     which load_run then names)."""
-    import json
-
-    from scaling import config
+    from scaling import config, rundir
     from scaling.inference import run_tokenizer
 
-    path = Path(workdir) / "config.json"
-    if not path.is_file():
+    if not rundir.has_config(workdir):
         return None
-    try:
-        d = json.loads(path.read_text())["config"]
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(f"{str(path)!r}: not a run config written by `scaling train`") from None
-    return run_tokenizer(config.from_dict(d).data)
+    return run_tokenizer(config.from_dict(rundir.read_config(workdir)["config"]).data)  # ValueError: not one
 
 
 def _convert(args) -> int:
-    from scaling.convert import convert_run
+    from scaling.convert_run import convert_run
 
     cfg, step = convert_run(args.workdir, args.out, to=args.to, overrides=args.set)
     r = cfg.model.retention
