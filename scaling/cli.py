@@ -44,7 +44,7 @@ def _generate(args) -> int:
     import resource
 
     from scaling.cli_errors import check_generate
-    from scaling.inference import StateError, generate
+    from scaling.inference import StateError, generate, state_path
     from scaling.train import load_run
 
     bad = check_generate(args)
@@ -81,7 +81,7 @@ def _generate(args) -> int:
         return 2
     sys.stdout.write("\n")
     if args.save_state:
-        print(f"[state after the prompt ({stats['prompt_tokens']:,} tokens) saved to {args.save_state}]",
+        print(f"[state after the prompt ({stats['prompt_tokens']:,} tokens) saved to {state_path(args.save_state)}]",
               file=sys.stderr)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(f"[{stats['generated']:,} tokens generated; position {stats['pos']:,}; decode state "

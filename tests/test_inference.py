@@ -15,6 +15,7 @@ from scaling.inference import (
     read_state_info,
     save_state,
     state_nbytes,
+    state_path,
 )
 from scaling.models import build
 from tests.helpers import rel_err
@@ -170,6 +171,35 @@ def test_generate_saves_and_continues_from_a_state(tmp_path):
     save_state(tmp_path / "nologits.npz", model.init_state(1, 4))
     with pytest.raises(StateError, match="no logits"):
         generate(model, "", 4, load_state_from=tmp_path / "nologits.npz")
+
+
+def test_load_state_takes_the_path_given_to_save_state(tmp_path):
+    """numpy appends .npz: ``save_state("state")`` writes state.npz, and "state" and "state.npz" both read it."""
+    import argparse
+
+    from scaling.cli_errors import check_generate
+
+    cfg, model = _model("retention")
+    _, s1 = _prefill(model, _tokens(1, 5), model.init_state(1, 8))
+    written = save_state(tmp_path / "state", s1, model_cfg=cfg.model)
+    assert written == tmp_path / "state.npz" == state_path(tmp_path / "state") == state_path(written)
+    for given in (tmp_path / "state", tmp_path / "state.npz", str(tmp_path / "state")):
+        assert read_state_info(given).pos == 5
+        loaded = load_state(given, model.init_state(1, 8), model_cfg=cfg.model)
+        for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(s1), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    save_state(tmp_path / "other.npz", s1)  # and the other way round
+    assert read_state_info(tmp_path / "other").pos == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.npz", "state.npz"]
+    with pytest.raises(FileNotFoundError, match="missing.npz' does not exist"):
+        load_state(tmp_path / "missing")
+    # generate's save_state_to / load_state_from (scaling generate --save-state / --load-state) likewise
+    one = generate(model, "def f(x):", 6, temperature=0, model_cfg=cfg.model, save_state_to=tmp_path / "p")
+    assert generate(model, "", 6, temperature=0, model_cfg=cfg.model, load_state_from=tmp_path / "p") == one
+    flags = dict(max_tokens=4, temperature=0.0, top_k=0, top_p=1.0, save_state=None)
+    assert check_generate(argparse.Namespace(load_state=str(tmp_path / "p"), **flags)) is None
+    assert check_generate(argparse.Namespace(load_state=str(tmp_path / "p.npz"), **flags)) is None
+    assert "no such file" in check_generate(argparse.Namespace(load_state=str(tmp_path / "q"), **flags))
 
 
 def test_generate_with_a_file_tokenizer_encodes_decodes_and_streams(tmp_path):
