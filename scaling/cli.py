@@ -13,7 +13,8 @@ EPILOG = "Configs are Python files with get_config() (see configs/). Overrides: 
 def _train(args) -> int:
     from scaling import accounting, config
     from scaling.cli_errors import check_corpus
-    from scaling.train import run_id, train
+    from scaling.rundir import run_id
+    from scaling.train import train
 
     if Path(args.config).is_dir():  # a run workdir (e.g. written by `scaling convert`): continue it
         cfg = config.load_run_config(args.config, args.set)
