@@ -35,13 +35,11 @@ def test_existing_run_ids_are_unchanged(path, overrides, rid):
 
 def test_added_fields_exist_in_the_defaults():
     d = config.default_config().to_dict()
-    for path, default in rundir.ADDED_FIELDS.items():
+    for path in rundir.ADDED_FIELDS:
         node = d
         for key in path:
             assert key in node, f"rundir.ADDED_FIELDS names {'.'.join(path)}, which the config does not have"
             node = node[key]
-        assert json.dumps(node, default=str) == json.dumps(default, default=str), (
-            f"{'.'.join(path)}: its default differs from the value registered in rundir.ADDED_FIELDS")
 
 
 def _add_field(monkeypatch, path, default, *, register=True):
