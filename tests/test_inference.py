@@ -221,3 +221,21 @@ def test_generate_with_a_file_tokenizer_encodes_decodes_and_streams(tmp_path):
     rest = generate(model, " f(x):", 8, temperature=0, text_tokenizer=tok, load_state_from=tmp_path / "s.npz",
                     model_cfg=cfg.model)
     assert rest == whole
+
+
+def test_cli_generate_saves_and_loads_a_state_by_the_same_path(tmp_path, capsys):
+    """``scaling generate RUN --save-state state`` then ``--load-state state`` (the file is state.npz)."""
+    from scaling import cli
+    from scaling.train import train
+
+    cfg = config.load(None, SHRINK + MIXERS["retention"] + [
+        "train.steps=2", "train.batch_size=2", "train.context=16", "train.warmup_steps=1", "train.log_every=1",
+        "train.eval_every=2", "train.checkpoint_every=2", "data.eval_tokens=64"])
+    run = tmp_path / "run"
+    assert train(cfg, run, progress=False).status == "done"
+    common = ["generate", str(run), "--temperature", "0", "--quiet"]
+    assert cli.main([*common, "--prompt", "def f", "--max-tokens", "0", "--save-state", str(tmp_path / "state")]) == 0
+    assert f"saved to {tmp_path / 'state.npz'}" in capsys.readouterr().err
+    assert cli.main([*common, "--prompt", "(x):", "--max-tokens", "4", "--load-state", str(tmp_path / "state")]) == 0
+    assert cli.main([*common, "--max-tokens", "4", "--load-state", str(tmp_path / "state.npz")]) == 0
+    assert "error" not in capsys.readouterr().err
