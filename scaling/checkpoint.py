@@ -137,6 +137,18 @@ def _check_like(restored, target) -> None:
             )
 
 
+def flat_tree(tree) -> dict:
+    """A pytree as {path string: leaf}: string keys that every checkpoint format takes (the train state is saved
+    in this form, so a checkpoint does not depend on the pytree classes of the model or the optimizer)."""
+    return {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def unflat_tree(flat: dict, like):
+    """The pytree of ``like``'s structure whose leaves are ``flat``'s (the inverse of :func:`flat_tree`)."""
+    paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+    return jax.tree.unflatten(treedef, [flat[jax.tree_util.keystr(p)] for p, _ in paths])
+
+
 class Checkpointer:
     """Saves and restores (state pytree, data iterator state, meta dict) per training step.
 

@@ -13,7 +13,8 @@ EPILOG = "Configs are Python files with get_config() (see configs/). Overrides: 
 def _train(args) -> int:
     from scaling import accounting, config
     from scaling.cli_errors import check_corpus
-    from scaling.train import run_id, train
+    from scaling.rundir import run_id
+    from scaling.train import train
 
     if Path(args.config).is_dir():  # a run workdir (e.g. written by `scaling convert`): continue it
         cfg = config.load_run_config(args.config, args.set)
@@ -44,7 +45,7 @@ def _generate(args) -> int:
     import resource
 
     from scaling.cli_errors import check_generate
-    from scaling.inference import StateError, generate
+    from scaling.inference import StateError, generate, state_path
     from scaling.train import load_run
 
     bad = check_generate(args)
@@ -81,7 +82,7 @@ def _generate(args) -> int:
         return 2
     sys.stdout.write("\n")
     if args.save_state:
-        print(f"[state after the prompt ({stats['prompt_tokens']:,} tokens) saved to {args.save_state}]",
+        print(f"[state after the prompt ({stats['prompt_tokens']:,} tokens) saved to {state_path(args.save_state)}]",
               file=sys.stderr)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(f"[{stats['generated']:,} tokens generated; position {stats['pos']:,}; decode state "
@@ -92,23 +93,16 @@ def _generate(args) -> int:
 def _run_tokenizer(workdir):
     """scaling.inference.run_tokenizer of the run in ``workdir`` (None: bytes; also when there is no config.json,
     which load_run then names)."""
-    import json
-
-    from scaling import config
+    from scaling import config, rundir
     from scaling.inference import run_tokenizer
 
-    path = Path(workdir) / "config.json"
-    if not path.is_file():
+    if not rundir.has_config(workdir):
         return None
-    try:
-        d = json.loads(path.read_text())["config"]
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(f"{str(path)!r}: not a run config written by `scaling train`") from None
-    return run_tokenizer(config.from_dict(d).data)
+    return run_tokenizer(config.from_dict(rundir.read_config(workdir)["config"]).data)  # ValueError: not one
 
 
 def _convert(args) -> int:
-    from scaling.convert import convert_run
+    from scaling.convert_run import convert_run
 
     cfg, step = convert_run(args.workdir, args.out, to=args.to, overrides=args.set)
     r = cfg.model.retention

@@ -44,7 +44,9 @@ def check_generate(args) -> str | None:
         return f"--top-k {args.top_k}: must be an integer >= 0 (0 keeps every token)"
     if not 0 < args.top_p <= 1:
         return f"--top-p {args.top_p}: must be in (0, 1] (1: off)"
-    if args.load_state and not Path(args.load_state).is_file():
+    from scaling.inference import state_path  # --load-state x finds x.npz, as --save-state x writes it
+
+    if args.load_state and not state_path(args.load_state).is_file():
         return f"--load-state {args.load_state!r}: no such file (a state saved by --save-state)"
     if args.save_state and not Path(args.save_state).expanduser().resolve().parent.is_dir():
         return f"--save-state {args.save_state!r}: its directory does not exist"

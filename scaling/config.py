@@ -401,14 +401,17 @@ def layer_pattern(m: ConfigDict) -> str:
 
 
 def load_run_config(workdir: str | Path, overrides=None) -> ConfigDict:
-    """The config of a run workdir (its config.json), with overrides applied and validated."""
-    path = Path(workdir) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{str(workdir)!r} is a directory without config.json: give a config file or a run workdir")
-    import json
+    """The config of a run workdir (its config.json, read by scaling.rundir), with overrides applied and validated."""
+    from scaling import rundir
 
+    if not rundir.has_config(workdir):
+        raise ConfigError(f"{str(workdir)!r} is a directory without config.json: give a config file or a run workdir")
+    try:
+        d = rundir.read_config(workdir)["config"]
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     cfg = default_config()
-    merge(cfg, _tuples(json.loads(path.read_text())["config"]))
+    merge(cfg, _tuples(d))
     apply_overrides(cfg, overrides)
     validate(cfg)
     return cfg

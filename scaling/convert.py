@@ -12,16 +12,18 @@ recovers the transformer's loss (Manifest AI's PowerCoder and Brumby "metamorpho
   from the attention section, the rest of the retention section (p, chunk size, gate_init) as configured.
 - :func:`convert_params` maps parameters by name: every parameter of the new model is the source's
   parameter of the same name and shape, except the gates of converted layers; anything else is an error.
-- :func:`init_params_from` is what ``train.init_from`` does at the start of a run (see scaling/train.py).
-- :func:`convert_run` (``scaling convert WORKDIR --to R --out NEWDIR``) writes a new run workdir: the
+- ``train.init_from`` converts at the start of a run (scaling.train.init_params_from, with
+  :func:`resolve_init_from` and :func:`convert_params`).
+- ``scaling convert WORKDIR --to R --out NEWDIR`` (scaling.convert_run) writes a new run workdir: the
   converted config (``train.init_from`` = the source) and a step-0 checkpoint, so ``scaling train NEWDIR``
   retrains it.
+
+This module needs no training code (scaling.train imports it); what reads or writes run directories is above it.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import re
 from pathlib import Path
@@ -102,8 +104,8 @@ def convert_params(src_cfg, src_params, dst_cfg):
     naming the parameter when a shape or dtype differs, a parameter has no source, or a source parameter
     would be dropped.
     """
+    from scaling.checkpoint import flat_tree, unflat_tree
     from scaling.models import build
-    from scaling.train import _flat, _unflat
 
     src_pat, dst_pat = _config.layer_pattern(src_cfg.model), _config.layer_pattern(dst_cfg.model)
     if len(src_pat) != len(dst_pat):
@@ -114,7 +116,7 @@ def convert_params(src_cfg, src_params, dst_cfg):
                                   f"their mixer or turn from A (attention) into R (power retention)")
     # Built abstractly: only the structure, shapes and dtypes of the target are needed.
     dst_like = nnx.state(nnx.eval_shape(lambda: build(dst_cfg.model)), nnx.Param)
-    src_flat, dst_flat = _flat(src_params), _flat(dst_like)
+    src_flat, dst_flat = flat_tree(src_params), flat_tree(dst_like)
     out, used = {}, set()
     for path, like in dst_flat.items():
         layer = _LAYER.match(path)
@@ -137,7 +139,7 @@ def convert_params(src_cfg, src_params, dst_cfg):
     dropped = sorted(set(src_flat) - used)
     if dropped:
         raise ConversionError(f"the conversion would drop {len(dropped)} source parameter(s), e.g. {dropped[0]}")
-    return _unflat(out, dst_like)
+    return unflat_tree(out, dst_like)
 
 
 def check_convertible(src_cfg, dst_cfg) -> None:
@@ -154,53 +156,3 @@ def resolve_init_from(value: str, workdir) -> Path:
     if value.startswith(RUN_PREFIX):
         return Path(workdir).resolve().parent / value[len(RUN_PREFIX):]
     return Path(value).expanduser().resolve()
-
-
-def init_params_from(cfg, workdir):
-    """(params, source dir, source step): the newest parameters of the run ``cfg.train.init_from``, converted
-    to ``cfg``'s model (attention layers become retention where the patterns differ)."""
-    from scaling.train import load_run
-
-    src = resolve_init_from(cfg.train.init_from, workdir)
-    if not src.is_dir():
-        raise FileNotFoundError(f"train.init_from = {cfg.train.init_from!r}: no run directory {str(src)!r}")
-    src_cfg, src_model, step = load_run(src)
-    return convert_params(src_cfg, nnx.state(src_model, nnx.Param), cfg), src, step
-
-
-def convert_run(workdir, out, to: str = "R", overrides=()) -> tuple:
-    """Write ``out``: a run workdir whose model is ``workdir``'s newest checkpoint converted to ``to``.
-
-    ``out`` gets config.json (the converted config, ``train.init_from`` = ``workdir``) and a step-0 checkpoint
-    (converted parameters, a fresh optimizer state and data position), so ``scaling train out`` retrains it.
-    Returns (cfg, source step). Everything is checked before ``out`` is written; ``out`` must not exist or
-    be empty.
-    """
-    from scaling.checkpoint import Checkpointer
-    from scaling.data import make_train_iterator
-    from scaling.train import _flat, _write_json, init_train_state, load_run, run_id
-
-    workdir, out = Path(workdir).resolve(), Path(out).resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConversionError(f"--out {str(out)!r}: exists and is not an empty directory; give a new one")
-    if out == workdir:
-        raise ConversionError("--out: must differ from the source workdir")
-    src_cfg, src_model, step = load_run(workdir)  # FileNotFoundError: no config.json / no checkpoint
-    cfg = convert_config(src_cfg, to, overrides)
-    cfg.train.init_from = str(workdir)
-    _config.validate(cfg)
-    params = convert_params(src_cfg, nnx.state(src_model, nnx.Param), cfg)
-    _, _, tx, _ = init_train_state(cfg)
-    state = {"params": params, "opt": tx.init(params)}
-    data_state = make_train_iterator(cfg.data, batch_size=cfg.train.batch_size, context=cfg.train.context,
-                                     seed=cfg.train.seed).get_state()
-    out.mkdir(parents=True, exist_ok=True)
-    rid = run_id(cfg)
-    with Checkpointer(out / "checkpoints", keep=cfg.train.keep_checkpoints) as ckpt:
-        ckpt.save(0, _flat(state), data_state=data_state,
-                  meta={"converted_from": str(workdir), "source_step": step, "to": to})
-    _write_json(out / "config.json", {"run_id": rid, "config": _config.to_dict(cfg)})
-    (out / "converted.json").write_text(json.dumps(
-        {"source": str(workdir), "source_step": step, "source_pattern": src_cfg.model.pattern,
-         "pattern": cfg.model.pattern, "to": to, "gate_init": cfg.model.retention.gate_init}, indent=2))
-    return cfg, step

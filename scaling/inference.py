@@ -6,7 +6,9 @@ recurrent forms, so memory is constant in the number of generated tokens for rec
 
 State artifacts. ``save_state(path, state, logits=..., model_cfg=...)`` writes the state pytree of
 ``LanguageModel.init_state / prefill / step`` to one ``.npz`` file, atomically (a temporary file in the same
-directory, then ``os.replace``). ``load_state(path, like=..., model_cfg=...)`` reads it back and checks it
+directory, then ``os.replace``); ``.npz`` is appended to a path without it, and every reader takes the path
+given to ``save_state``, with or without the suffix (:func:`state_path`).
+``load_state(path, like=..., model_cfg=...)`` reads it back and checks it
 against the model it is loaded into: the model config's hash, the layer kinds, every leaf's shape and dtype
 (a clear ``StateError`` otherwise). ``fork(state, n)`` copies a state into n rows for parallel
 continuations. File format (``FORMAT``, a contract, see docs/architecture.md):
@@ -118,7 +120,7 @@ def save_state(path, state, *, logits=None, model_cfg=None, meta: dict | None = 
       logits: [batch, vocab] logits after the last token (``prefill(...)[0][:, -1]`` or ``step``'s), or None.
       model_cfg: the model config the state belongs to; its hash is recorded and checked on load.
       meta: a small JSON dict kept with the state (e.g. the prompt).
-    Returns the path written (``.npz`` appended if missing).
+    Returns the path written (``.npz`` appended if missing: :func:`state_path`).
     """
     _check_state(state)
     kinds = _layer_kinds(state)
@@ -140,9 +142,7 @@ def save_state(path, state, *, logits=None, model_cfg=None, meta: dict | None = 
         blob = json.dumps(info)
     except TypeError as e:
         raise StateError(f"meta must be JSON-serialisable: {e}") from None
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
+    path = state_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -157,13 +157,21 @@ def save_state(path, state, *, logits=None, model_cfg=None, meta: dict | None = 
     return path
 
 
+def state_path(path) -> Path:
+    """The file a state saved to or loaded from ``path`` lives in: ``path`` itself if it ends in ``.npz``, else
+    ``path`` with ``.npz`` appended (as numpy writes it). :func:`save_state`, :func:`load_state` and
+    :func:`read_state_info` all take either, so the path given to one works for the others."""
+    path = Path(path)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
 def read_state_info(path) -> StateInfo:
     """The header of a state file (no arrays besides the logits)."""
     return _open(path)[1]
 
 
 def _open(path):
-    path = Path(path)
+    path = state_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"state file {str(path)!r} does not exist")
     try:
@@ -195,7 +203,7 @@ def load_state(path, like=None, *, model_cfg=None, with_info: bool = False):
       StateError naming the mismatch; FileNotFoundError if ``path`` does not exist.
     """
     arrays, info, raw = _open(path)
-    where = f"state file {str(path)!r}"
+    where = f"state file {str(state_path(path))!r}"
     if model_cfg is not None and info.model_hash is not None and info.model_hash != model_hash(model_cfg):
         saved = raw.get("model") or {}
         now = {k: model_cfg[k] for k in ("pattern", "n_layers", "d_model")}

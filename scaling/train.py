@@ -2,7 +2,8 @@
 
 A run's workdir holds ``config.json`` (the resolved config and its run id), ``status.json``
 (running / done / diverged / failed), ``metrics.jsonl`` (one JSON row per logged step or evaluation),
-TensorBoard event files under ``tb/`` and ``checkpoints/`` (orbax, atomic, the last K kept).
+TensorBoard event files under ``tb/`` and ``checkpoints/`` (orbax, atomic, the last K kept): scaling.rundir
+reads and writes them and defines the run id.
 
 Starting ``train`` again on the same workdir resumes from the newest readable checkpoint: parameters,
 optimizer state and the data iterator's position, so the resumed run is bit-for-bit the run that was not
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -40,15 +40,16 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from scaling import accounting
+from scaling import accounting, rundir
 from scaling import config as _config
-from scaling.checkpoint import Checkpointer
+from scaling.checkpoint import Checkpointer, flat_tree, unflat_tree
 from scaling.data import make_eval_batches, make_train_iterator
-from scaling.data.config import TASKS, default_packing, validate_data_config
+from scaling.data.config import TASKS, validate_data_config
 from scaling.data.pipeline import eval_rows
 from scaling.data.tokenizer import N_BYTES
 from scaling.data.tokens import bpb_basis
 from scaling.models import build
+from scaling.rundir import MetricsLog, run_id
 
 log = logging.getLogger("scaling.train")
 
@@ -62,27 +63,6 @@ class TrainResult:
     workdir: str
     run_id: str
     summary: dict
-
-
-# Fields added after runs were recorded: left out of the hash while at their default (None), so that adding them
-# keeps the ids of every existing run and sweep.
-UNHASHED_WHEN_NONE = (("data", "eos_id"),)
-# Fields whose None means "the default of another field": hashed as what they resolve to, so that a run configured
-# with the resolved value explicitly (as every run was before None was allowed) keeps its id.
-RESOLVED_WHEN_NONE = {("data", "packing"): lambda d: default_packing(d["data"].get("source", "stdlib"))}
-
-
-def run_id(cfg) -> str:
-    """A stable id: the hash of the resolved config (sorted JSON), without the UNHASHED_WHEN_NONE fields at None."""
-    d = _config.to_dict(cfg)
-    for section, key in UNHASHED_WHEN_NONE:
-        if key in d.get(section, {}) and d[section][key] is None:
-            d[section] = {k: v for k, v in d[section].items() if k != key}
-    for (section, key), resolve in RESOLVED_WHEN_NONE.items():
-        if key in d.get(section, {}) and d[section][key] is None:
-            d[section] = {**d[section], key: resolve(d)}
-    blob = json.dumps(d, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def maybe_initialize_distributed() -> None:
@@ -153,57 +133,6 @@ def make_steps(graphdef, tx):
     return train_step, eval_step
 
 
-class MetricsLog:
-    """metrics.jsonl (rows past a resume point are dropped) and TensorBoard scalars."""
-
-    def __init__(self, workdir: Path, resume_step: int):
-        self.path = workdir / "metrics.jsonl"
-        rows = []
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by a kill
-                    continue
-                if row["step"] <= resume_step:
-                    rows.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(r + "\n" for r in rows))
-        os.replace(tmp, self.path)
-        self.file = self.path.open("a")
-        from tensorboardX import SummaryWriter
-
-        self.tb = SummaryWriter(str(workdir / "tb"), purge_step=resume_step + 1 if resume_step else None)
-
-    def write(self, row: dict) -> None:
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
-        prefix = row["kind"]
-        for key, value in row.items():
-            if key not in ("kind", "step") and isinstance(value, (int, float)):
-                self.tb.add_scalar(f"{prefix}/{key}", value, row["step"])
-
-    def close(self) -> None:
-        self.file.close()
-        self.tb.close()
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def _flat(tree) -> dict:
-    """A pytree as {path string: leaf}: string keys that every checkpoint format takes."""
-    return {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _unflat(flat: dict, like):
-    paths, treedef = jax.tree_util.tree_flatten_with_path(like)
-    return jax.tree.unflatten(treedef, [flat[jax.tree_util.keystr(p)] for p, _ in paths])
-
-
 @functools.lru_cache(maxsize=8)
 def _cached_steps(graphdef, grad_clip, b1, b2, weight_decay):
     """make_steps for a model structure and the optimizer's constants: runs of one shape trained one after
@@ -223,17 +152,26 @@ def init_train_state(cfg):
 def load_run(workdir, *, step: int | None = None):
     """(cfg, model, step) of a run's workdir, with the parameters of its newest readable checkpoint."""
     workdir = Path(workdir)
-    cfg_path = workdir / "config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{str(workdir)!r} is not a run workdir: it has no config.json")
-    cfg = _config.from_dict(json.loads(cfg_path.read_text())["config"])
+    cfg = _config.from_dict(rundir.read_config(workdir)["config"])
     graphdef, train_state, _, _ = init_train_state(cfg)
-    with Checkpointer(workdir / "checkpoints") as ckpt:
+    with Checkpointer(workdir / rundir.CHECKPOINTS) as ckpt:
         if ckpt.latest_step() is None:
             raise FileNotFoundError(f"{str(workdir)!r} has no checkpoint yet")
-        restored = ckpt.restore(_flat(train_state), step=step)
-    train_state = _unflat(restored.state, train_state)
+        restored = ckpt.restore(flat_tree(train_state), step=step)
+    train_state = unflat_tree(restored.state, train_state)
     return cfg, nnx.merge(graphdef, train_state["params"]), restored.step
+
+
+def init_params_from(cfg, workdir):
+    """(params, source dir, source step): the newest parameters of the run ``cfg.train.init_from``, converted
+    to ``cfg``'s model (attention layers become retention where the patterns differ: scaling.convert)."""
+    from scaling.convert import convert_params, resolve_init_from
+
+    src = resolve_init_from(cfg.train.init_from, workdir)
+    if not src.is_dir():
+        raise FileNotFoundError(f"train.init_from = {cfg.train.init_from!r}: no run directory {str(src)!r}")
+    src_cfg, src_model, step = load_run(src)
+    return convert_params(src_cfg, nnx.state(src_model, nnx.Param), cfg), src, step
 
 
 EVAL_BATCH_TOKENS = 8192  # evaluation batches hold at least this many tokens (forward only: no activations kept)
@@ -357,15 +295,11 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     rid = run_id(cfg)
-    cfg_path = workdir / "config.json"
-    if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
-        if old.get("run_id") != rid:
-            raise _config.ConfigError(
-                f"workdir {str(workdir)!r} holds run {old.get('run_id')} with a different config; "
-                "use a new --workdir (or delete it) to start a different run")
-    else:
-        _write_json(cfg_path, {"run_id": rid, "config": _config.to_dict(cfg)})
+    held = rundir.write_config(workdir, rid, _config.to_dict(cfg))
+    if held != rid:
+        raise _config.ConfigError(
+            f"workdir {str(workdir)!r} holds run {held} with a different config; "
+            "use a new --workdir (or delete it) to start a different run")
 
     m, t = cfg.model, cfg.train
     total = _config.total_steps(t)
@@ -395,17 +329,15 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     data_iter = make_train_iterator(cfg.data, batch_size=t.batch_size, context=t.context, seed=t.seed)
     eval_batches = eval_set(cfg, t.context)
 
-    ckpt = Checkpointer(workdir / "checkpoints", keep=t.keep_checkpoints)
+    ckpt = Checkpointer(workdir / rundir.CHECKPOINTS, keep=t.keep_checkpoints)
     step = 0
     if ckpt.latest_step() is not None:
-        restored = ckpt.restore(_flat(train_state))
-        train_state = jax.device_put(_unflat(restored.state, train_state), replicated)
+        restored = ckpt.restore(flat_tree(train_state))
+        train_state = jax.device_put(unflat_tree(restored.state, train_state), replicated)
         data_iter.set_state(restored.data_state)
         step = restored.step
         log.info("resumed %s from step %d", workdir, step)
     elif t.get("init_from"):
-        from scaling.convert import init_params_from
-
         params, src, src_step = init_params_from(cfg, workdir)
         train_state = jax.device_put({"params": params, "opt": tx.init(params)}, replicated)
         log.info("initialised %s from %s (step %d)", workdir, src, src_step)
@@ -418,7 +350,7 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
         "state_size": accounting.state_size(cfg, t.context), "context": t.context,
         "total_steps": total, "tokens": total * tokens_per_step, "flops": total * tokens_per_step * flops_per_token,
     }
-    _write_json(workdir / "status.json", {"status": "running", "step": step, **summary})
+    rundir.write_status(workdir, "running", step=step, **summary)
     metrics = MetricsLog(workdir, step)
     train_step, eval_step = _cached_steps(graphdef, t.grad_clip, t.b1, t.b2, t.weight_decay)
     lrs = learning_rates(schedule, total)
@@ -465,7 +397,7 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
                 metrics.write({"kind": "eval", "step": step, **ev})
                 last.update(ev)
             if step % t.checkpoint_every == 0 or step == total:
-                ckpt.save(step, _flat(train_state), data_state=data_iter.get_state(), meta={"loss": loss})
+                ckpt.save(step, flat_tree(train_state), data_state=data_iter.get_state(), meta={"loss": loss})
             bar.update(step, loss, last.get("tokens_per_s"), last.get("val_loss"))
     finally:
         bar.close()
@@ -477,10 +409,10 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     if task:
         summary["task_accuracy"] = last.get("task_accuracy")
     if status == "done" and t.eval_contexts:
-        _write_json(workdir / "eval_contexts.json",
+        rundir.write_json(workdir / rundir.EVAL_CONTEXTS,
                     {"train_context": t.context, "step": step,
                      "contexts": evaluate_contexts(cfg, graphdef, train_state["params"], shard)})
-    _write_json(workdir / "status.json", {"status": status, **summary})
+    rundir.write_status(workdir, status, **summary)
     return TrainResult(status=status, step=step, workdir=str(workdir), run_id=rid, summary=summary)
 
 

@@ -10,10 +10,12 @@ import pytest
 from flax import nnx
 
 from scaling import config
-from scaling.convert import ConversionError, check_convertible, convert_config, convert_params, convert_run
+from scaling.checkpoint import flat_tree
+from scaling.convert import ConversionError, check_convertible, convert_config, convert_params
+from scaling.convert_run import convert_run
 from scaling.models import build
 from scaling.ops.power_retention import power_retention
-from scaling.train import _flat, load_run, train
+from scaling.train import load_run, train
 from tests.helpers import rel_err
 
 SRC = ["model.pattern='A'", "model.d_model=32", "model.n_layers=2", "model.attention.n_heads=4",
@@ -71,7 +73,7 @@ def test_converted_retention_with_gates_at_one_is_power_attention():
 
 def test_conversion_copies_every_weight_and_starts_the_gate_near_one():
     src_cfg, src, dst_cfg, dst = _pair()
-    s, d = _flat(nnx.state(src, nnx.Param)), _flat(nnx.state(dst, nnx.Param))
+    s, d = flat_tree(nnx.state(src, nnx.Param)), flat_tree(nnx.state(dst, nnx.Param))
     gates = {k for k in d if "['gate']" in k and "['mixer']" in k}
     assert len(gates) == 4 and set(d) - gates == set(s)
     for key in s:

@@ -15,6 +15,7 @@ from scaling.inference import (
     read_state_info,
     save_state,
     state_nbytes,
+    state_path,
 )
 from scaling.models import build
 from tests.helpers import rel_err
@@ -172,6 +173,35 @@ def test_generate_saves_and_continues_from_a_state(tmp_path):
         generate(model, "", 4, load_state_from=tmp_path / "nologits.npz")
 
 
+def test_load_state_takes_the_path_given_to_save_state(tmp_path):
+    """numpy appends .npz: ``save_state("state")`` writes state.npz, and "state" and "state.npz" both read it."""
+    import argparse
+
+    from scaling.cli_errors import check_generate
+
+    cfg, model = _model("retention")
+    _, s1 = _prefill(model, _tokens(1, 5), model.init_state(1, 8))
+    written = save_state(tmp_path / "state", s1, model_cfg=cfg.model)
+    assert written == tmp_path / "state.npz" == state_path(tmp_path / "state") == state_path(written)
+    for given in (tmp_path / "state", tmp_path / "state.npz", str(tmp_path / "state")):
+        assert read_state_info(given).pos == 5
+        loaded = load_state(given, model.init_state(1, 8), model_cfg=cfg.model)
+        for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(s1), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    save_state(tmp_path / "other.npz", s1)  # and the other way round
+    assert read_state_info(tmp_path / "other").pos == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.npz", "state.npz"]
+    with pytest.raises(FileNotFoundError, match="missing.npz' does not exist"):
+        load_state(tmp_path / "missing")
+    # generate's save_state_to / load_state_from (scaling generate --save-state / --load-state) likewise
+    one = generate(model, "def f(x):", 6, temperature=0, model_cfg=cfg.model, save_state_to=tmp_path / "p")
+    assert generate(model, "", 6, temperature=0, model_cfg=cfg.model, load_state_from=tmp_path / "p") == one
+    flags = dict(max_tokens=4, temperature=0.0, top_k=0, top_p=1.0, save_state=None)
+    assert check_generate(argparse.Namespace(load_state=str(tmp_path / "p"), **flags)) is None
+    assert check_generate(argparse.Namespace(load_state=str(tmp_path / "p.npz"), **flags)) is None
+    assert "no such file" in check_generate(argparse.Namespace(load_state=str(tmp_path / "q"), **flags))
+
+
 def test_generate_with_a_file_tokenizer_encodes_decodes_and_streams(tmp_path):
     from scaling.data.bpe import load_tokenizer, train_bpe
 
@@ -191,3 +221,21 @@ def test_generate_with_a_file_tokenizer_encodes_decodes_and_streams(tmp_path):
     rest = generate(model, " f(x):", 8, temperature=0, text_tokenizer=tok, load_state_from=tmp_path / "s.npz",
                     model_cfg=cfg.model)
     assert rest == whole
+
+
+def test_cli_generate_saves_and_loads_a_state_by_the_same_path(tmp_path, capsys):
+    """``scaling generate RUN --save-state state`` then ``--load-state state`` (the file is state.npz)."""
+    from scaling import cli
+    from scaling.train import train
+
+    cfg = config.load(None, SHRINK + MIXERS["retention"] + [
+        "train.steps=2", "train.batch_size=2", "train.context=16", "train.warmup_steps=1", "train.log_every=1",
+        "train.eval_every=2", "train.checkpoint_every=2", "data.eval_tokens=64"])
+    run = tmp_path / "run"
+    assert train(cfg, run, progress=False).status == "done"
+    common = ["generate", str(run), "--temperature", "0", "--quiet"]
+    assert cli.main([*common, "--prompt", "def f", "--max-tokens", "0", "--save-state", str(tmp_path / "state")]) == 0
+    assert f"saved to {tmp_path / 'state.npz'}" in capsys.readouterr().err
+    assert cli.main([*common, "--prompt", "(x):", "--max-tokens", "4", "--load-state", str(tmp_path / "state")]) == 0
+    assert cli.main([*common, "--max-tokens", "4", "--load-state", str(tmp_path / "state.npz")]) == 0
+    assert "error" not in capsys.readouterr().err

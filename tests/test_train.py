@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from scaling import config
-from scaling.checkpoint import Checkpointer
-from scaling.train import _flat, init_train_state, train
+from scaling.checkpoint import Checkpointer, flat_tree
+from scaling.train import init_train_state, train
 
 ROOT = Path(__file__).parents[1]
 PRESET = str(ROOT / "configs/models/power_retention_tiny.py")
@@ -38,7 +38,7 @@ def _restore_flat(workdir):
     cfg = config.from_dict(json.loads((Path(workdir) / "config.json").read_text())["config"])
     _, target, _, _ = init_train_state(cfg)
     with Checkpointer(Path(workdir) / "checkpoints") as ck:
-        r = ck.restore(_flat(target))
+        r = ck.restore(flat_tree(target))
     return r.step, r.state
 
 

@@ -35,6 +35,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from scaling import rundir
+from scaling.rundir import read_progress
 from scaling.sweep import spec as _spec
 from scaling.sweep import worker as _worker
 from scaling.sweep.backends import LAUNCHERS, make_backend  # noqa: F401 (LAUNCHERS: part of the API)
@@ -59,39 +61,18 @@ class SweepResult:
 
 
 def write_config(workdir: Path, run_id: str, config: dict) -> None:
-    """Write ``config.json`` as ``scaling.train.train`` writes it (the worker trains from it); keep an
-    existing one, which must be the same run."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    path = workdir / "config.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old.get("run_id") != run_id:
-            raise _spec.SpecError(f"{str(workdir)!r} holds run {old.get('run_id')}, not {run_id}")
-        return
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"run_id": run_id, "config": config}, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    """Write ``config.json`` (scaling.rundir; the worker trains from it); keep an existing one, which must be
+    the same run."""
+    held = rundir.write_config(workdir, run_id, config)
+    if held != run_id:
+        raise _spec.SpecError(f"{str(workdir)!r} holds run {held}, not {run_id}")
 
 
 def read_metrics(workdir: Path, *, batch_size: int, context: int, flops_per_token: float) -> list[dict]:
     """metrics.jsonl as one row per step (train and eval rows merged), with tokens and training FLOPs
     recomputed from the step (tokens = step * batch * context; flops = tokens * 3 * forward FLOPs/token)."""
-    path = workdir / "metrics.jsonl"
     rows: dict[int, dict] = {}
-    if not path.exists():
-        return []
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill
-            continue
+    for r in rundir.read_metrics(workdir):
         step = int(r["step"])
         out = rows.setdefault(step, {"step": step})
         if r.get("kind") == "train":
@@ -118,7 +99,7 @@ def collect(row, exit_code: int | None) -> tuple[str, dict, list[dict], str | No
     """(status, summary, metrics rows, error) of a run whose worker ended with ``exit_code``
     (None: it was never started because its workdir already held the finished run)."""
     workdir = Path(row["workdir"])
-    status_json = _read_json(workdir / "status.json") or {}
+    status_json = rundir.read_status(workdir)
     metrics = read_metrics(workdir, batch_size=row["batch_size"], context=row["context"],
                            flops_per_token=row["flops_per_token"])
     reported = status_json.get("status")
@@ -142,7 +123,7 @@ def collect(row, exit_code: int | None) -> tuple[str, dict, list[dict], str | No
     }
     error = None
     if status == "failed":
-        tail = _log_tail(workdir / _worker.LOG_NAME)
+        tail = _log_tail(workdir / rundir.WORKER_LOG)
         error = f"exit code {exit_code}: {tail}" if exit_code is not None else tail
     return status, summary, metrics, error
 
@@ -158,33 +139,10 @@ def _log_tail(path: Path, n: int = 1500) -> str:
 
 def finished_in_workdir(row) -> bool:
     """Whether the workdir already holds this run finished (a launcher died before recording it)."""
-    s = _read_json(Path(row["workdir"]) / "status.json") or {}
-    cfg = _read_json(Path(row["workdir"]) / "config.json") or {}
+    s = rundir.read_status(row["workdir"])
+    cfg = rundir.read_json(Path(row["workdir"]) / rundir.CONFIG) or {}
     return (cfg.get("run_id") == row["id"] and s.get("status") == "done"
             and int(s.get("step", -1)) >= row["total_steps"])
-
-
-def read_progress(workdir: str | Path) -> dict[str, Any]:
-    """The newest train and eval rows of a run's metrics.jsonl (reads only the file's tail)."""
-    path = Path(workdir) / "metrics.jsonl"
-    out: dict[str, Any] = {}
-    try:
-        with path.open("rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(size - 4096, 0))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if r.get("kind") == "train":
-            out.update(step=r["step"], loss=r.get("loss"), tokens_per_s=r.get("tokens_per_s"))
-        elif r.get("kind") == "eval":
-            out.update(val_loss=r.get("val_loss"))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------

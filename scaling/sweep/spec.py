@@ -44,7 +44,7 @@ its fields). Every config key below is a dotted run-config field (``"model.reten
     ``scaling.analysis.figures.FIGURES`` (e.g. ``["recall_vs_state"]``).
 
 Overrides are applied in the order base < overrides < size < variant < axes < budget, each on a fresh copy
-of the base. A run's id is ``scaling.train.run_id(cfg)``, the hash of its resolved config, so editing a spec
+of the base. A run's id is ``scaling.rundir.run_id(cfg)``, the hash of its resolved config, so editing a spec
 (another axis value, another budget) adds runs and leaves the ids of the old ones unchanged; two points
 that resolve to the same config are one run. Everything is validated during expansion, before any run
 starts: unknown keys, empty axes, budgets below one step, bad values (``scaling.config.validate``).
@@ -298,7 +298,7 @@ def _point_label(variant: str, size: str, point: dict[str, Any]) -> str:
 
 
 def _plan(cfg, variant, size, point, budget) -> RunPlan:
-    from scaling.train import run_id
+    from scaling.rundir import run_id
 
     t = cfg.train
     fpt = float(accounting.flops_per_token(cfg, t.context))

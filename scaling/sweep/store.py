@@ -342,7 +342,7 @@ def to_frame(store: Store, *, live_progress: bool = True):
     workdir's metrics.jsonl when ``live_progress`` (the database has it only once the run ends)."""
     import pandas as pd
 
-    from scaling.sweep.launchers import read_progress
+    from scaling.rundir import read_progress
 
     records = []
     for r in store.runs():

@@ -25,7 +25,6 @@ import argparse
 import ctypes
 import errno
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -34,9 +33,11 @@ import time
 import traceback
 from pathlib import Path
 
+from scaling.rundir import WORKER_LOG
+
 EXIT_DONE, EXIT_ERROR, EXIT_BAD, EXIT_DIVERGED, EXIT_LOCKED = 0, 1, 2, 3, 75
 LOCK_NAME = ".lock"
-LOG_NAME = "worker.log"
+LOG_NAME = WORKER_LOG  # scaling.rundir.WORKER_LOG
 SERVER_LOG = "workers.log"
 
 _PR_SET_PDEATHSIG = 1
@@ -187,14 +188,14 @@ def run_job(workdir: str, single_thread: bool = True, lock_timeout: float | None
 def train_workdir(workdir: str | Path, *, lock_timeout: float | None = 60.0) -> int:
     """Train the run whose config.json is in ``workdir`` under the workdir lock; return an exit code."""
     from scaling import config as _config
-    from scaling.train import run_id, train
+    from scaling.rundir import has_config, read_config, run_id
+    from scaling.train import train
 
     workdir = Path(workdir)
-    cfg_path = workdir / "config.json"
-    if not cfg_path.is_file():
+    if not has_config(workdir):
         print(f"worker: {str(workdir)!r} has no config.json", file=sys.stderr)
         return EXIT_BAD
-    blob = json.loads(cfg_path.read_text())
+    blob = read_config(workdir)
     cfg = _config.from_dict(blob["config"])
     if run_id(cfg) != blob.get("run_id"):
         print(f"worker: config.json in {str(workdir)!r} does not hash to its run id {blob.get('run_id')}",

@@ -59,7 +59,7 @@ def test_packing_defaults_by_source_and_run_ids_keep(tmp_path):
     """packing None resolves per source (tokens, jsonl, parquet packed); a run id hashes the resolved value, so a
     config written with the explicit value (as every run before the None default) keeps its id."""
     from scaling import config as run_config
-    from scaling.train import run_id
+    from scaling.rundir import run_id
 
     f = tmp_path / "a.jsonl"
     f.write_text('{"text": "x"}\n')

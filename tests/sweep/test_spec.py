@@ -8,8 +8,8 @@ import pytest
 
 from scaling import accounting, cli
 from scaling.config import ConfigError
+from scaling.rundir import run_id
 from scaling.sweep import SpecError, Sweep, expand, load_spec, match_budget
-from scaling.train import run_id
 from tests.sweep.tiny import ROOT, spec_dict, step_flops, write_spec
 
 VARIANTS = {
