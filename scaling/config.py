@@ -95,6 +95,9 @@ def default_train_config() -> ConfigDict:
         # contexts (tokens) to evaluate at after the last step, e.g. (128, 256, 512, 1024): per-position loss
         # and the task accuracy at each go to <workdir>/eval_contexts.json (length generalisation); None: skip
         "eval_contexts": None,
+        # the device mesh (scaling/sharding.py): axis sizes of data, fsdp, tensor, e.g. {"data": -1, "fsdp": 2};
+        # None: data parallel over every device
+        "mesh": None,
     })
 
 
@@ -345,6 +348,12 @@ def validate_train(t: ConfigDict, prefix: str = "train") -> None:
     if init_from is not None and (not isinstance(init_from, str) or not init_from.strip()):
         _fail(f"{prefix}.init_from", init_from, "must be None or a run directory (a path, or run:<id> for a "
               "sibling run of a sweep)")
+    from scaling.sharding import MeshError, check_mesh
+
+    try:
+        check_mesh(t.get("mesh"))
+    except MeshError as e:
+        raise ConfigError(str(e)) from None
     ec = t.get("eval_contexts")
     if ec is not None:
         if isinstance(ec, str) or not isinstance(ec, (list, tuple)) or not ec or \

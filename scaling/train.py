@@ -15,7 +15,9 @@ For a synthetic task (``data.source`` in scaling.data.config.TASKS) every eval r
 carries ``task_accuracy`` (exact match on answer tokens, held-out ``data.task.eval_seed`` stream). With
 ``train.eval_contexts`` set, a finished run writes ``eval_contexts.json``: the loss and accuracy per position
 at each of those contexts (see :func:`evaluate_contexts`).
-The batch is sharded over every device along a "data" mesh axis; parameters are replicated. With several
+The devices form the mesh of ``train.mesh`` (scaling/sharding.py: data, fsdp and tensor axes; default data
+parallel over every device): parameters and optimizer state are laid out by logical-axis rules (FSDP over
+``fsdp``, heads and the MLP's width over ``tensor``), the batch over ``data`` and ``fsdp``. With several
 processes (``jax.distributed``) ``train.batch_size`` is the global batch: each process reads its rows
 ``[p*B/P, (p+1)*B/P)`` (scaling.data.make_train_iterator) and the global arrays are built from them.
 """
@@ -38,9 +40,8 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from scaling import accounting, rundir
+from scaling import accounting, rundir, sharding
 from scaling import config as _config
 from scaling.checkpoint import Checkpointer, flat_tree, unflat_tree
 from scaling.data import make_eval_batches, make_train_iterator
@@ -303,16 +304,19 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
 
     m, t = cfg.model, cfg.train
     total = _config.total_steps(t)
-    n_dev, n_proc = jax.device_count(), jax.process_count()
+    n_proc = jax.process_count()
     if t.batch_size % n_proc:
         raise _config.ConfigError(f"train.batch_size = {t.batch_size}: must be a multiple of the "
                                   f"{n_proc} processes that each read an equal slice of it")
-    if t.batch_size % n_dev:
-        raise _config.ConfigError(f"train.batch_size = {t.batch_size}: must be a multiple of the "
-                                  f"{n_dev} devices the batch is sharded over")
-    mesh = jax.make_mesh((n_dev,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    data_sharding = NamedSharding(mesh, P("data"))
-    replicated = NamedSharding(mesh, P())
+    try:
+        mesh = sharding.make_mesh(t.get("mesh"))
+    except sharding.MeshError as e:
+        raise _config.ConfigError(str(e)) from None
+    split = sharding.batch_divisor(mesh)
+    if t.batch_size % split:
+        raise _config.ConfigError(f"train.batch_size = {t.batch_size}: must be a multiple of the {split} ways the "
+                                  f"batch is split (mesh axes data x fsdp of {dict(mesh.shape)})")
+    data_sharding = NamedSharding(mesh, sharding.batch_spec())
 
     # Packed rows hold several documents: their segment ids and positions go to the model, which keeps the
     # documents apart. An unpacked row is one document (padding after it), which sees nothing else anyway: the
@@ -324,7 +328,8 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
                 for k, v in batch.items() if k not in drop}
 
     graphdef, train_state, tx, schedule = init_train_state(cfg)
-    train_state = jax.device_put(train_state, replicated)
+    layout = sharding.state_shardings(train_state, mesh)
+    train_state = jax.device_put(train_state, layout)
 
     data_iter = make_train_iterator(cfg.data, batch_size=t.batch_size, context=t.context, seed=t.seed)
     eval_batches = eval_set(cfg, t.context)
@@ -333,13 +338,13 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     step = 0
     if ckpt.latest_step() is not None:
         restored = ckpt.restore(flat_tree(train_state))
-        train_state = jax.device_put(unflat_tree(restored.state, train_state), replicated)
+        train_state = jax.device_put(unflat_tree(restored.state, train_state), layout)  # any saved mesh
         data_iter.set_state(restored.data_state)
         step = restored.step
         log.info("resumed %s from step %d", workdir, step)
     elif t.get("init_from"):
         params, src, src_step = init_params_from(cfg, workdir)
-        train_state = jax.device_put({"params": params, "opt": tx.init(params)}, replicated)
+        train_state = jax.device_put({"params": params, "opt": tx.init(params)}, layout)
         log.info("initialised %s from %s (step %d)", workdir, src, src_step)
 
     counts = accounting.params(cfg)

@@ -1,0 +1,106 @@
+"""Sharded training equals one device: meshes data=8, fsdp=8 and data=2 x fsdp=2 x tensor=2 over 8 host devices give
+the one-device losses for every mixer and the hybrid (fp32, 5 steps); the layout rules; one-line mesh errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaling import config, sharding
+
+ROOT = Path(__file__).parents[1]
+MODELS = {  # mixer -> preset, overrides (heads divisible by tensor = 2, widths by fsdp = 8)
+    "attention": ("transformer_tiny", ["model.attention.n_heads=2", "model.attention.n_kv_heads=2"]),
+    "retention": ("power_retention_tiny", ["model.retention.n_heads=2", "model.retention.n_kv_heads=2"]),
+    "mamba": ("mamba2_tiny", ["model.mamba.head_dim=16"]),
+    "hybrid": ("hybrid_tiny", ["model.pattern='MRA'", "model.n_layers=3", "model.mamba.head_dim=16",
+                               "model.attention.n_heads=2", "model.attention.n_kv_heads=2",
+                               "model.retention.n_heads=2", "model.retention.n_kv_heads=2"]),
+}
+COMMON = ["model.d_model=32", "model.n_layers=2", "train.batch_size=8", "train.context=16", "train.steps=5",
+          "train.warmup_steps=1", "train.log_every=1", "train.eval_every=5", "train.checkpoint_every=5",
+          "data.eval_tokens=64"]
+MESHES = {"data8": {"data": 8}, "fsdp8": {"fsdp": 8}, "2x2x2": {"data": 2, "fsdp": 2, "tensor": 2}}
+
+SCRIPT = """
+import json, sys
+from scaling import config
+from scaling.train import train
+jobs = json.loads(sys.argv[1])
+out = {}
+for name, (path, sets, workdir) in jobs.items():
+    r = train(config.load(path, sets), workdir, progress=False)
+    rows = [json.loads(x) for x in open(workdir + "/metrics.jsonl")]
+    out[name] = [x["loss"] for x in rows if x["kind"] == "train"] + [x["val_loss"] for x in rows if x["kind"] == "eval"]
+print(json.dumps(out))
+"""
+
+
+def _run(jobs: dict, devices: int) -> dict:
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(jobs)], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _check(tmp_path, mixers, meshes):
+    one, many = {}, {}
+    for mixer in mixers:
+        preset, sets = MODELS[mixer]
+        path = str(ROOT / f"configs/models/{preset}.py")
+        one[mixer] = (path, COMMON + sets, str(tmp_path / f"{mixer}-1"))
+        for label in meshes:
+            mesh = MESHES[label]
+            many[f"{mixer}/{label}"] = (path, COMMON + sets + [f"train.mesh={mesh!r}"],
+                                        str(tmp_path / f"{mixer}-{label}"))
+    ref, got = _run(one, 1), _run(many, 8)
+    for name, losses in got.items():
+        assert len(losses) == 6
+        np.testing.assert_allclose(losses, ref[name.split("/")[0]], rtol=1e-5, err_msg=name)
+
+
+def test_hybrid_of_every_mixer_matches_one_device(tmp_path):
+    """Mamba-2, power retention and attention in one model (pattern MRA) on the 3-axis mesh (the others: the slow test)."""
+    _check(tmp_path, ["hybrid"], ["2x2x2"])
+
+
+@pytest.mark.slow
+def test_every_mixer_on_every_mesh_matches_one_device(tmp_path):
+    _check(tmp_path, list(MODELS), list(MESHES))
+
+
+def test_layout_rules():
+    mesh_sizes = {"data": 2, "fsdp": 2, "tensor": 2}
+    spec = lambda path, shape: sharding.spec_for(sharding.logical_axes(path, len(shape)), shape, mesh_sizes)
+    assert spec(["embed", "embedding"], (259, 32)) == sharding.P(None, "fsdp")  # 259 is odd: vocab replicated
+    assert spec(["blocks", "0", "mixer", "proj", "q", "kernel"], (32, 32)) == sharding.P("fsdp", "tensor")
+    assert spec(["blocks", "0", "mixer", "proj", "o", "kernel"], (32, 32)) == sharding.P("tensor", "fsdp")
+    assert spec(["blocks", "0", "mlp", "down", "kernel"], (96, 32)) == sharding.P("tensor", "fsdp")
+    assert spec(["blocks", "0", "norm1", "scale"], (32,)) == sharding.P(None)
+    assert spec(["blocks", "0", "mixer", "in_proj", "kernel"], (32, 194)) == sharding.P("fsdp", "tensor")
+    assert spec(["blocks", "0", "mixer", "in_proj", "kernel"], (32, 195)) == sharding.P("fsdp", None)
+
+
+@pytest.mark.parametrize("mesh, match", [
+    ({"data": -1, "fsdp": -1}, r"^train.mesh: -1 for data, fsdp; at most one axis"),
+    ({"pipeline": 2}, r"^train.mesh: unknown axis 'pipeline'; axes are data, fsdp, tensor$"),
+    ({"data": 0}, r"^train.mesh.data = 0: must be an integer >= 1, or -1"),
+    ("data", r"^train.mesh = 'data': must be None or a mapping"),
+])
+def test_bad_mesh_is_one_line(mesh, match):
+    with pytest.raises(config.ConfigError, match=match):
+        config.load(str(ROOT / "configs/models/transformer_tiny.py"), [f"train.mesh={mesh!r}"])
+
+
+def test_mesh_must_cover_the_devices():
+    assert sharding.mesh_shape(None, 8) == {"data": 8, "fsdp": 1, "tensor": 1}
+    assert sharding.mesh_shape({"fsdp": -1, "tensor": 2}, 8) == {"data": 1, "fsdp": 4, "tensor": 2}
+    with pytest.raises(sharding.MeshError, match=r"4 devices, but there are 8"):
+        sharding.mesh_shape({"data": 2, "tensor": 2}, 8)
+    with pytest.raises(sharding.MeshError, match=r"do not divide the 8 devices"):
+        sharding.mesh_shape({"data": -1, "tensor": 3}, 8)
