@@ -22,6 +22,8 @@ two adjustments, so that a run's id stays what it was when the run (or its sweep
   id. Adding a config field therefore takes one line here, ``("train", "microbatches"): 1,``; a field added
   without it changes every id (the pinned ids of tests/test_rundir.py catch that).
 - Fields in :data:`RESOLVED_WHEN_NONE` (None meaning "another field's default") hash as what they resolve to.
+- Fields in :data:`LAYOUT_FIELDS` (``train.mesh``) are never hashed: they place the run on the machine without
+  changing what it computes, so a run checkpointed on one mesh resumes on another.
 
 Values, not differences from the defaults, are hashed: changing the default of an existing field keeps the ids
 of existing runs (their config.json holds the old value) and gives new runs at the new default new ids.
@@ -43,8 +45,11 @@ SCHEMA_VERSION = 1
 # did before it existed: left out of the hash at that value. One line per field added.
 ADDED_FIELDS: dict[tuple[str, ...], Any] = {
     ("data", "eos_id"): None,
-    ("train", "mesh"): None,
 }
+
+# How a run is laid out on the machine, not what it computes (the sharded run equals the one-device run, tests
+# hold it to 1e-5): never hashed, so a run checkpointed on one mesh resumes on another.
+LAYOUT_FIELDS: tuple[tuple[str, ...], ...] = (("train", "mesh"),)
 
 # Fields whose None means "the default of another field": hashed as what they resolve to, so that a run configured
 # with the resolved value explicitly (as every run was before None was allowed) keeps its id.
@@ -72,6 +77,12 @@ def hashed_config(cfg) -> dict:
     """The dict :func:`run_id` hashes: the resolved config without the ADDED_FIELDS at their registered value,
     with RESOLVED_WHEN_NONE fields resolved."""
     d = _as_dict(cfg)
+    for *parents, key in LAYOUT_FIELDS:
+        node = d
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
     for path, default in ADDED_FIELDS.items():
         *parents, key = path
         node = d

@@ -22,18 +22,22 @@ MODELS = {  # mixer -> preset, overrides (heads divisible by tensor = 2, widths 
                                "model.retention.n_heads=2", "model.retention.n_kv_heads=2"]),
 }
 COMMON = ["model.d_model=32", "model.n_layers=2", "train.batch_size=8", "train.context=16", "train.steps=5",
-          "train.warmup_steps=1", "train.log_every=1", "train.eval_every=5", "train.checkpoint_every=5",
+          "train.warmup_steps=1", "train.log_every=1", "train.eval_every=5", "train.checkpoint_every=2",
           "data.eval_tokens=64"]
 MESHES = {"data8": {"data": 8}, "fsdp8": {"fsdp": 8}, "2x2x2": {"data": 2, "fsdp": 2, "tensor": 2}}
 
 SCRIPT = """
-import json, sys
+import json, shutil, sys
+from pathlib import Path
 from scaling import config
 from scaling.train import train
 jobs = json.loads(sys.argv[1])
 out = {}
-for name, (path, sets, workdir) in jobs.items():
+for name, (path, sets, workdir, *resume) in jobs.items():
     r = train(config.load(path, sets), workdir, progress=False)
+    if resume:  # drop the last checkpoint (as if killed after step 4), then resume on another mesh
+        shutil.rmtree(Path(workdir) / "checkpoints" / "5")
+        r = train(config.load(path, resume[0]), workdir, progress=False)
     rows = [json.loads(x) for x in open(workdir + "/metrics.jsonl")]
     out[name] = [x["loss"] for x in rows if x["kind"] == "train"] + [x["val_loss"] for x in rows if x["kind"] == "eval"]
 print(json.dumps(out))
@@ -48,7 +52,7 @@ def _run(jobs: dict, devices: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _check(tmp_path, mixers, meshes):
+def _check(tmp_path, mixers, meshes, resume_on=None):
     one, many = {}, {}
     for mixer in mixers:
         preset, sets = MODELS[mixer]
@@ -58,6 +62,8 @@ def _check(tmp_path, mixers, meshes):
             mesh = MESHES[label]
             many[f"{mixer}/{label}"] = (path, COMMON + sets + [f"train.mesh={mesh!r}"],
                                         str(tmp_path / f"{mixer}-{label}"))
+            if resume_on:
+                many[f"{mixer}/{label}"] += ([*COMMON, *sets, f"train.mesh={MESHES[resume_on]!r}"],)
     ref, got = _run(one, 1), _run(many, 8)
     for name, losses in got.items():
         assert len(losses) == 6
@@ -65,8 +71,9 @@ def _check(tmp_path, mixers, meshes):
 
 
 def test_hybrid_of_every_mixer_matches_one_device(tmp_path):
-    """Mamba-2, power retention and attention in one model (pattern MRA) on the 3-axis mesh (the others: the slow test)."""
-    _check(tmp_path, ["hybrid"], ["2x2x2"])
+    """Mamba-2, power retention and attention in one model (pattern MRA) on the 3-axis mesh (the others: the slow
+    test), checkpointed at step 4 there and resumed on pure FSDP (the last step and the evaluation run there)."""
+    _check(tmp_path, ["hybrid"], ["2x2x2"], resume_on="fsdp8")
 
 
 @pytest.mark.slow
