@@ -43,18 +43,23 @@ class LanguageModel(nnx.Module):
     def __init__(self, m, rngs: nnx.Rngs):
         self.dtype, param_dtype = dtypes(m)
         self.pattern = _config.layer_pattern(m)
-        self.embed = nnx.Embed(m.vocab_size, m.d_model, rngs=rngs, dtype=self.dtype, param_dtype=param_dtype,
+        # The lookup returns float32: the residual stream is float32 whatever the compute dtype (each block adds
+        # its mixer's and MLP's outputs to it); the projections cast their inputs to the compute dtype.
+        self.embed = nnx.Embed(m.vocab_size, m.d_model, rngs=rngs, dtype=jnp.float32, param_dtype=param_dtype,
                                embedding_init=nnx.initializers.normal(m.init_std))
         self.blocks = nnx.List([Block(m, letter, rngs) for letter in self.pattern])
         self.norm = RMSNorm(m.d_model, m.norm_eps, param_dtype)
-        self.head = nnx.data(None if m.tie_embeddings else dense(m, m.d_model, m.vocab_size, rngs))
+        self.head = nnx.data(None if m.tie_embeddings else dense(m, m.d_model, m.vocab_size, rngs, out_float32=True))
 
     def logits(self, x):
+        """The final norm, then the head (or the tied embedding) in the compute dtype, accumulated in float32."""
         x = self.norm(x)
-        out = self.embed.attend(x) if self.head is None else self.head(x)
-        return out.astype(jnp.float32)
+        if self.head is not None:
+            return self.head(x).astype(jnp.float32)
+        emb = self.embed.embedding[...]
+        return jnp.dot(x.astype(self.dtype), emb.astype(self.dtype).T, preferred_element_type=jnp.float32)
 
-    def __call__(self, tokens, segment_ids=None, positions=None):
+    def __call__(self, tokens, segment_ids=None, positions=None, *, remat: str | None = None):
         """tokens [batch, time] int -> logits [batch, time, vocab] float32.
 
         Packed rows (scaling.data.pipeline): ``segment_ids`` [batch, time] int labels each token's document
@@ -63,13 +68,22 @@ class LanguageModel(nnx.Module):
         first token, so each position's logits are those of its document run alone (scaling.ops.segments).
         ``positions`` [batch, time] int (RoPE) is each token's index within its document; by default
         0, 1, ... over the row, or, with segment_ids, restarting at 0 at every document start.
+        ``remat`` (train.remat): None or "none" keeps every activation for the backward pass; "block" recomputes
+        each block's activations from its input (jax.checkpoint around each block); a name of
+        ``jax.checkpoint_policies`` (e.g. "dots_saveable") does the same but keeps what the policy saves.
         """
         if positions is None:
             positions = (jnp.arange(tokens.shape[1]) if segment_ids is None
                          else positions_in_document(jnp.asarray(segment_ids)))
         x = self.embed(tokens)
+
+        def run(block, x, positions, segment_ids):
+            return block(x, positions, segment_ids=segment_ids)
+
+        if remat not in (None, "none"):
+            run = nnx.remat(run, policy=None if remat == "block" else getattr(jax.checkpoint_policies, remat))
         for block in self.blocks:
-            x = block(x, positions, segment_ids=segment_ids)
+            x = run(block, x, positions, segment_ids)
         return self.logits(x)
 
     def init_state(self, batch: int, max_len: int):
