@@ -81,7 +81,13 @@ class LanguageModel(nnx.Module):
             return block(x, positions, segment_ids=segment_ids)
 
         if remat not in (None, "none"):
-            run = nnx.remat(run, policy=None if remat == "block" else getattr(jax.checkpoint_policies, remat))
+            policy = None if remat == "block" else getattr(jax.checkpoint_policies, remat)
+
+            def run(block, x, positions, segment_ids):  # the block as (structure, state): a pure function
+                graphdef, state = nnx.split(block)
+                fn = lambda state, x, positions, segment_ids: nnx.merge(graphdef, state)(
+                    x, positions, segment_ids=segment_ids)
+                return jax.checkpoint(fn, policy=policy)(state, x, positions, segment_ids)
         for block in self.blocks:
             x = run(block, x, positions, segment_ids)
         return self.logits(x)
