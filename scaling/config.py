@@ -64,6 +64,9 @@ def default_model_config() -> ConfigDict:
         "kernel": "xla",
         "norm_eps": 1e-6,
         "init_std": 0.02,
+        # True: the whole repeats of the pattern run under one lax.scan over stacked parameters (compile time flat
+        # in depth, same logits); its checkpoints load only into a scan_layers model. None: False (unhashed)
+        "scan_layers": None,
     })
     for key, sub in default_mixer_configs().items():
         cfg[key] = sub
@@ -271,6 +274,8 @@ def validate_model(m: ConfigDict, prefix: str = "model") -> None:
         if letter not in MIXERS:
             accepted = ", ".join(f"{k} ({v.key})" for k, v in MIXERS.items())
             _fail(f"{prefix}.pattern", m.pattern, f"unknown letter {letter!r}; letters are {accepted}")
+    if m.get("scan_layers") not in (None, True, False):
+        _fail(f"{prefix}.scan_layers", m.scan_layers, "must be True, False or None (False)")
     if m.norm_eps <= 0:
         _fail(f"{prefix}.norm_eps", m.norm_eps, "must be > 0")
     for letter in sorted(set(m.pattern)):
@@ -378,6 +383,9 @@ def validate(cfg: ConfigDict) -> None:
         _fail("model.param_dtype", cfg.model.param_dtype, "training keeps float32 parameters and optimizer state; "
               "set model.dtype = 'bfloat16' for bf16 compute (mixed precision)")
     validate_train(cfg.train)
+    if cfg.model.get("scan_layers") and cfg.train.get("init_from"):
+        _fail("model.scan_layers", True, "train.init_from reads (and converts) unstacked parameters; "
+              "initialise a model without scan_layers")
     from scaling.data.synthetic import check_task
 
     try:

@@ -44,7 +44,10 @@ def adamw(grad_clip: float, b1: float, b2: float, weight_decay: float) -> optax.
     biases or per-head scalars). The train step scales its update by the schedule's value, an argument of
     the step (:func:`make_steps`), so the compiled step depends neither on the run's length nor on its peak
     learning rate: runs of one shape at several budgets share one compiled program."""
-    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+    def decay_mask(params):  # a matrix: 2 dims, 3 when stacked over layers (model.scan_layers)
+        return jax.tree_util.tree_map_with_path(
+            lambda path, x: x.ndim >= 2 + jax.tree_util.keystr(path).startswith("['stack']"), params)
+
     return optax.chain(
         optax.clip_by_global_norm(grad_clip),
         optax.adamw(optax.constant_schedule(1.0), b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask),

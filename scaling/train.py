@@ -65,7 +65,7 @@ class TrainResult:
 
 # Fields added after runs were recorded: left out of the hash while at their default (None), so that adding them
 # keeps the ids of every existing run and sweep.
-UNHASHED_WHEN_NONE = (("data", "eos_id"), ("train", "microbatches"), ("train", "remat"))
+UNHASHED_WHEN_NONE = (("data", "eos_id"), ("train", "microbatches"), ("train", "remat"), ("model", "scan_layers"))
 # Fields whose None means "the default of another field": hashed as what they resolve to, so that a run configured
 # with the resolved value explicitly (as every run was before None was allowed) keeps its id.
 RESOLVED_WHEN_NONE = {("data", "packing"): lambda d: default_packing(d["data"].get("source", "stdlib"))}

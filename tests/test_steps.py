@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from scaling import config
 from scaling.steps import loss_and_grads
@@ -72,6 +73,40 @@ def test_remat_name_is_checked():
     with pytest.raises(config.ConfigError, match=r"^train\.remat = 'dots': must be one of none, block, .*"
                                                  r"dots_saveable"):
         config.load(None, ["train.remat='dots'"])
+
+
+def _temp_bytes(remat, scan):
+    cfg = config.load(None, ["model.d_model=64", "model.n_layers=8", "model.pattern='A'", "train.batch_size=4",
+                             "train.context=512", f"train.remat='{remat}'", f"model.scan_layers={scan}"])
+    graphdef, state, tx, _ = init_train_state(cfg)
+    step, _ = make_steps(graphdef, tx, remat=remat)
+    batch = {"inputs": np.zeros((4, 512), np.int32), "targets": np.zeros((4, 512), np.int32),
+             "loss_mask": np.ones((4, 512), np.float32)}
+    compiled = step.lower(state["params"], state["opt"], batch, np.float32(1e-3)).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_block_remat_lowers_the_compiled_steps_temporary_memory():
+    """8 attention layers at context 512 (activations dominate), under scan_layers: recomputing each block's
+    activations keeps less alive. (Unrolled, XLA's CPU scheduler hoists the recomputation into the forward pass
+    and the temporary memory stays what it was: 506 vs 517 MB; the GPU scheduler is memory-aware.)"""
+    none, block = _temp_bytes("none", True), _temp_bytes("block", True)
+    assert block < 0.5 * none, (none, block)
+
+
+def test_scan_layers_train_step_matches_unrolled():
+    """One step with stacked parameters updates each layer as the unrolled model does (the weight-decay mask
+    sees a stacked norm gain [repeats, d] as a vector, not a matrix)."""
+    new = {}
+    for scan in (False, True):
+        cfg = config.load(None, SMALL + ["model.n_layers=4", "model.pattern='AR'", f"model.scan_layers={scan}"])
+        graphdef, state, tx, _ = init_train_state(cfg)
+        step, _ = make_steps(graphdef, tx)
+        params, _, metrics = step(state["params"], state["opt"], _batch(), np.float32(1e-3))
+        new[scan] = nnx.merge(graphdef, params), float(metrics["loss"])
+    assert new[True][1] == pytest.approx(new[False][1], rel=1e-5)
+    for a, b in zip(new[False][0].layers(), new[True][0].layers(), strict=True):
+        assert _max_diff(nnx.state(a), nnx.state(b)) < 1e-5
 
 
 def test_train_with_microbatches_remat_and_donation(tmp_path):
