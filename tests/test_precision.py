@@ -105,5 +105,6 @@ def test_bf16_tracks_fp32_for_30_steps():
 @pytest.mark.slow
 @pytest.mark.parametrize("mixer", list(MIXERS))
 def test_bf16_tracks_fp32_for_200_steps(mixer):
-    """d_model 32, 2 layers, context 64, batch 4: the 10-step mean loss within 2% of fp32's (measured: <= 1%)."""
+    """d_model 32, 2 layers, context 64, batch 4: the 10-step mean loss within 2% of fp32's (measured: attention
+    0.9%, power retention 1.7%, Mamba-2 0.5%, hybrid 0.04%; single steps up to 3.7%)."""
     _assert_tracks(MIXERS[mixer], 200)
