@@ -43,6 +43,9 @@ SCHEMA_VERSION = 1
 # did before it existed: left out of the hash at that value. One line per field added.
 ADDED_FIELDS: dict[tuple[str, ...], Any] = {
     ("data", "eos_id"): None,
+    ("train", "microbatches"): None,
+    ("train", "remat"): None,
+    ("model", "scan_layers"): None,
 }
 
 # Fields whose None means "the default of another field": hashed as what they resolve to, so that a run configured
