@@ -64,6 +64,9 @@ def default_model_config() -> ConfigDict:
         "kernel": "xla",
         "norm_eps": 1e-6,
         "init_std": 0.02,
+        # True: the whole repeats of the pattern run under one lax.scan over stacked parameters (compile time flat
+        # in depth, same logits); its checkpoints load only into a scan_layers model. None: False (unhashed)
+        "scan_layers": None,
     })
     for key, sub in default_mixer_configs().items():
         cfg[key] = sub
@@ -98,6 +101,13 @@ def default_train_config() -> ConfigDict:
         # the device mesh (scaling/sharding.py): axis sizes of data, fsdp, tensor, e.g. {"data": -1, "fsdp": 2};
         # None: data parallel over every device
         "mesh": None,
+        # gradient accumulation: the batch runs as this many sequential microbatches (a lax.scan), then one
+        # optimizer update equal to the full batch's; batch_size must be a multiple of microbatches x devices.
+        # None: 1 (None keeps the run ids of runs recorded before the field)
+        "microbatches": None,
+        # activation recomputation in the backward pass: "none" | "block" (jax.checkpoint around each block) | an
+        # argument-free jax.checkpoint_policies name ("dots_saveable", "nothing_saveable", ...). None: "none"
+        "remat": None,
     })
 
 
@@ -267,6 +277,8 @@ def validate_model(m: ConfigDict, prefix: str = "model") -> None:
         if letter not in MIXERS:
             accepted = ", ".join(f"{k} ({v.key})" for k, v in MIXERS.items())
             _fail(f"{prefix}.pattern", m.pattern, f"unknown letter {letter!r}; letters are {accepted}")
+    if m.get("scan_layers") not in (None, True, False):
+        _fail(f"{prefix}.scan_layers", m.scan_layers, "must be True, False or None (False)")
     if m.norm_eps <= 0:
         _fail(f"{prefix}.norm_eps", m.norm_eps, "must be > 0")
     for letter in sorted(set(m.pattern)):
@@ -354,6 +366,16 @@ def validate_train(t: ConfigDict, prefix: str = "train") -> None:
         check_mesh(t.get("mesh"))
     except MeshError as e:
         raise ConfigError(str(e)) from None
+    k = t.get("microbatches")
+    if k is not None:
+        _check_int(f"{prefix}.microbatches", k)
+        if t.batch_size % k:
+            _fail(f"{prefix}.microbatches", k, f"must divide train.batch_size = {t.batch_size}")
+    remat = t.get("remat")
+    if remat is not None:
+        from scaling.steps import remat_choices
+
+        _check_choice(f"{prefix}.remat", remat, remat_choices())
     ec = t.get("eval_contexts")
     if ec is not None:
         if isinstance(ec, str) or not isinstance(ec, (list, tuple)) or not ec or \
@@ -366,7 +388,13 @@ def validate(cfg: ConfigDict) -> None:
     from scaling.data.config import validate_data_config
 
     validate_model(cfg.model)
+    if cfg.model.param_dtype != "float32":  # a run config trains: AdamW updates float32 master parameters
+        _fail("model.param_dtype", cfg.model.param_dtype, "training keeps float32 parameters and optimizer state; "
+              "set model.dtype = 'bfloat16' for bf16 compute (mixed precision)")
     validate_train(cfg.train)
+    if cfg.model.get("scan_layers") and cfg.train.get("init_from"):
+        _fail("model.scan_layers", True, "train.init_from reads (and converts) unstacked parameters; "
+              "initialise a model without scan_layers")
     from scaling.data.synthetic import check_task
 
     try:

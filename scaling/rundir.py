@@ -45,6 +45,9 @@ SCHEMA_VERSION = 1
 # did before it existed: left out of the hash at that value. One line per field added.
 ADDED_FIELDS: dict[tuple[str, ...], Any] = {
     ("data", "eos_id"): None,
+    ("train", "microbatches"): None,
+    ("train", "remat"): None,
+    ("model", "scan_layers"): None,
 }
 
 # How a run is laid out on the machine, not what it computes (the sharded run equals the one-device run, tests

@@ -36,7 +36,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
@@ -47,10 +46,10 @@ from scaling.checkpoint import Checkpointer, flat_tree, unflat_tree
 from scaling.data import make_eval_batches, make_train_iterator
 from scaling.data.config import TASKS, validate_data_config
 from scaling.data.pipeline import eval_rows
-from scaling.data.tokenizer import N_BYTES
 from scaling.data.tokens import bpb_basis
 from scaling.models import build
 from scaling.rundir import MetricsLog, run_id
+from scaling.steps import _loss_terms, adamw, make_optimizer, make_steps  # noqa: F401 (re-exported)
 
 log = logging.getLogger("scaling.train")
 
@@ -72,74 +71,19 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
-def adamw(grad_clip: float, b1: float, b2: float, weight_decay: float) -> optax.GradientTransformation:
-    """Global-norm clipping then AdamW at learning rate 1, decaying only matrices (ndim >= 2; not norm gains,
-    biases or per-head scalars). The train step scales its update by the schedule's value, an argument of
-    the step (:func:`make_steps`), so the compiled step depends neither on the run's length nor on its peak
-    learning rate: runs of one shape at several budgets share one compiled program."""
-    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
-    return optax.chain(
-        optax.clip_by_global_norm(grad_clip),
-        optax.adamw(optax.constant_schedule(1.0), b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask),
-    )
-
-
-def make_optimizer(t, total: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """(AdamW of :func:`adamw`, the learning-rate schedule: linear warmup then cosine decay over ``total``)."""
-    warmup = min(t.warmup_steps, max(total - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=t.lr, warmup_steps=warmup, decay_steps=max(total, warmup + 1),
-        end_value=t.lr * t.min_lr_ratio)
-    return adamw(t.grad_clip, t.b1, t.b2, t.weight_decay), schedule
-
-
 def learning_rates(schedule, total: int) -> np.ndarray:
     """The schedule's value at steps 0 .. total - 1 (float32), the ``lr`` argument of each train step."""
     return np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(max(total, 1))), dtype=np.float32)
 
 
-def _loss_terms(graphdef, params, batch, *, per_position: bool = False, per_row: bool = False):
-    """Sum of masked cross-entropy (nats), number of loss tokens, number of byte targets, number of loss tokens
-    whose argmax prediction is the target. Each summed over the batch: [T] per position if ``per_position``,
-    [B] per row (sequence) if ``per_row``. A batch's ``segment_ids`` and ``positions`` (packed rows) go to the
-    model, so the documents packed in a row do not see each other."""
-    model = nnx.merge(graphdef, params)
-    logits = model(batch["inputs"], **{k: batch[k] for k in ("segment_ids", "positions") if k in batch})
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-    mask = batch["loss_mask"]
-    hit = (jnp.argmax(logits, axis=-1) == batch["targets"]) * mask
-    axis = 0 if per_position else (1 if per_row else None)
-    n_bytes = jnp.sum(mask * (batch["targets"] < N_BYTES), axis=axis)
-    return jnp.sum(ce * mask, axis=axis), jnp.sum(mask, axis=axis), n_bytes, jnp.sum(hit, axis=axis)
-
-
-def make_steps(graphdef, tx):
-    def loss_fn(params, batch):
-        total, count, _, _ = _loss_terms(graphdef, params, batch)
-        return total / jnp.maximum(count, 1.0)
-
-    @jax.jit
-    def train_step(params, opt_state, batch, lr):
-        """One AdamW step at learning rate ``lr`` (a float32 scalar: :func:`learning_rates`)."""
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        updates = jax.tree.map(lambda u: (lr * u).astype(u.dtype), updates)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-
-    @jax.jit
-    def eval_step(params, batch):  # per row: the standard error is taken over sequences
-        return _loss_terms(graphdef, params, batch, per_row=True)
-
-    return train_step, eval_step
-
-
 @functools.lru_cache(maxsize=8)
-def _cached_steps(graphdef, grad_clip, b1, b2, weight_decay):
-    """make_steps for a model structure and the optimizer's constants: runs of one shape trained one after
-    another in a process (a sweep worker serving several runs) reuse the traced and compiled steps. The step
-    does not depend on the run's length or peak learning rate (both are in the ``lr`` argument)."""
-    return make_steps(graphdef, adamw(grad_clip, b1, b2, weight_decay))
+def _cached_steps(graphdef, grad_clip, b1, b2, weight_decay, microbatches=1, remat=None):
+    """make_steps for a model structure, the optimizer's constants and the step's layout (microbatches, remat):
+    runs of one shape trained one after another in a process (a sweep worker serving several runs) reuse the
+    traced and compiled steps. The step does not depend on the run's length or peak learning rate (both are in
+    the ``lr`` argument). It takes over (donates) the train state it is given."""
+    return make_steps(graphdef, adamw(grad_clip, b1, b2, weight_decay), microbatches=microbatches, remat=remat,
+                      donate=True)
 
 
 def init_train_state(cfg):
@@ -316,6 +260,10 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     if t.batch_size % split:
         raise _config.ConfigError(f"train.batch_size = {t.batch_size}: must be a multiple of the {split} ways the "
                                   f"batch is split (mesh axes data x fsdp of {dict(mesh.shape)})")
+    microbatches = t.get("microbatches") or 1
+    if t.batch_size % (microbatches * split):
+        raise _config.ConfigError(f"train.microbatches = {microbatches}: train.batch_size = {t.batch_size} must be "
+                                  f"a multiple of microbatches x {split} batch shards = {microbatches * split}")
     data_sharding = NamedSharding(mesh, sharding.batch_spec())
 
     # Packed rows hold several documents: their segment ids and positions go to the model, which keeps the
@@ -357,7 +305,8 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     }
     rundir.write_status(workdir, "running", step=step, **summary)
     metrics = MetricsLog(workdir, step)
-    train_step, eval_step = _cached_steps(graphdef, t.grad_clip, t.b1, t.b2, t.weight_decay)
+    train_step, eval_step = _cached_steps(graphdef, t.grad_clip, t.b1, t.b2, t.weight_decay, microbatches,
+                                          t.get("remat"))
     lrs = learning_rates(schedule, total)
     task = cfg.data.source in TASKS  # a synthetic task: evaluations add task_accuracy
     bpb = bpb_basis(validate_data_config(cfg.data))  # bits per byte: counted bytes, the file's ratio, or unknown

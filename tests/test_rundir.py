@@ -70,8 +70,8 @@ def _add_field(monkeypatch, path, default, *, register=True):
 
 @pytest.mark.parametrize(("path", "default", "other"), [
     (("train", "new_knob"), None, 4),
-    (("train", "microbatches"), 1, 2),
-    (("model", "scan_layers"), False, True),
+    (("train", "future_accum"), 1, 2),
+    (("model", "future_scan"), False, True),
     (("model", "retention", "new_knob"), 0, 3),
 ])
 def test_a_new_field_at_its_default_keeps_every_id(monkeypatch, path, default, other):
@@ -107,18 +107,18 @@ def test_a_sweep_started_before_an_upgrade_resumes_after_it(tmp_path, monkeypatc
     store.close()
     old_configs = {p.run_id: json.loads(json.dumps(p.cfg.to_dict())) for p in before}
 
-    _add_field(monkeypatch, ("train", "microbatches"), 1)
-    _add_field(monkeypatch, ("train", "mesh"), None)
+    _add_field(monkeypatch, ("train", "future_accum"), 1)
+    _add_field(monkeypatch, ("train", "future_layout"), None)
     _, after, store, _ = prepare(spec, tmp_path)
     try:
         assert [p.run_id for p in after] == [p.run_id for p in before]
-        assert all(p.cfg.train.microbatches == 1 for p in after)
+        assert all(p.cfg.train.future_accum == 1 for p in after)
         assert store.add_runs("tiny", [{**p.summary(), "config": p.cfg.to_dict()} for p in after]) == 0
         assert len(store.runs()) == len(before)
     finally:
         store.close()
     for rid, d in old_configs.items():
-        assert "microbatches" not in d["train"] and run_id(config.from_dict(d)) == rid
+        assert "future_accum" not in d["train"] and run_id(config.from_dict(d)) == rid
 
 
 # ----------------------------------------------------------------------------------------------------

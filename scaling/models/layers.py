@@ -12,15 +12,23 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def dtypes(m) -> tuple:
-    """(compute dtype, param dtype) of a model config."""
+    """(compute dtype, param dtype) of a model config.
+
+    Mixed precision (``model.dtype = "bfloat16"``, ``model.param_dtype = "float32"``, the only bf16 setting
+    training accepts): parameters are stored (and updated by AdamW) in float32 and cast to bfloat16 by each
+    projection for its matmul; the residual stream (the embedding lookup), the norms, gates, decays, recurrent
+    states and the logits stay float32 (docs/architecture.md, "Precision")."""
     return DTYPES[m.dtype], DTYPES[m.param_dtype]
 
 
-def dense(m, d_in: int, d_out: int, rngs: nnx.Rngs, *, std: float | None = None,
-          use_bias: bool = False) -> nnx.Linear:
-    """A bias-free projection initialised N(0, std^2) with std = model.init_std by default."""
-    dtype, param_dtype = dtypes(m)
-    return nnx.Linear(d_in, d_out, use_bias=use_bias, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+def dense(m, d_in: int, d_out: int, rngs: nnx.Rngs, *, std: float | None = None, use_bias: bool = False,
+          dtype=None, out_float32: bool = False) -> nnx.Linear:
+    """A bias-free projection initialised N(0, std^2) with std = model.init_std by default. It computes in the
+    model's compute dtype unless ``dtype`` says otherwise; ``out_float32``: the matmul accumulates and returns
+    float32 (its inputs still in the compute dtype), for outputs that feed float32 math (logits, Mamba's dt)."""
+    compute, param_dtype = dtypes(m)
+    return nnx.Linear(d_in, d_out, use_bias=use_bias, rngs=rngs, dtype=compute if dtype is None else dtype,
+                      param_dtype=param_dtype, preferred_element_type=jnp.float32 if out_float32 else None,
                       kernel_init=nnx.initializers.normal(m.init_std if std is None else std))
 
 

@@ -43,18 +43,36 @@ class LanguageModel(nnx.Module):
     def __init__(self, m, rngs: nnx.Rngs):
         self.dtype, param_dtype = dtypes(m)
         self.pattern = _config.layer_pattern(m)
-        self.embed = nnx.Embed(m.vocab_size, m.d_model, rngs=rngs, dtype=self.dtype, param_dtype=param_dtype,
+        # The lookup returns float32: the residual stream is float32 whatever the compute dtype (each block adds
+        # its mixer's and MLP's outputs to it); the projections cast their inputs to the compute dtype.
+        self.embed = nnx.Embed(m.vocab_size, m.d_model, rngs=rngs, dtype=jnp.float32, param_dtype=param_dtype,
                                embedding_init=nnx.initializers.normal(m.init_std))
-        self.blocks = nnx.List([Block(m, letter, rngs) for letter in self.pattern])
+        blocks = [Block(m, letter, rngs) for letter in self.pattern]
+        if m.get("scan_layers"):
+            # model.scan_layers: the whole repeats of the pattern run under one lax.scan (compile time flat in
+            # depth): the block at position j of the pattern is stored once, its parameters stacked over the
+            # repeats [repeats, ...] (initialised as the unstacked model's, layer by layer: the same logits);
+            # a cut pattern's last layers stay unstacked in ``blocks``.
+            u = len(m.pattern)
+            self.repeats = m.n_layers // u
+            for j in range(u):
+                group = blocks[j: self.repeats * u: u]
+                nnx.update(group[0], jax.tree.map(lambda *xs: jnp.stack(xs), *(nnx.state(b) for b in group)))
+            self.stack = nnx.List(blocks[:u])
+            blocks = blocks[self.repeats * u:]
+        self.blocks = nnx.List(blocks)
         self.norm = RMSNorm(m.d_model, m.norm_eps, param_dtype)
-        self.head = nnx.data(None if m.tie_embeddings else dense(m, m.d_model, m.vocab_size, rngs))
+        self.head = nnx.data(None if m.tie_embeddings else dense(m, m.d_model, m.vocab_size, rngs, out_float32=True))
 
     def logits(self, x):
+        """The final norm, then the head (or the tied embedding) in the compute dtype, accumulated in float32."""
         x = self.norm(x)
-        out = self.embed.attend(x) if self.head is None else self.head(x)
-        return out.astype(jnp.float32)
+        if self.head is not None:
+            return self.head(x).astype(jnp.float32)
+        emb = self.embed.embedding[...]
+        return jnp.dot(x.astype(self.dtype), emb.astype(self.dtype).T, preferred_element_type=jnp.float32)
 
-    def __call__(self, tokens, segment_ids=None, positions=None):
+    def __call__(self, tokens, segment_ids=None, positions=None, *, remat: str | None = None):
         """tokens [batch, time] int -> logits [batch, time, vocab] float32.
 
         Packed rows (scaling.data.pipeline): ``segment_ids`` [batch, time] int labels each token's document
@@ -63,27 +81,59 @@ class LanguageModel(nnx.Module):
         first token, so each position's logits are those of its document run alone (scaling.ops.segments).
         ``positions`` [batch, time] int (RoPE) is each token's index within its document; by default
         0, 1, ... over the row, or, with segment_ids, restarting at 0 at every document start.
+        ``remat`` (train.remat): None or "none" keeps every activation for the backward pass; "block" recomputes
+        each block's activations from its input (jax.checkpoint around each block); a name of
+        ``jax.checkpoint_policies`` (e.g. "dots_saveable") does the same but keeps what the policy saves.
         """
         if positions is None:
             positions = (jnp.arange(tokens.shape[1]) if segment_ids is None
                          else positions_in_document(jnp.asarray(segment_ids)))
         x = self.embed(tokens)
+
+        def run(block, x, positions, segment_ids):
+            return block(x, positions, segment_ids=segment_ids)
+
+        if remat not in (None, "none"):
+            policy = None if remat == "block" else getattr(jax.checkpoint_policies, remat)
+
+            def run(block, x, positions, segment_ids):  # the block as (structure, state): a pure function
+                graphdef, state = nnx.split(block)
+                fn = lambda state, x, positions, segment_ids: nnx.merge(graphdef, state)(
+                    x, positions, segment_ids=segment_ids)
+                return jax.checkpoint(fn, policy=policy)(state, x, positions, segment_ids)
+        if hasattr(self, "stack"):
+            graphdefs, states = zip(*(nnx.split(b) for b in self.stack), strict=True)
+
+            def body(x, states):  # one repeat of the pattern
+                for graphdef, state in zip(graphdefs, states, strict=True):
+                    x = run(nnx.merge(graphdef, state), x, positions, segment_ids)
+                return x, None
+
+            x, _ = jax.lax.scan(body, x, tuple(states))
         for block in self.blocks:
-            x = block(x, positions, segment_ids=segment_ids)
+            x = run(block, x, positions, segment_ids)
         return self.logits(x)
+
+    def layers(self) -> list:
+        """The blocks in layer order (with scan_layers, each a slice of the stacked parameters)."""
+        if not hasattr(self, "stack"):
+            return list(self.blocks)
+        split = [nnx.split(b) for b in self.stack]
+        return [nnx.merge(graphdef, jax.tree.map(lambda a, r=r: a[r], state))
+                for r in range(self.repeats) for graphdef, state in split] + list(self.blocks)
 
     def init_state(self, batch: int, max_len: int):
         """Decode state for ``batch`` sequences of up to ``max_len`` tokens (attention's cache size)."""
         return {
             "pos": jnp.zeros((), jnp.int32),
-            "layers": tuple(b.mixer.init_state(batch, max_len) for b in self.blocks),
+            "layers": tuple(b.mixer.init_state(batch, max_len) for b in self.layers()),
         }
 
     def _run(self, tokens, state, decode: bool):
         positions = state["pos"] + jnp.arange(tokens.shape[1])
         x = self.embed(tokens)
         new_layers = []
-        for block, s in zip(self.blocks, state["layers"], strict=True):
+        for block, s in zip(self.layers(), state["layers"], strict=True):
             x, s = block(x, positions, s, decode=decode)
             new_layers.append(s)
         state = {"pos": state["pos"] + tokens.shape[1], "layers": tuple(new_layers)}

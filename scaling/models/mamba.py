@@ -38,7 +38,8 @@ class Mamba2(nnx.Module):
         self.backend = m.kernel
         self.dtype, param_dtype = dtypes(m)
         out_std = m.init_std / (2 * m.n_layers) ** 0.5
-        self.in_proj = dense(m, m.d_model, self.d_inner + self.conv_dim + self.n_heads, rngs)
+        # accumulated and returned in float32 (dt feeds the float32 decay); z and x, B, C go back to the compute dtype
+        self.in_proj = dense(m, m.d_model, self.d_inner + self.conv_dim + self.n_heads, rngs, out_float32=True)
         self.out_proj = dense(m, self.d_inner, m.d_model, rngs, std=out_std)
         self.conv_w, self.conv_b = conv_params(s.d_conv, self.conv_dim, rngs, param_dtype)
         # dt starts log-uniform in [dt_min, dt_max]; dt_bias is its inverse softplus.
@@ -66,6 +67,7 @@ class Mamba2(nnx.Module):
         b, t, _ = x.shape
         zxbcdt = self.in_proj(x)
         z, xbc, dt = jnp.split(zxbcdt, [self.d_inner, self.d_inner + self.conv_dim], axis=-1)
+        z, xbc = z.astype(self.dtype), xbc.astype(self.dtype)
         conv_state = self.init_state(b, 0).conv if state is None else state.conv
         xbc, new_conv = causal_conv(xbc, conv_state, self.conv_w[...], self.conv_b[...], segment_ids)
         xbc = jax.nn.silu(xbc)

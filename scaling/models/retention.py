@@ -43,7 +43,8 @@ class PowerRetention(nnx.Module):
         self.proj = QKVO(m, r.n_heads, r.n_kv_heads, r.rope, r.rope_theta, rngs)
         self.gate = nnx.data(None)
         if r.gate:
-            self.gate = dense(m, m.d_model, r.n_kv_heads, rngs, use_bias=True)
+            # float32 whatever the compute dtype: a gate near 1 (logit ~7) needs more than bf16's 8 bits
+            self.gate = dense(m, m.d_model, r.n_kv_heads, rngs, use_bias=True, dtype=jnp.float32)
             logit = math.log(r.gate_init / (1 - r.gate_init))
             self.gate.bias[...] = jnp.full_like(self.gate.bias[...], logit)
         self.d_conv = r.conv

@@ -115,6 +115,24 @@ def test_pattern_repeats_to_n_layers():
     assert [blk.letter for blk in model.blocks] == list("MMMAMMMA")
 
 
+def test_scan_layers_gives_the_same_model():
+    """model.scan_layers: the same parameters (stacked over the pattern's repeats; a cut pattern's last layer
+    unstacked), the same logits, and decoding that matches; parameter paths differ (["stack"][j])."""
+    over = SHRINK + ["model.pattern='RA'", "model.n_layers=5", "model.retention.n_heads=8"]
+    plain = build(config.load(None, over).model)
+    scanned = build(config.load(None, over + ["model.scan_layers=True"]).model)
+    assert [b.letter for b in scanned.layers()] == list("RARAR") and scanned.repeats == 2
+    assert count_params(scanned) == count_params(plain)
+    for a, b in zip(plain.blocks, scanned.layers(), strict=True):
+        for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b)), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    tokens = _tokens(2, 21, plain.embed.num_embeddings)
+    assert rel_err(scanned(tokens), plain(tokens)) < 1e-5
+    la, _ = plain.prefill(tokens, plain.init_state(2, 32))
+    lb, sb = scanned.prefill(tokens, scanned.init_state(2, 32))
+    assert rel_err(lb, la) < 1e-5 and len(sb["layers"]) == 5
+
+
 def test_accounting_covers_every_mixer():
     assert set(accounting.ACCOUNTING) == set(MIXERS)
 
