@@ -45,9 +45,9 @@ from scaling.ops.segments import check_segment_ids, run_index, run_start
 
 FORMS = ("auto", "parallel", "blockwise", "recurrent")
 BACKENDS = ("auto", "xla", "cudnn")
-# form="auto" picks "blockwise" from this many tokens on: below, the parallel form is as fast on CPU (measured
-# with `scaling bench ops`, docs/kernels.md) and its [T, T] scores are small.
-BLOCKWISE_MIN_T = 2048
+# form="auto" picks "blockwise" from this many tokens on (at 1k it was already 2x faster forward+backward on
+# a 2-core CPU, `scaling bench ops`, docs/kernels.md); below, the parallel form and its small [T, T] scores.
+BLOCKWISE_MIN_T = 1024
 
 _NEG = -1e30  # finite "minus infinity": a fully masked row stays NaN-free
 
