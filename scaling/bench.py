@@ -14,16 +14,16 @@ and draws a plot):
   peak memory (XLA's memory analysis of the compiled step: arguments + outputs + temporaries - aliased).
 - ``kernels``: the chunked ops through XLA and through the Pallas kernels (Pallas rows need a GPU or TPU).
 
+``ops`` and ``kernels`` are in scaling.bench_ops; attention's rows there compare the blockwise form with the
+parallel one in forward+backward time and compiled temporary memory.
+
 Every time is the median of ``repeats`` runs after a warm-up (compile) run. Each ratio (chunked / parallel,
 16k / 1k decode latency, MFU) is measured side by side in the same process, with the peak measured there too.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -34,16 +34,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaling import accounting, config
+from scaling.bench_ops import (
+    OPS,
+    OPS_CONTEXTS,
+    bench_kernels,
+    bench_ops,
+    kernels_table,
+    op_flops_per_token,
+    op_inputs,
+    ops_table,
+    plot_ops,
+)
+from scaling.bench_util import _check_positive, _Progress, _subtitle, loglog_slope, machine_info, median_time
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET_DIR = ROOT / "configs" / "models"
 
 SUB_BENCHES = ("peak", "ops", "train", "decode", "all", "kernels")
-OPS = ("power_retention", "ssd", "attention")
 
 # Defaults sized so that `scaling bench all` takes a few minutes on a 2-core CPU; every one is a flag.
 PEAK_SIZES = (1024, 2048, 3072)
-OPS_CONTEXTS = (1024, 2048, 4096, 8192, 16384)
 TRAIN_PRESETS = ("transformer_small", "power_retention_small", "mamba2_small", "hybrid_small")
 DECODE_PRESETS = ("power_retention_small", "mamba2_small", "transformer_small")
 DECODE_CONTEXTS = (1024, 4096, 16384)
@@ -57,79 +67,11 @@ TARGETS = {
 }
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Timing, machine, progress
-# ---------------------------------------------------------------------------------------------------------
-
-
-def median_time(fn, *args, repeats: int = 5) -> float:
-    """Median wall time of ``fn(*args)`` in seconds, after one warm-up call (compile)."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info() -> dict:
-    """Machine, JAX version and date for every result (the numbers mean nothing without them)."""
-    dev = jax.devices()[0]
-    return {"platform": dev.platform, "device": getattr(dev, "device_kind", str(dev)),
-            "processor": platform.processor() or platform.machine(), "cpu": _cpu_model(),
-            "cpu_count": os.cpu_count(), "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "date": datetime.date.today().isoformat(),
-            "time_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
-
-
-class _Progress:
-    """A rich progress bar on stderr (or nothing); ``advance(label)`` after each measurement."""
-
-    def __init__(self, total: int, title: str, enabled: bool):
-        self._bar = None
-        if enabled and total:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=Console(stderr=True), transient=True)
-            self._bar.start()
-            self._task = self._bar.add_task(title, total=total)
-            self._title = title
-
-    def advance(self, label: str = "") -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, advance=1, description=f"{self._title}: {label}")
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
-def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Least-squares slope of log(y) against log(x): 1 for linear growth, 2 for quadratic."""
-    x, y = np.log(np.asarray(xs, np.float64)), np.log(np.asarray(ys, np.float64))
-    if x.size < 2 or np.ptp(x) == 0:
-        raise ValueError(f"loglog_slope: need at least two distinct x values, got {list(xs)}")
-    return float(np.polyfit(x, y, 1)[0])
-
-
-def _check_positive(name: str, values) -> None:
-    for v in values if isinstance(values, list | tuple) else (values,):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-            raise ValueError(f"{name} = {v!r}: must be an integer >= 1")
-
+# The ops and kernels benches live in scaling.bench_ops, the shared timing pieces in scaling.bench_util; both
+# are re-exported here (``scaling.bench`` is the one module the CLI and the tests use).
+__all__ = ["OPS", "OPS_CONTEXTS", "bench_kernels", "bench_ops", "kernels_table", "op_flops_per_token", "op_inputs",
+           "ops_table", "plot_ops", "_check_positive", "_Progress", "_subtitle", "loglog_slope",
+           "machine_info", "median_time"]
 
 def _check_presets(presets: Sequence[str]) -> None:
     known = sorted(p.stem for p in PRESET_DIR.glob("*.py"))
@@ -169,123 +111,6 @@ def bench_peak(*, sizes: Sequence[int] = PEAK_SIZES, repeats: int = 5, bandwidth
     return {"kind": "peak", "machine": machine_info(), "repeats": repeats, "rows": rows,
             "peak_gflops_per_s": max(r["gflops_per_s"] for r in rows),
             "bandwidth_gb_per_s": 2 * x.size * 4 / t / 1e9, "bandwidth_mib": bandwidth_mib}
-
-
-# ---------------------------------------------------------------------------------------------------------
-# ops
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _op_cfg(op: str, heads: int, head_dim: int, d_state: int, chunk: int, p: int):
-    """A one-layer model config whose mixer has exactly the op's shape (for its FLOP count)."""
-    letter = {"power_retention": "R", "ssd": "M", "attention": "A"}[op]
-    return config.load(None, [f"model.pattern='{letter}'", "model.n_layers=1", f"model.d_model={heads * head_dim}",
-                              f"model.retention.n_heads={heads}", f"model.retention.n_kv_heads={heads}",
-                              f"model.retention.p={p}", f"model.retention.chunk_size={chunk}",
-                              f"model.retention.normalize='{'sum' if p % 2 == 0 else 'rmsnorm'}'",
-                              f"model.attention.n_heads={heads}", f"model.attention.n_kv_heads={heads}",
-                              "model.mamba.expand=1", f"model.mamba.head_dim={head_dim}",
-                              f"model.mamba.d_state={d_state}", f"model.mamba.chunk_size={chunk}"])
-
-
-def op_flops_per_token(op: str, context: int, **shape) -> float:
-    """Forward FLOPs per token of the op alone: the mixer's state term in the accounting."""
-    cfg = _op_cfg(op, **shape)
-    return accounting.ACCOUNTING[cfg.model.pattern].flops(cfg.model, context)["state"]
-
-
-def _op_fn(op: str, backend: str, shape: dict, form: str = "chunked"):
-    from scaling.ops import attention, power_retention, ssd
-
-    if op == "power_retention":
-        return lambda q, k, v, lg, dt, A, B, C: power_retention(
-            q, k, v, lg, p=shape["p"], chunk_size=shape["chunk"], backend=backend, form=form,
-            normalize="sum" if shape["p"] % 2 == 0 else "rmsnorm")
-    if op == "ssd":
-        return lambda q, k, v, lg, dt, A, B, C: ssd(v, dt, A, B, C, chunk_size=shape["chunk"], backend=backend,
-                                                    form=form)
-    return lambda q, k, v, lg, dt, A, B, C: attention(q, k, v)
-
-
-def op_inputs(batch, t, heads, head_dim, d_state):
-    """Random q, k, v [b, t, h, d], log_g and dt [b, t, h], A [h], B, C [b, t, 1, n] for the mixer ops."""
-    ks = jax.random.split(jax.random.key(0), 8)
-    q, k, v = (jax.random.normal(ks[i], (batch, t, heads, head_dim)) / head_dim**0.25 for i in range(3))
-    log_g = -jax.nn.softplus(jax.random.normal(ks[3], (batch, t, heads)) - 4.0)
-    dt = jax.nn.softplus(jax.random.normal(ks[4], (batch, t, heads)) - 3.0)
-    A = -jnp.exp(jax.random.normal(ks[5], (heads,)))
-    B, C = (jax.random.normal(ks[6 + i], (batch, t, 1, d_state)) for i in range(2))
-    return q, k, v, log_g, dt, A, B, C
-
-
-def _op_forms(op: str) -> tuple[str, ...]:
-    return ("parallel",) if op == "attention" else ("chunked", "parallel")
-
-
-def bench_ops(*, contexts: Sequence[int] = OPS_CONTEXTS, batch: int = 1, heads: int = 4, head_dim: int = 64,
-              d_state: int = 64, chunk: int = 64, p: int = 2, repeats: int = 3, max_gib: float = 0.5,
-              backward: bool = False, ops: Sequence[str] = OPS, peak: dict | None = None,
-              progress: bool = False) -> dict:
-    """Chunked against parallel forms of each mixer op, and attention, at each context (see module doc).
-
-    A parallel form (and attention) is skipped where its [T, T] score matrix, 4 * batch * heads * T^2 bytes,
-    would exceed ``max_gib`` GiB. ``peak``: a ``bench_peak`` result for the utilisation column (measured
-    here when None). ``backward`` adds forward+backward timings (gradient w.r.t. every input; 3x FLOPs).
-    """
-    _check_positive("contexts", list(contexts))
-    for name, v in (("batch", batch), ("heads", heads), ("head_dim", head_dim), ("d_state", d_state),
-                    ("chunk", chunk), ("repeats", repeats)):
-        _check_positive(name, v)
-    if p not in (1, 2, 3, 4):
-        raise ValueError(f"p = {p!r}: must be one of 1, 2, 3, 4")
-    bad = [o for o in ops if o not in OPS]
-    if bad or not ops:
-        raise ValueError(f"ops: unknown {bad or ops}; accepted: {', '.join(OPS)}")
-    if not max_gib > 0:
-        raise ValueError(f"max_gib = {max_gib!r}: must be > 0")
-    peak = peak or bench_peak(repeats=3)
-    peak_gflops = peak["peak_gflops_per_s"]
-    shape = {"heads": heads, "head_dim": head_dim, "d_state": d_state, "chunk": chunk, "p": p}
-    todo = [(t, op, form) for t in contexts for op in ops for form in _op_forms(op)]
-    bar = _Progress(len(todo), "ops", progress)
-    rows = []
-    for t in sorted(set(contexts)):
-        args = op_inputs(batch, t, heads, head_dim, d_state)
-        for op in ops:
-            flops = op_flops_per_token(op, t, **shape) * batch * t
-            for form in _op_forms(op):
-                row = {"op": op, "form": form, "T": t, "batch": batch, **shape, "flops": flops}
-                score_gib = 4 * batch * heads * t * t / 2**30
-                if form == "parallel" and score_gib > max_gib:
-                    row["skipped"] = f"[T, T] scores {score_gib:.2f} GiB > max_gib {max_gib}"
-                else:
-                    fn = _op_fn(op, "xla", shape, form)
-                    dt_s = median_time(jax.jit(fn), *args, repeats=repeats)
-                    row.update(fwd_ms=1e3 * dt_s, tokens_per_s=batch * t / dt_s, gflops_per_s=flops / dt_s / 1e9,
-                               pct_peak=100 * flops / dt_s / 1e9 / peak_gflops)
-                    if backward:
-                        grad = jax.jit(jax.grad(lambda *a, fn=fn: jnp.sum(fn(*a)), argnums=tuple(range(8))))
-                        dt_b = median_time(grad, *args, repeats=repeats)
-                        row.update(fwd_bwd_ms=1e3 * dt_b, fwd_bwd_gflops_per_s=3 * flops / dt_b / 1e9)
-                rows.append(row)
-                bar.advance(f"{op} {form} T={t}")
-    bar.close()
-    slopes = {}
-    for op in ops:
-        for form in _op_forms(op):
-            pts = [(r["T"], r["fwd_ms"]) for r in rows if r["op"] == op and r["form"] == form and "fwd_ms" in r]
-            if len({x for x, _ in pts}) >= 2:
-                slopes[f"{op}/{form}"] = {"slope": loglog_slope(*zip(*pts, strict=True)),
-                                          "T_min": min(x for x, _ in pts), "T_max": max(x for x, _ in pts)}
-    ratios = []
-    for t in sorted(set(contexts)):
-        for op in ops:
-            r = {row["form"]: row for row in rows if row["op"] == op and row["T"] == t}
-            if "fwd_ms" in r.get("chunked", {}) and "fwd_ms" in r.get("parallel", {}):
-                ratios.append({"op": op, "T": t, "chunked_over_parallel": r["chunked"]["fwd_ms"] /
-                               r["parallel"]["fwd_ms"]})
-    return {"kind": "ops", "machine": machine_info(), "repeats": repeats, "max_gib": max_gib, "backward": backward,
-            "peak_gflops_per_s": peak_gflops, "rows": rows, "slopes": slopes, "ratios": ratios}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -481,57 +306,8 @@ def bench_all(*, peak_kw: dict | None = None, ops_kw: dict | None = None, train_
 
 
 # ---------------------------------------------------------------------------------------------------------
-# kernels (XLA against Pallas)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def bench_kernels(*, contexts=(1024, 4096), batch=1, heads=4, head_dim=64, d_state=64, chunk=64, p=2,
-                  repeats=5, ops=("power_retention", "ssd"), progress=None) -> dict:
-    """Time XLA and (on an accelerator) Pallas chunked ops side by side. Returns {"machine", "rows"}."""
-    on_accel = jax.devices()[0].platform in ("gpu", "tpu")
-    shape = {"heads": heads, "head_dim": head_dim, "d_state": d_state, "chunk": chunk, "p": p}
-    rows = []
-    for t in contexts:
-        args = op_inputs(batch, t, heads, head_dim, d_state)
-        for op in ops:
-            flops = op_flops_per_token(op, t, **shape)
-            for backend in ("xla", "pallas"):
-                row = {"op": op, "backend": backend, "T": t, "batch": batch, **shape,
-                       "fwd_flops_per_token": flops}
-                if backend == "pallas" and not on_accel:
-                    row["skipped"] = "Pallas timings need a GPU or TPU (on CPU the kernels run in interpret mode)"
-                    rows.append(row)
-                    continue
-                fn = _op_fn(op, backend, shape)
-                fwd = jax.jit(fn)
-                grad = jax.jit(jax.grad(lambda *a, fn=fn: jnp.sum(fn(*a)), argnums=tuple(range(8))))
-                for name, f, mult in (("fwd", fwd, 1.0), ("fwd_bwd", grad, 3.0)):
-                    dt_s = median_time(f, *args, repeats=repeats)
-                    row[f"{name}_ms"] = 1e3 * dt_s
-                    row[f"{name}_tokens_per_s"] = batch * t / dt_s
-                    row[f"{name}_gflops_per_s"] = mult * flops * batch * t / dt_s / 1e9
-                rows.append(row)
-                if progress:
-                    progress(row)
-    return {"kind": "kernels", "machine": machine_info(), "rows": rows}
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Tables (markdown) and plots
 # ---------------------------------------------------------------------------------------------------------
-
-
-def kernels_table(result: dict) -> str:
-    lines = ["| op | backend | T | fwd ms | fwd tok/s | fwd GFLOP/s | fwd+bwd ms | fwd+bwd tok/s | fwd+bwd GFLOP/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        if "skipped" in r:
-            lines.append(f"| {r['op']} | {r['backend']} | {r['T']} | {r['skipped']} | | | | | |")
-            continue
-        lines.append(f"| {r['op']} | {r['backend']} | {r['T']} | {r['fwd_ms']:.1f} | {r['fwd_tokens_per_s']:,.0f} "
-                     f"| {r['fwd_gflops_per_s']:.1f} | {r['fwd_bwd_ms']:.1f} | {r['fwd_bwd_tokens_per_s']:,.0f} "
-                     f"| {r['fwd_bwd_gflops_per_s']:.1f} |")
-    return "\n".join(lines)
 
 
 def peak_table(result: dict) -> str:
@@ -539,22 +315,6 @@ def peak_table(result: dict) -> str:
     lines += [f"| {r['n']} | {r['ms']:.1f} | {r['gflops_per_s']:.1f} |" for r in result["rows"]]
     lines.append(f"\npeak {result['peak_gflops_per_s']:.1f} GFLOP/s; memory bandwidth "
                  f"{result['bandwidth_gb_per_s']:.1f} GB/s ({result['bandwidth_mib']} MiB, read + write)")
-    return "\n".join(lines)
-
-
-def ops_table(result: dict) -> str:
-    bwd = result.get("backward")
-    head = "| op | form | T | fwd ms | tokens/s | GFLOP/s | % of peak |" + (" fwd+bwd ms |" if bwd else "")
-    lines = [head, "|---" * (head.count("|") - 1) + "|"]
-    for r in result["rows"]:
-        if "skipped" in r:
-            lines.append(f"| {r['op']} | {r['form']} | {r['T']} | skipped: {r['skipped']} | | | |"
-                         + (" |" if bwd else ""))
-            continue
-        lines.append(f"| {r['op']} | {r['form']} | {r['T']} | {r['fwd_ms']:.1f} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['gflops_per_s']:.1f} | {r['pct_peak']:.1f} |" + (f" {r['fwd_bwd_ms']:.1f} |" if bwd else ""))
-    lines.append("\n| op / form | log-log slope of time vs T | T range |\n|---|---|---|")
-    lines += [f"| {k} | {v['slope']:.2f} | {v['T_min']}..{v['T_max']} |" for k, v in result["slopes"].items()]
     return "\n".join(lines)
 
 
@@ -596,9 +356,6 @@ def targets_table(targets: dict) -> str:
     return "\n".join(lines)
 
 
-def _subtitle(result: dict) -> str:
-    m = result["machine"]
-    return f"{m['cpu']} ({m['cpu_count']} cores, {m['platform']}), jax {m['jax']}, {m['date']}"
 
 
 def plot_peak(result: dict):
@@ -613,39 +370,6 @@ def plot_peak(result: dict):
     ax.set(xlabel="matrix size n (n x n x n)", ylabel="GFLOP/s", ylim=(0, None),
            title=f"GEMM peak; memory {result['bandwidth_gb_per_s']:.1f} GB/s")
     ax.legend(loc="lower right")
-    fig.suptitle(_subtitle(result), fontsize=8)
-    return fig
-
-
-_OP_COLOR = {"power_retention": "#d62728", "ssd": "#2ca02c", "attention": "#1f77b4"}
-
-
-def plot_ops(result: dict):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11.0, 4.2), layout="constrained")
-    ax_t, ax_f = fig.subplots(1, 2)
-    for key in sorted({(r["op"], r["form"]) for r in result["rows"]}):
-        pts = sorted((r["T"], r["fwd_ms"], r["gflops_per_s"]) for r in result["rows"]
-                     if (r["op"], r["form"]) == key and "fwd_ms" in r)
-        if not pts:
-            continue
-        T, ms, gf = zip(*pts, strict=True)
-        slope = result["slopes"].get(f"{key[0]}/{key[1]}")
-        label = f"{key[0]} {key[1]}" + (f" (slope {slope['slope']:.2f})" if slope else "")
-        style = {"color": _OP_COLOR[key[0]], "ls": "-" if key[1] == "chunked" else "--", "marker": "o"}
-        ax_t.plot(T, ms, label=label, **style)
-        ax_f.plot(T, gf, label=f"{key[0]} {key[1]}", **style)
-    for ax in (ax_t, ax_f):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("sequence length T (tokens)")
-    ax_t.set_yscale("log")
-    ax_t.set(ylabel="forward time (ms)", title="time vs T (log-log)")
-    ax_t.legend(fontsize=7)
-    ax_f.axhline(result["peak_gflops_per_s"], color="k", ls=":", lw=1, label="GEMM peak")
-    ax_f.axhline(result["peak_gflops_per_s"] / 2, color="grey", ls=":", lw=1, label="50% of peak")
-    ax_f.set(ylabel="achieved GFLOP/s (accounting FLOPs)", ylim=(0, None), title="achieved FLOP/s")
-    ax_f.legend(fontsize=7)
     fig.suptitle(_subtitle(result), fontsize=8)
     return fig
 

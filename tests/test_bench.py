@@ -49,7 +49,7 @@ def test_bench_all_cli_writes_json_and_plots(tmp_path):
     assert ops["peak_gflops_per_s"] == peak["peak_gflops_per_s"]  # one peak, shared by every ratio
     keys = {(r["op"], r["form"], r["T"]) for r in ops["rows"]}
     assert keys == {(op, f, t) for t in (32, 64) for op in ("power_retention", "ssd") for f in ("chunked", "parallel")
-                    } | {("attention", "parallel", t) for t in (32, 64)}
+                    } | {("attention", f, t) for t in (32, 64) for f in ("blockwise", "parallel")}
     shape = {"heads": 2, "head_dim": 8, "d_state": 8, "chunk": 16, "p": 2}
     for r in ops["rows"]:
         assert r["flops"] == pytest.approx(bench.op_flops_per_token(r["op"], r["T"], **shape) * r["T"])
@@ -61,6 +61,7 @@ def test_bench_all_cli_writes_json_and_plots(tmp_path):
         pts = sorted((r["T"], r["fwd_ms"]) for r in ops["rows"] if f"{r['op']}/{r['form']}" == key)
         assert s["slope"] == pytest.approx(math.log(pts[1][1] / pts[0][1]) / math.log(2))
         assert (s["T_min"], s["T_max"]) == (32, 64)
+    assert [a["T"] for a in ops["attention"]] == [32, 64] and all(a["parallel_run"] for a in ops["attention"])
     assert {(x["op"], x["T"]) for x in ops["ratios"]} == {(o, t) for o in ("power_retention", "ssd") for t in (32, 64)}
 
     train = data["train"]
@@ -187,6 +188,27 @@ def test_bench_kernels_cli_writes_json(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["machine"]["date"] and len(data["rows"]) == 4
     assert "Pallas" in capsys.readouterr().out
+
+
+def test_bench_ops_attention_memory_blockwise_vs_parallel():
+    """Attention rows: forward+backward times and compiled memory; a parallel form past max_gib is compiled for its
+    memory but not run. At T = 1024 (block 128) the blockwise form's temporaries are far below the parallel's."""
+    res = bench.bench_ops(contexts=(64, 1024), heads=2, head_dim=16, repeats=1, ops=("attention",),
+                          attention_block=128, max_gib=3e-3, peak={"peak_gflops_per_s": 1.0})
+    by = {(r["form"], r["T"]): r for r in res["rows"]}
+    assert set(by) == {(f, t) for f in ("blockwise", "parallel") for t in (64, 1024)}
+    for r in res["rows"]:
+        assert r["fwd_temp_bytes"] >= 0 and r["fwd_bwd_peak_bytes"] > 0 and r["block"] == 128
+    big = by["parallel", 1024]
+    assert "not run" in big["skipped"] and "fwd_bwd_ms" not in big and "fwd_ms" not in big
+    assert by["blockwise", 1024]["fwd_bwd_ms"] > 0 and by["parallel", 64]["fwd_bwd_ms"] > 0
+    assert big["fwd_bwd_temp_bytes"] >= 4 * 2 * 1024 * 1024  # holds the [heads, T, T] fp32 scores
+    assert by["blockwise", 1024]["fwd_bwd_temp_bytes"] < big["fwd_bwd_temp_bytes"] / 4
+    summary = {a["T"]: a for a in res["attention"]}
+    assert summary[1024]["parallel_run"] is False and summary[1024]["time_parallel_over_blockwise"] is None
+    assert summary[1024]["temp_parallel_over_blockwise"] > 4
+    table = bench.ops_table(res)
+    assert "| parallel | 1024 | not run | not run |" in table and "| blockwise | 1024 |" in table
 
 
 def test_op_inputs_shapes():

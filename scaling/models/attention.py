@@ -11,13 +11,16 @@ from scaling.ops.attention import attention, init_kv_cache
 class Attention(nnx.Module):
     """Causal self-attention with GQA, optional sliding window and RoPE.
 
-    Config: model.attention.{n_heads, n_kv_heads, window (None = none), rope, rope_theta};
-    head_dim = d_model / n_heads. Decode state: a KVCache (a ring of ``window`` slots when windowed).
+    Config: model.attention.{n_heads, n_kv_heads, window (None = none), rope, rope_theta}, and ``impl`` if the
+    section has it (the training/prefill form of scaling.ops.attention: "auto", the default, picks the blockwise
+    flash-style form at long context and cuDNN on GPU; "parallel"; "blockwise"); head_dim = d_model / n_heads.
+    Decode state: a KVCache (a ring of ``window`` slots when windowed).
     """
 
     def __init__(self, m, rngs: nnx.Rngs):
         a = m.attention
         self.window = a.window
+        self.impl = a.get("impl", "auto")
         self.dtype = dtypes(m)[0]
         self.proj = QKVO(m, a.n_heads, a.n_kv_heads, a.rope, a.rope_theta, rngs)
 
@@ -31,7 +34,8 @@ class Attention(nnx.Module):
         positions [time] or [batch, time] feed RoPE; segment_ids [batch, time] (packed rows) mask attention
         across documents."""
         q, k, v = self.proj.qkv(x, positions)
-        out = attention(q, k, v, window=self.window, form="recurrent" if decode else "parallel",
+        form = "recurrent" if decode else (self.impl if state is None else "parallel")  # a cache: parallel
+        out = attention(q, k, v, window=self.window, form=form,
                         initial_state=state, return_state=state is not None, segment_ids=segment_ids)
         y, new_state = out if state is not None else (out, None)
         y = self.proj.out(y)

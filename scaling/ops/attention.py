@@ -4,7 +4,13 @@ Layout: q [batch, time, hq, d], k and v [batch, time, hk, d] / [batch, time, hk,
 of hk; q head i reads kv head i // (hq // hk).
 
 Forms:
-- ``"parallel"``: the quadratic form, one masked softmax over all key positions.
+- ``"parallel"``: the quadratic form, one masked softmax over all key positions (a [T, T] score matrix).
+- ``"blockwise"``: flash-style, scaling.ops.attention_blockwise: key/value blocks with an online softmax and a
+  recomputing custom VJP; no [T, T] array in the forward or the backward, memory linear in T. For training and
+  prefill at long context (no ``initial_state``).
+- ``"auto"`` (the default): ``"parallel"`` with a cache (``initial_state``) or below ``BLOCKWISE_MIN_T`` tokens,
+  else ``"blockwise"``; on GPU, where cuDNN's constraints hold, ``jax.nn.dot_product_attention`` with
+  ``implementation="cudnn"`` (see ``backend``).
 - ``"recurrent"``: token by token over a KV cache. The cache is the attention's state: a
   :class:`KVCache` of fixed capacity, a ring that keeps the latest ``capacity`` tokens. With a window
   w the capacity need only be w (the state stays bounded however long the context); without one it
@@ -12,7 +18,12 @@ Forms:
   ``initial_state`` continues from a cache (e.g. after a prefill), ``return_state`` hands it back,
   so prefill then step equals one long call, as for the other mixers.
 
-Both forms accept ``initial_state`` (a KVCache holding earlier tokens) and ``return_state``. The window
+Backends: ``"xla"`` (the forms above in plain JAX); ``"cudnn"``: ``jax.nn.dot_product_attention(...,
+implementation="cudnn")`` (its fused flash attention), only on a GPU with bf16/fp16 inputs, equal q/k/v head
+dims of at most 128 (a multiple of 8), no ``segment_ids`` and no ``initial_state``; ``"auto"`` (the default):
+cuDNN where those hold, else XLA. The cuDNN path cannot run on CPU, so it is untested here (see docs/kernels.md).
+
+Parallel and recurrent accept ``initial_state`` (a KVCache holding earlier tokens) and ``return_state``. The window
 ``w`` means query i sees keys j with i - w < j <= i (w tokens, itself included).
 
 Packed rows: ``segment_ids [batch, time]`` (see scaling.ops.segments) mask every (query, key) pair in
@@ -29,10 +40,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from scaling.ops.attention_blockwise import DEFAULT_BLOCK, blockwise_attention
 from scaling.ops.segments import check_segment_ids, run_index, run_start
 
-FORMS = ("parallel", "recurrent")
-BACKENDS = ("xla",)
+FORMS = ("auto", "parallel", "blockwise", "recurrent")
+BACKENDS = ("auto", "xla", "cudnn")
+# form="auto" picks "blockwise" from this many tokens on (at 1k it was already 2x faster forward+backward on
+# a 2-core CPU, `scaling bench ops`, docs/kernels.md); below, the parallel form and its small [T, T] scores.
+BLOCKWISE_MIN_T = 1024
 
 _NEG = -1e30  # finite "minus infinity": a fully masked row stays NaN-free
 
@@ -89,7 +104,7 @@ def _validate(q, k, v, causal, window, form, backend, initial_state):
         raise ValueError(f"form = {form!r}: must be one of {', '.join(FORMS)}")
     if backend not in BACKENDS:
         raise ValueError(f"backend = {backend!r}: must be one of {', '.join(BACKENDS)} "
-                         "(attention has no Pallas kernel; use jax.nn.dot_product_attention on GPU)")
+                         "(attention has no Pallas kernel; 'cudnn' is jax.nn.dot_product_attention on GPU)")
     for name, a in (("q", q), ("k", k), ("v", v)):
         if a.ndim != 4:
             raise ValueError(f"{name} has shape {a.shape}: must be [batch, time, heads, head_dim]")
@@ -102,9 +117,50 @@ def _validate(q, k, v, causal, window, form, backend, initial_state):
     if window is not None and (not isinstance(window, int) or window <= 0):
         raise ValueError(f"window = {window!r}: must be a positive int or None")
     if not causal and (form == "recurrent" or initial_state is not None or window is not None):
-        raise ValueError("causal=False is only supported by form='parallel' without window or initial_state")
+        raise ValueError("causal=False is only supported by the parallel and blockwise forms, without window or "
+                         "initial_state")
     if form == "recurrent" and initial_state is None:
         raise ValueError("form='recurrent' needs initial_state=KVCache (see init_kv_cache) to write into")
+    if form == "blockwise" and initial_state is not None:
+        raise ValueError("form='blockwise' does not read a KV cache (initial_state): use form='parallel'")
+
+
+def cudnn_unsupported(q, k, v, *, segment_ids=None, initial_state=None) -> str | None:
+    """Why jax.nn.dot_product_attention(implementation="cudnn") cannot take this call, or None if it can."""
+    if jax.default_backend() != "gpu":
+        return f"needs a GPU (the default backend is {jax.default_backend()!r})"
+    if q.dtype not in (jnp.bfloat16, jnp.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"needs bf16 or fp16 q, k, v (got {q.dtype}, {k.dtype}, {v.dtype})"
+    d = q.shape[-1]
+    if v.shape[-1] != d or d > 128 or d % 8:
+        return f"needs equal q/k/v head dims <= 128, a multiple of 8 (got {d}, {v.shape[-1]})"
+    if segment_ids is not None:
+        return "does not take segment_ids here (packed rows would need a [T, T] mask)"
+    if initial_state is not None:
+        return "does not read a KV cache (initial_state)"
+    return None
+
+
+def _resolve(q, k, v, form, backend, initial_state, segment_ids):
+    """(form, use_cudnn) for the call: the 'auto' choices made, an explicit 'cudnn' checked."""
+    why = cudnn_unsupported(q, k, v, segment_ids=segment_ids, initial_state=initial_state)
+    if backend == "cudnn":
+        if why is not None:
+            raise ValueError(f"backend='cudnn': jax.nn.dot_product_attention(implementation='cudnn') {why}")
+        if form not in ("auto", "parallel"):
+            raise ValueError(f"backend='cudnn' computes the parallel form, not form={form!r}")
+        return "parallel", True
+    if backend == "auto" and why is None and form in ("auto", "parallel"):
+        return "parallel", True
+    if form == "auto":
+        form = "parallel" if initial_state is not None or q.shape[1] < BLOCKWISE_MIN_T else "blockwise"
+    return form, False
+
+
+def _cudnn_attention(q, k, v, causal, window, scale):
+    return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal,
+                                        local_window_size=None if window is None else (window - 1, 0),
+                                        implementation="cudnn")
 
 
 def _scores_mask(q_pos, k_pos, causal, window):
@@ -132,18 +188,21 @@ def _masked_softmax_attend(q, k, v, allowed, scale):
 
 
 def attention(q, k, v, *, causal: bool = True, window: int | None = None, scale: float | None = None,
-              form: str = "parallel", initial_state: KVCache | None = None, return_state: bool = False,
-              backend: str = "xla", segment_ids=None):
+              form: str = "auto", initial_state: KVCache | None = None, return_state: bool = False,
+              backend: str = "auto", segment_ids=None, block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK):
     """Softmax attention.
 
     Args:
       q: [batch, time, hq, d]; k: [batch, time, hk, d]; v: [batch, time, hk, e].
       causal: mask future keys. window: sliding window length in tokens (itself included), or None.
       scale: score scale, default 1/sqrt(d).
-      form: "parallel" or "recurrent" (token by token over the KV cache in ``initial_state``).
+      form: "auto", "parallel", "blockwise" or "recurrent" (token by token over the KV cache in
+        ``initial_state``); see the module doc.
+      backend: "auto", "xla" or "cudnn" (GPU only); see the module doc.
       initial_state: a KVCache of earlier tokens (``pos`` of them); the new ones are appended to its ring.
       return_state: also return the updated KVCache (needs initial_state).
       segment_ids: optional [batch, time] int document ids of a packed row: no attention across documents.
+      block_q, block_k: query / key block sizes of the blockwise form (tokens).
     Returns:
       y [batch, time, hq, e] in q.dtype, and the KVCache if return_state.
     """
@@ -153,6 +212,12 @@ def attention(q, k, v, *, causal: bool = True, window: int | None = None, scale:
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     t = q.shape[1]
     segment_ids = check_segment_ids(segment_ids, q.shape[0], t, "attention")
+    form, use_cudnn = _resolve(q, k, v, form, backend, initial_state, segment_ids)
+    if use_cudnn:
+        return _cudnn_attention(q, k, v, causal, window, scale).astype(q.dtype)
+    if form == "blockwise":
+        return blockwise_attention(q, k, v, causal=causal, window=window, scale=scale, segment_ids=segment_ids,
+                                   block_q=block_q, block_k=block_k)
 
     if initial_state is None:
         pos = jnp.arange(t)

@@ -105,3 +105,129 @@ def test_gqa_heads_must_divide():
 def test_fully_masked_rows_are_finite():
     q, k, v = _qkv(0, 1, 6, 1, 1, 4)
     assert np.isfinite(np.asarray(attention(q, k, v, window=1))).all()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Blockwise (flash-style) form: value and gradient against the reference, memory, dispatch
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _segment_reference(q, k, v, segment_ids, window=None):
+    """The reference applied to each document (run of equal ids, padding included) of each row alone."""
+    ids = np.asarray(segment_ids)
+    rows = []
+    for r in range(ids.shape[0]):
+        starts = [0] + [i for i in range(1, ids.shape[1]) if ids[r, i] != ids[r, i - 1]] + [ids.shape[1]]
+        rows.append(jnp.concatenate([attention_reference(q[r:r + 1, a:b], k[r:r + 1, a:b], v[r:r + 1, a:b],
+                                                         window=window)
+                                     for a, b in zip(starts[:-1], starts[1:], strict=True)], axis=1))
+    return jnp.concatenate(rows, axis=0)
+
+
+def _packed_ids(seed, b, t):
+    """Sorted document ids per row with length-1 documents and trailing padding (id 0)."""
+    rng = np.random.default_rng(seed)
+    ids = np.sort(rng.integers(1, 6, (b, t)), axis=1)
+    ids[:, t // 2] = 9  # a length-1 document inside the row
+    ids[:, -max(1, t // 5):] = 0  # padding at the end
+    return jnp.asarray(ids, jnp.int32)
+
+
+def _check_blockwise(q, k, v, window=None, segment_ids=None, block_q=8, block_k=8, causal=True):
+    def ref(q, k, v):
+        if segment_ids is not None:
+            return _segment_reference(q, k, v, segment_ids, window)
+        return attention_reference(q, k, v, window=window, causal=causal)
+
+    def fast(q, k, v):
+        return attention(q, k, v, window=window, causal=causal, segment_ids=segment_ids, form="blockwise",
+                         block_q=block_q, block_k=block_k)
+
+    loss = lambda fn: lambda *a: jnp.sum(jnp.sin(fn(*a)))
+    y, got = jax.jit(lambda *a: (fast(*a), jax.grad(loss(fast), argnums=(0, 1, 2))(*a)))(q, k, v)
+    y_ref, want = jax.jit(lambda *a: (ref(*a), jax.grad(loss(ref), argnums=(0, 1, 2))(*a)))(q, k, v)
+    assert rel_err(y, y_ref) < 1e-5
+    for g, w in zip(got, want, strict=True):
+        assert np.isfinite(np.asarray(g)).all()
+        # relative to the gradient's norm, or absolute where it is ~0 (dq of a one-token document is exactly 0)
+        assert np.linalg.norm(np.asarray(g) - np.asarray(w)) <= 1e-5 * max(np.linalg.norm(np.asarray(w)), 1.0)
+
+
+@settings(max_examples=6, deadline=None)
+@given(t=st.integers(1, 24), group=st.sampled_from([(2, 2), (4, 2), (4, 1)]),
+       window=st.sampled_from([None, 1, 3, 8, 25]), block_q=st.sampled_from([2, 4, 7, 32]),
+       block_k=st.sampled_from([3, 8, 32]), packed=st.booleans(), seed=st.integers(0, 2**16))
+def test_blockwise_matches_reference_value_and_gradient(t, group, window, block_q, block_k, packed, seed):
+    q, k, v = _qkv(seed, 2, t, group[0], group[1], 8)
+    _check_blockwise(q, k, v, window, _packed_ids(seed, 2, t) if packed else None, block_q, block_k)
+
+
+@pytest.mark.parametrize("t, window, block_q, block_k", [
+    (37, None, 8, 8),     # T not a multiple of the block, many blocks
+    (37, None, 64, 64),   # one block (the block clipped to T)
+    (40, 3, 16, 16),      # window smaller than the block
+    (40, 5, 4, 4),        # window larger than the block: the loop starts at the window's block
+    (33, 9, 8, 16),       # unequal query and key blocks
+])
+def test_blockwise_cases(t, window, block_q, block_k):
+    q, k, v = _qkv(t, 1, t, 4, 2, 8)
+    _check_blockwise(q, k, v, window, None, block_q, block_k)
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_blockwise_packed_documents(window):
+    """Length-1 documents, a document spanning blocks, padding: each document attends only to itself."""
+    ids = jnp.asarray([[1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 4, 4, 5, 0, 0, 0],
+                       [7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 0]], jnp.int32)
+    q, k, v = _qkv(4, 2, ids.shape[1], 4, 2, 8)
+    _check_blockwise(q, k, v, window, ids, 4, 4)
+    _check_blockwise(q, k, v, window, ids, 16, 3)
+
+
+def test_blockwise_noncausal_and_bf16():
+    q, k, v = _qkv(6, 1, 19, 2, 1, 8)
+    _check_blockwise(q, k, v, block_q=4, block_k=8, causal=False)
+    q, k, v = _qkv(3, 1, 40, 2, 2, 16)
+    y16 = attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), form="blockwise", block_q=16, block_k=16)
+    assert y16.dtype == jnp.bfloat16
+    assert rel_err(y16.astype(jnp.float32), attention(q, k, v, form="parallel")) < 2e-2
+
+
+def _fwd_bwd_temp_bytes(form, t, heads, block):
+    q, k, v = (jax.ShapeDtypeStruct((1, t, heads, 64), jnp.float32) for _ in range(3))
+    loss = lambda q, k, v: jnp.sum(attention(q, k, v, form=form, block_q=block, block_k=block))
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, k, v).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_blockwise_forward_backward_memory_is_far_below_the_parallel_form():
+    """Compiled forward+backward at T = 2048 (block 256): the blockwise form holds no [T, T] array."""
+    t, heads = 2048, 4
+    scores = 4 * heads * t * t  # one fp32 [heads, T, T] score array: 64 MiB
+    blockwise = _fwd_bwd_temp_bytes("blockwise", t, heads, 256)
+    parallel = _fwd_bwd_temp_bytes("parallel", t, heads, 256)
+    assert parallel >= scores
+    assert blockwise < parallel / 4 and blockwise < scores / 4
+
+
+def test_auto_form_and_backend_choice():
+    from scaling.ops.attention import BLOCKWISE_MIN_T, _resolve
+
+    short = _qkv(0, 1, 8, 2, 2, 8)
+    long = tuple(jax.ShapeDtypeStruct((1, BLOCKWISE_MIN_T, 2, 8), jnp.float32) for _ in range(3))
+    cache = init_kv_cache(1, 16, 2, 8)
+    assert _resolve(*short, "auto", "auto", None, None) == ("parallel", False)
+    assert _resolve(*long, "auto", "auto", None, None) == ("blockwise", False)
+    assert _resolve(*long, "auto", "auto", cache, None) == ("parallel", False)
+    assert _resolve(*long, "parallel", "xla", None, None) == ("parallel", False)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the CPU/TPU refusal of cuDNN")
+def test_cudnn_backend_refused_off_gpu_and_blockwise_needs_no_cache():
+    q, k, v = _qkv(0, 1, 8, 2, 2, 8)
+    with pytest.raises(ValueError, match="needs a GPU"):
+        attention(q, k, v, backend="cudnn")
+    with pytest.raises(ValueError, match="KV cache"):
+        attention(q, k, v, form="blockwise", initial_state=init_kv_cache(1, 16, 2, 8))
+    with pytest.raises(ValueError, match="block_q"):
+        attention(q, k, v, form="blockwise", block_q=0)
