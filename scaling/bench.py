@@ -45,7 +45,16 @@ from scaling.bench_ops import (
     ops_table,
     plot_ops,
 )
-from scaling.bench_util import _check_positive, _Progress, _subtitle, loglog_slope, machine_info, median_time
+from scaling.bench_util import (  # noqa: F401 (bench_peak and PEAK_SIZES re-exported)
+    PEAK_SIZES,
+    _check_positive,
+    _Progress,
+    _subtitle,
+    bench_peak,
+    loglog_slope,
+    machine_info,
+    median_time,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET_DIR = ROOT / "configs" / "models"
@@ -53,7 +62,6 @@ PRESET_DIR = ROOT / "configs" / "models"
 SUB_BENCHES = ("peak", "ops", "train", "decode", "all", "kernels")
 
 # Defaults sized so that `scaling bench all` takes a few minutes on a 2-core CPU; every one is a flag.
-PEAK_SIZES = (1024, 2048, 3072)
 TRAIN_PRESETS = ("transformer_small", "power_retention_small", "mamba2_small", "hybrid_small")
 DECODE_PRESETS = ("power_retention_small", "mamba2_small", "transformer_small")
 DECODE_CONTEXTS = (1024, 4096, 16384)
@@ -83,34 +91,6 @@ def _check_presets(presets: Sequence[str]) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # peak
 # ---------------------------------------------------------------------------------------------------------
-
-
-def bench_peak(*, sizes: Sequence[int] = PEAK_SIZES, repeats: int = 5, bandwidth_mib: int = 256,
-               progress: bool = False) -> dict:
-    """Square fp32 GEMMs (2 n^3 FLOPs each) through XLA; the peak is the best rate over the sizes.
-
-    Also the memory bandwidth of ``y = 2 x`` over a ``bandwidth_mib`` MiB array (bytes read + written / time),
-    the other roofline for ops whose features and states stream through memory.
-    """
-    _check_positive("sizes", list(sizes))
-    _check_positive("repeats", repeats)
-    _check_positive("bandwidth_mib", bandwidth_mib)
-    bar = _Progress(len(sizes) + 1, "peak", progress)
-    rows = []
-    matmul = jax.jit(lambda a, b: a @ b)
-    for n in sizes:
-        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-        b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-        t = median_time(matmul, a, b, repeats=repeats)
-        rows.append({"n": n, "ms": 1e3 * t, "gflops_per_s": 2.0 * n**3 / t / 1e9})
-        bar.advance(f"GEMM {n}")
-    x = jnp.ones((bandwidth_mib * 2**20 // 4,), jnp.float32)
-    t = median_time(jax.jit(lambda x: 2.0 * x), x, repeats=repeats)
-    bar.advance("bandwidth")
-    bar.close()
-    return {"kind": "peak", "machine": machine_info(), "repeats": repeats, "rows": rows,
-            "peak_gflops_per_s": max(r["gflops_per_s"] for r in rows),
-            "bandwidth_gb_per_s": 2 * x.size * 4 / t / 1e9, "bandwidth_mib": bandwidth_mib}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -15,7 +15,15 @@ import jax
 import jax.numpy as jnp
 
 from scaling import accounting, config
-from scaling.bench_util import _check_positive, _Progress, _subtitle, loglog_slope, machine_info, median_time
+from scaling.bench_util import (
+    _check_positive,
+    _Progress,
+    _subtitle,
+    bench_peak,
+    loglog_slope,
+    machine_info,
+    median_time,
+)
 
 OPS = ("power_retention", "ssd", "attention")
 OPS_CONTEXTS = (1024, 2048, 4096, 8192, 16384)
@@ -135,7 +143,6 @@ def bench_ops(*, contexts: Sequence[int] = OPS_CONTEXTS, batch: int = 1, heads: 
     if not max_gib > 0:
         raise ValueError(f"max_gib = {max_gib!r}: must be > 0")
     if peak is None:
-        from scaling.bench import bench_peak  # the peak bench lives with the others in scaling.bench
         peak = bench_peak(repeats=3)
     peak_gflops = peak["peak_gflops_per_s"]
     _check_positive("attention_block", attention_block)

@@ -11,7 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+PEAK_SIZES = (1024, 2048, 3072)
 
 # ---------------------------------------------------------------------------------------------------------
 # Timing, machine, progress
@@ -90,3 +93,31 @@ def _check_positive(name: str, values) -> None:
 def _subtitle(result: dict) -> str:
     m = result["machine"]
     return f"{m['cpu']} ({m['cpu_count']} cores, {m['platform']}), jax {m['jax']}, {m['date']}"
+
+
+def bench_peak(*, sizes: Sequence[int] = PEAK_SIZES, repeats: int = 5, bandwidth_mib: int = 256,
+               progress: bool = False) -> dict:
+    """Square fp32 GEMMs (2 n^3 FLOPs each) through XLA; the peak is the best rate over the sizes.
+
+    Also the memory bandwidth of ``y = 2 x`` over a ``bandwidth_mib`` MiB array (bytes read + written / time),
+    the other roofline for ops whose features and states stream through memory.
+    """
+    _check_positive("sizes", list(sizes))
+    _check_positive("repeats", repeats)
+    _check_positive("bandwidth_mib", bandwidth_mib)
+    bar = _Progress(len(sizes) + 1, "peak", progress)
+    rows = []
+    matmul = jax.jit(lambda a, b: a @ b)
+    for n in sizes:
+        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+        b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+        t = median_time(matmul, a, b, repeats=repeats)
+        rows.append({"n": n, "ms": 1e3 * t, "gflops_per_s": 2.0 * n**3 / t / 1e9})
+        bar.advance(f"GEMM {n}")
+    x = jnp.ones((bandwidth_mib * 2**20 // 4,), jnp.float32)
+    t = median_time(jax.jit(lambda x: 2.0 * x), x, repeats=repeats)
+    bar.advance("bandwidth")
+    bar.close()
+    return {"kind": "peak", "machine": machine_info(), "repeats": repeats, "rows": rows,
+            "peak_gflops_per_s": max(r["gflops_per_s"] for r in rows),
+            "bandwidth_gb_per_s": 2 * x.size * 4 / t / 1e9, "bandwidth_mib": bandwidth_mib}

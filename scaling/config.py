@@ -37,6 +37,9 @@ def default_mixer_configs() -> dict[str, ConfigDict]:
     return {
         "attention": ConfigDict({
             "n_heads": 4, "n_kv_heads": 4, "window": None, "rope": True, "rope_theta": 10_000.0,
+            # the form of the training forward (scaling/ops/attention.py): "auto" (blockwise, never holding the
+            # [T, T] scores, from 1,024 tokens; parallel below), "parallel" or "blockwise"
+            "impl": "auto",
         }),
         "retention": ConfigDict({
             "n_heads": 4, "n_kv_heads": 4, "p": 2, "chunk_size": 64, "rope": True,
@@ -248,6 +251,7 @@ def load(path: str | Path | None = None, overrides=None) -> ConfigDict:
 # Validation
 
 DTYPES = ("float32", "bfloat16")
+ATTENTION_IMPLS = ("auto", "parallel", "blockwise")
 KERNELS = ("xla", "pallas")  # "pallas": the chunked forms run pallas_kernels (docs/kernels.md)
 
 
@@ -300,6 +304,8 @@ def _validate_heads(m, section, prefix):
 
 def validate_attention(m, a, prefix):
     _validate_heads(m, a, prefix)
+    if a.get("impl", "auto") not in ATTENTION_IMPLS:
+        _fail(f"{prefix}.impl", a.impl, f"must be one of {', '.join(ATTENTION_IMPLS)}")
     if a.window is not None and (not isinstance(a.window, int) or isinstance(a.window, bool) or a.window <= 0):
         _fail(f"{prefix}.window", a.window, "must be a positive number of tokens, or None for no window")
 

@@ -48,6 +48,7 @@ ADDED_FIELDS: dict[tuple[str, ...], Any] = {
     ("train", "microbatches"): None,
     ("train", "remat"): None,
     ("model", "scan_layers"): None,
+    ("model", "attention", "impl"): "auto",
 }
 
 # How a run is laid out on the machine, not what it computes (the sharded run equals the one-device run, tests
