@@ -29,6 +29,7 @@ def test_loglog_slope_on_synthetic_numbers():
         bench.loglog_slope([1024], [1.0])
 
 
+@pytest.mark.slow
 def test_bench_all_cli_writes_json_and_plots(tmp_path):
     out = tmp_path / "b"
     assert main(["bench", "all", "--out", str(out), "--presets", "transformer_tiny", "power_retention_tiny",

@@ -159,6 +159,7 @@ def test_state_bytes_do_not_grow_with_generated_tokens_for_recurrent_mixers(name
         assert sizes[0] == state_nbytes(state)
 
 
+@pytest.mark.slow
 def test_generate_saves_and_continues_from_a_state(tmp_path):
     cfg, model = _model("hybrid")
     one = generate(model, "def f(x):", 10, temperature=0, model_cfg=cfg.model, save_state_to=tmp_path / "p.npz")
@@ -223,6 +224,7 @@ def test_generate_with_a_file_tokenizer_encodes_decodes_and_streams(tmp_path):
     assert rest == whole
 
 
+@pytest.mark.slow
 def test_cli_generate_saves_and_loads_a_state_by_the_same_path(tmp_path, capsys):
     """``scaling generate RUN --save-state state`` then ``--load-state state`` (the file is state.npz)."""
     from scaling import cli

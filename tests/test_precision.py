@@ -97,6 +97,7 @@ def _assert_tracks(pattern, steps):
     assert bf16[-10:].mean() < bf16[:10].mean() - 1.0  # and it learns
 
 
+@pytest.mark.slow
 def test_bf16_tracks_fp32_for_30_steps():
     """Every mixer in one model (attention, power retention, Mamba-2), 30 steps."""
     _assert_tracks("ARM", 30)

@@ -58,7 +58,8 @@ def test_microbatches_must_divide_the_batch_per_device():
         config.load(None, SMALL + ["train.microbatches=3"])
 
 
-@pytest.mark.parametrize("remat,pattern", [("block", "A"), ("block", "RM"), ("dots_saveable", "A")])
+@pytest.mark.parametrize("remat,pattern", [("block", "A"), pytest.param("block", "RM", marks=pytest.mark.slow),
+                                           ("dots_saveable", "A")])
 def test_remat_keeps_loss_and_gradients(remat, pattern):
     cfg = config.load(None, SMALL + [f"model.pattern='{pattern}'"])
     graphdef, state, _, _ = init_train_state(cfg)
@@ -94,6 +95,7 @@ def test_block_remat_lowers_the_compiled_steps_temporary_memory():
     assert block < 0.5 * none, (none, block)
 
 
+@pytest.mark.slow
 def test_scan_layers_train_step_matches_unrolled():
     """One step with stacked parameters updates each layer as the unrolled model does (the weight-decay mask
     sees a stacked norm gain [repeats, d] as a vector, not a matrix)."""

@@ -77,6 +77,7 @@ def test_workdir_of_another_config_is_refused(tmp_path):
         train(config.load(PRESET, TINY + ["train.steps=3"]), tmp_path, progress=False)
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_is_bit_exact(tmp_path):
     args = [PRESET, *sum((["--set", s] for s in TINY + ["train.steps=300", "train.eval_every=100",
                                                        "train.checkpoint_every=10"]), []), "--no-progress"]
@@ -120,6 +121,7 @@ def test_divergence_stops_with_status_and_keeps_last_good_checkpoint(tmp_path):
     assert all(np.isfinite(np.asarray(v, np.float32)).all() for v in state.values())
 
 
+@pytest.mark.slow
 def test_four_devices_match_one(tmp_path):
     """The same run sharded over 4 host devices gives the 1-device losses within 1e-5 relative."""
     script = (

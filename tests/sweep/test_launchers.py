@@ -58,6 +58,7 @@ def _check_done(sweep_dir):
     return rows
 
 
+@pytest.mark.slow
 def test_kill_9_mid_sweep_then_rerun_finishes_every_run_once(tmp_path):
     spec = write_spec(tmp_path / "spec.py", steps=(12, 400, 14))
     sweep_dir = tmp_path / "sweep"
@@ -117,6 +118,7 @@ def test_kill_9_mid_sweep_then_rerun_finishes_every_run_once(tmp_path):
     assert {"params", "state_size", "flops", "tokens", "final_val_loss", "context"} <= set(df.columns)
 
 
+@pytest.mark.slow
 def test_two_launchers_at_once_split_the_work(tmp_path):
     spec = write_spec(tmp_path / "spec.py", steps=(10, 12, 14, 16))
     sweep_dir = tmp_path / "sweep"
