@@ -168,6 +168,7 @@ def test_cli_rejects_bad_sub_commands_and_flags(tmp_path, capsys):
         bench.bench_ops(contexts=(16,), ops=("lstm",), peak={"peak_gflops_per_s": 1.0})
 
 
+@pytest.mark.slow
 def test_bench_kernels_rows(tmp_path):
     res = bench.bench_kernels(contexts=(48,), heads=2, head_dim=8, d_state=8, chunk=16, repeats=1)
     assert res["machine"]["jax"] == jax.__version__

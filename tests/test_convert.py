@@ -122,6 +122,7 @@ def test_conversion_errors_name_the_problem():
         check_convertible(src_cfg, mamba)
 
 
+@pytest.mark.slow
 def test_convert_run_then_train_continues(tmp_path):
     src_cfg = config.load(None, SRC + TRAIN + ["train.steps=4"])
     train(src_cfg, tmp_path / "src", progress=False)

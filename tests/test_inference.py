@@ -78,6 +78,7 @@ def test_prefill_save_load_step_equals_one_pass(name, tmp_path):
     assert rel_err(logits, full[:, :PROMPT]) < 1e-4
 
 
+@pytest.mark.slow
 def test_short_kv_cache_grows_on_load(tmp_path):
     """A prompt-sized attention cache loads into a longer one: slots keep their positions."""
     cfg, model = _model("hybrid")
@@ -90,6 +91,7 @@ def test_short_kv_cache_grows_on_load(tmp_path):
     assert rel_err(resumed, _forward(model, tokens)[:, PROMPT:]) < 1e-4
 
 
+@pytest.mark.slow
 def test_loading_into_the_wrong_model_is_a_clear_error(tmp_path):
     cfg, model = _model("hybrid")
     _, state = _prefill(model, _tokens(1, PROMPT), model.init_state(1, MAX_LEN))

@@ -72,7 +72,14 @@ def _check(tmp_path, mixers, meshes, resume_on=None):
 
 def test_hybrid_of_every_mixer_matches_one_device(tmp_path):
     """Mamba-2, power retention and attention in one model (pattern MRA) on the 3-axis mesh (the others: the slow
-    test), checkpointed at step 4 there and resumed on pure FSDP (the last step and the evaluation run there)."""
+    tests)."""
+    _check(tmp_path, ["hybrid"], ["2x2x2"])
+
+
+@pytest.mark.slow
+def test_checkpoint_on_one_mesh_resumes_on_another(tmp_path):
+    """The hybrid checkpointed at step 4 on the 3-axis mesh and resumed on pure FSDP (the last step and the
+    evaluation run there) gives the one-device losses."""
     _check(tmp_path, ["hybrid"], ["2x2x2"], resume_on="fsdp8")
 
 

@@ -71,6 +71,7 @@ def test_train_learns_and_writes_artifacts(tmp_path):
     assert again.step == 40 and len(_rows(tmp_path, "train")) == 40
 
 
+@pytest.mark.slow
 def test_workdir_of_another_config_is_refused(tmp_path):
     train(config.load(PRESET, TINY + ["train.steps=2"]), tmp_path, progress=False)
     with pytest.raises(config.ConfigError, match="different config"):

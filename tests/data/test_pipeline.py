@@ -126,6 +126,7 @@ def test_train_determinism_and_seeds(cfg):
     assert not np.array_equal(_rows(a)["inputs"], _rows(c)["inputs"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("packing", [True, False])
 def test_resume_from_state(cfg, packing):
     cfg = {**cfg, "packing": packing}
