@@ -77,22 +77,25 @@ def _canon(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _parent(d: dict, path: tuple[str, ...]) -> dict | None:
+    """The dict holding the last key of ``path`` in the nested dict ``d``, or None if a section is missing."""
+    node = d
+    for part in path[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else None
+
+
 def hashed_config(cfg) -> dict:
-    """The dict :func:`run_id` hashes: the resolved config without the ADDED_FIELDS at their registered value,
-    with RESOLVED_WHEN_NONE fields resolved."""
+    """The dict :func:`run_id` hashes: the resolved config without the LAYOUT_FIELDS, without the ADDED_FIELDS at
+    their registered value, with RESOLVED_WHEN_NONE fields resolved."""
     d = _as_dict(cfg)
-    for *parents, key in LAYOUT_FIELDS:
-        node = d
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(key, None)
+    for path in LAYOUT_FIELDS:
+        node = _parent(d, path)
+        if node is not None:
+            node.pop(path[-1], None)
     for path, default in ADDED_FIELDS.items():
-        *parents, key = path
-        node = d
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and key in node and _canon(node[key]) == _canon(default):
+        node, key = _parent(d, path), path[-1]
+        if node is not None and key in node and _canon(node[key]) == _canon(default):
             del node[key]
     for (section, key), resolve in RESOLVED_WHEN_NONE.items():
         if key in d.get(section, {}) and d[section][key] is None:

@@ -269,7 +269,8 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     # Packed rows hold several documents: their segment ids and positions go to the model, which keeps the
     # documents apart. An unpacked row is one document (padding after it), which sees nothing else anyway: the
     # model gets the tokens alone, so the train step stays the plain (and Pallas-capable) program.
-    drop = () if validate_data_config(cfg.data)["packing"] else ("segment_ids", "positions")
+    data = validate_data_config(cfg.data)
+    drop = () if data["packing"] else ("segment_ids", "positions")
 
     def shard(batch):  # this process's rows of the global batch -> global arrays (one process: device_put)
         return {k: jax.make_array_from_process_local_data(data_sharding, np.asarray(v))
@@ -309,7 +310,7 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
                                           t.get("remat"))
     lrs = learning_rates(schedule, total)
     task = cfg.data.source in TASKS  # a synthetic task: evaluations add task_accuracy
-    bpb = bpb_basis(validate_data_config(cfg.data))  # bits per byte: counted bytes, the file's ratio, or unknown
+    bpb = bpb_basis(data)  # bits per byte: counted bytes, the file's ratio, or unknown
 
     if step == 0 and t.get("init_from"):  # the loss right after initialisation from another run
         metrics.write({"kind": "eval", "step": 0, **evaluate(eval_step, train_state["params"], eval_batches, shard,
