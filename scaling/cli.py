@@ -11,11 +11,15 @@ EPILOG = "Configs are Python files with get_config() (see configs/). Overrides: 
 
 
 def _train(args) -> int:
-    from scaling import accounting, config
+    from scaling import accounting, config, sharding
     from scaling.cli_errors import check_corpus
     from scaling.rundir import run_id
     from scaling.train import train
 
+    try:  # a multi-host job joins before anything touches the devices
+        sharding.initialize_hosts(sharding.hosts_from(args.coordinator, args.num_processes, args.process_id))
+    except sharding.MeshError as e:
+        raise config.ConfigError(str(e)) from None
     if Path(args.config).is_dir():  # a run workdir (e.g. written by `scaling convert`): continue it
         cfg = config.load_run_config(args.config, args.set)
         workdir = args.workdir or args.config
@@ -321,6 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config field (repeatable), e.g. --set train.steps=200")
     t.add_argument("--workdir", help="run directory (default: runs/<model name>-<run id>)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    hosts = t.add_argument_group("multi-host (jax.distributed; under Slurm with several tasks all three are "
+                                 "optional)")
+    hosts.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (default: "
+                       "$JAX_COORDINATOR_ADDRESS)")
+    hosts.add_argument("--num-processes", type=int, metavar="N", help="processes in the job (default: "
+                       "$JAX_NUM_PROCESSES)")
+    hosts.add_argument("--process-id", type=int, metavar="I", help="this process, 0 .. N-1 (default: "
+                       "$JAX_PROCESS_ID); all share --workdir, process 0 writes its files")
     t.set_defaults(func=_train)
 
     g = sub.add_parser("generate", help="sample text from a trained run's newest checkpoint",

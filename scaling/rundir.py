@@ -168,6 +168,16 @@ def read_status(workdir: str | Path) -> dict:
 # Metrics
 
 
+class NoMetrics:
+    """The metrics log of a process other than the primary one in a multi-host run: writes nothing."""
+
+    def write(self, row: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class MetricsLog:
     """metrics.jsonl (rows past a resume point are dropped) and TensorBoard scalars."""
 

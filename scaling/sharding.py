@@ -32,6 +32,7 @@ data=8, fsdp=8 and data=2 x fsdp=2 x tensor=2 to one device's within 1e-5 for ev
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -146,6 +147,38 @@ def state_shardings(tree, mesh: jax.sharding.Mesh):
     return jax.tree_util.tree_map_with_path(one, tree)
 
 
+# The decode state (scaling.models.lm.LanguageModel.init_state): every leaf leads with the batch; the heads of a KV
+# cache, a retention or SSM state and the channels of a short-conv state follow the parameters' rules.
+DECODE_AXES = {
+    "k": ("batch", None, "heads", None), "v": ("batch", None, "heads", None),  # KV cache [B, T, h_kv, d]
+    "S": ("batch", "heads", None, None), "z": ("batch", "heads", None),  # retention [B, h, D, d], [B, h, D]
+    "ssm": ("batch", "heads", None, None),  # Mamba-2 [B, h, p, n]
+    "conv": ("batch", None, "hidden"),  # short conv [B, k - 1, channels]
+}
+DECODE_RULES = {"batch": BATCH_AXES, "heads": "tensor", "hidden": "tensor"}
+
+
+def decode_state_shardings(state, mesh: jax.sharding.Mesh):
+    """NamedShardings for a decode state: the batch over ``data`` x ``fsdp``, heads and conv channels over
+    ``tensor``, each only where the mesh axes divide the dimension (else replicated); scalars replicated."""
+    sizes = dict(mesh.shape)
+
+    def one(path, leaf):
+        shape = tuple(getattr(leaf, "shape", ()))
+        names = _names(path)
+        axes = DECODE_AXES.get(names[-1] if names else "", (None,) * len(shape))
+        if len(axes) != len(shape):
+            axes = ("batch",) + (None,) * (len(shape) - 1) if shape else ()
+        spec = []
+        for name, size in zip(axes, shape, strict=True):
+            mesh_axes = DECODE_RULES.get(name) if name else None
+            ways = int(np.prod([sizes.get(a, 1) for a in np.atleast_1d(mesh_axes)])) if mesh_axes else 1
+            spec.append(mesh_axes if mesh_axes and ways > 1 and size % ways == 0 else None)
+        return NamedSharding(mesh, P(*spec))
+
+    return jax.tree_util.tree_map_with_path(one, state)
+
+
 def batch_spec() -> P:
     """Batches ``[B, T]``: rows split over ``data`` and ``fsdp`` together."""
     return P(BATCH_AXES)
@@ -154,3 +187,71 @@ def batch_spec() -> P:
 def batch_divisor(mesh: jax.sharding.Mesh) -> int:
     """How many ways the batch is split (``train.batch_size`` must be a multiple of it)."""
     return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Hosts: jax.distributed
+
+
+SLURM_VARS = ("SLURM_JOB_ID", "SLURM_NTASKS", "SLURM_PROCID")  # what jax's Slurm detection reads (with the node list)
+
+
+def hosts_from(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
+               environ: Mapping[str, str] | None = None) -> dict | None:
+    """How this process joins a multi-host job, or None for a job of one process.
+
+    Each of the three comes from its flag (``scaling train --coordinator --num-processes --process-id``), else
+    from ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``. Under Slurm with more than one
+    task (``SLURM_NTASKS``), what is still unset is left to jax's Slurm detection (coordinator: the first node of
+    the step; process count and id: ``SLURM_NTASKS`` / ``SLURM_PROCID``). Otherwise all three must be given.
+    Returns ``{"coordinator_address", "num_processes", "process_id", "source"}`` (unset values None); raises
+    MeshError (one line naming the flag) on a bad value.
+    """
+    env = os.environ if environ is None else environ
+    coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS") or None
+    num = _int_flag("--num-processes", num_processes if num_processes is not None else env.get("JAX_NUM_PROCESSES"))
+    pid = _int_flag("--process-id", process_id if process_id is not None else env.get("JAX_PROCESS_ID"))
+    slurm = all(k in env for k in SLURM_VARS) and (_int_flag("SLURM_NTASKS", env["SLURM_NTASKS"]) or 1) > 1
+    if coordinator is None and num is None and pid is None and not slurm:
+        return None
+    if coordinator is not None and (":" not in coordinator or not coordinator.rsplit(":", 1)[1].isdigit()):
+        raise MeshError(f"--coordinator = {coordinator!r}: must be host:port of process 0, e.g. node0:1234")
+    if num is not None and num < 1:
+        raise MeshError(f"--num-processes = {num}: must be an integer >= 1")
+    if not slurm and None in (coordinator, num, pid):
+        missing = [f for f, v in (("--coordinator", coordinator), ("--num-processes", num), ("--process-id", pid))
+                   if v is None]
+        raise MeshError(f"multi-host: {', '.join(missing)} not set; give all three (flags, or JAX_COORDINATOR_ADDRESS, "
+                        "JAX_NUM_PROCESSES, JAX_PROCESS_ID), or run under Slurm with several tasks")
+    if pid is not None and num is not None and not 0 <= pid < num:
+        raise MeshError(f"--process-id = {pid}: must be in [0, {num}) for --num-processes = {num}")
+    return {"coordinator_address": coordinator, "num_processes": num, "process_id": pid,
+            "source": "slurm" if slurm else "flags or environment"}
+
+
+def _int_flag(name: str, value) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise MeshError(f"{name} = {value!r}: must be an integer") from None
+
+
+def initialize_hosts(hosts: dict | None = None) -> bool:
+    """Join the multi-host job ``hosts`` describes (:func:`hosts_from`; default: from the environment) with
+    ``jax.distributed.initialize``, before any computation. CPU processes talk over gloo. Returns whether this
+    is a multi-host job. Calling it again, or in a job already joined, does nothing."""
+    if jax.distributed.is_initialized():
+        return True
+    hosts = hosts_from() if hosts is None else hosts
+    if hosts is None or hosts.get("num_processes") == 1:
+        return False
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; GPUs and TPUs use their own
+    jax.distributed.initialize(**{k: v for k, v in hosts.items() if k != "source"})
+    return True
+
+
+def is_primary() -> bool:
+    """Process 0: the one that writes the run directory's files (every process writes its checkpoint shards)."""
+    return jax.process_index() == 0

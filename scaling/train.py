@@ -29,7 +29,6 @@ import functools
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -63,12 +62,6 @@ class TrainResult:
     workdir: str
     run_id: str
     summary: dict
-
-
-def maybe_initialize_distributed() -> None:
-    """Join a multi-host job when the environment describes one (coordinator address set)."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") and jax.process_count() == 1:
-        jax.distributed.initialize()
 
 
 def learning_rates(schedule, total: int) -> np.ndarray:
@@ -236,11 +229,16 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     Returns a TrainResult with status "done" or "diverged".
     """
     _config.validate(cfg)
-    maybe_initialize_distributed()
+    sharding.initialize_hosts()  # a multi-host job from the environment (no-op when one process, or joined)
+    primary = sharding.is_primary()  # process 0 writes the run directory; every process its checkpoint shards
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     rid = run_id(cfg)
-    held = rundir.write_config(workdir, rid, _config.to_dict(cfg))
+    if primary:
+        held = rundir.write_config(workdir, rid, _config.to_dict(cfg))
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("statescale config.json")
+        held = rundir.read_config(workdir)["run_id"]
     if held != rid:
         raise _config.ConfigError(
             f"workdir {str(workdir)!r} holds run {held} with a different config; "
@@ -304,8 +302,9 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
         "state_size": accounting.state_size(cfg, t.context), "context": t.context,
         "total_steps": total, "tokens": total * tokens_per_step, "flops": total * tokens_per_step * flops_per_token,
     }
-    rundir.write_status(workdir, "running", step=step, **summary)
-    metrics = MetricsLog(workdir, step)
+    if primary:
+        rundir.write_status(workdir, "running", step=step, **summary)
+    metrics = MetricsLog(workdir, step) if primary else rundir.NoMetrics()
     train_step, eval_step = _cached_steps(graphdef, t.grad_clip, t.b1, t.b2, t.weight_decay, microbatches,
                                           t.get("remat"))
     lrs = learning_rates(schedule, total)
@@ -316,7 +315,7 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
         metrics.write({"kind": "eval", "step": 0, **evaluate(eval_step, train_state["params"], eval_batches, shard,
                                                              bpb=bpb)})
     status, last = "done", {}
-    bar = _Progress(total, step, enabled=progress, title=m.name)
+    bar = _Progress(total, step, enabled=progress and primary, title=m.name)
     try:
         t_last, tok_since = time.perf_counter(), 0
         good = step  # the last step whose loss was checked finite
@@ -364,10 +363,12 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     if task:
         summary["task_accuracy"] = last.get("task_accuracy")
     if status == "done" and t.eval_contexts:
-        rundir.write_json(workdir / rundir.EVAL_CONTEXTS,
-                    {"train_context": t.context, "step": step,
-                     "contexts": evaluate_contexts(cfg, graphdef, train_state["params"], shard)})
-    rundir.write_status(workdir, status, **summary)
+        contexts = evaluate_contexts(cfg, graphdef, train_state["params"], shard)  # every process: collective
+        if primary:
+            rundir.write_json(workdir / rundir.EVAL_CONTEXTS,
+                              {"train_context": t.context, "step": step, "contexts": contexts})
+    if primary:
+        rundir.write_status(workdir, status, **summary)
     return TrainResult(status=status, step=step, workdir=str(workdir), run_id=rid, summary=summary)
 
 

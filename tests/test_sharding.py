@@ -118,3 +118,58 @@ def test_mesh_must_cover_the_devices():
         sharding.mesh_shape({"data": 2, "tensor": 2}, 8)
     with pytest.raises(sharding.MeshError, match=r"do not divide the 8 devices"):
         sharding.mesh_shape({"data": -1, "tensor": 3}, 8)
+
+
+DECODE_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from flax import nnx
+from scaling import config, sharding
+from scaling.models import build
+path, sets = json.loads(sys.argv[1])
+model = build(config.load(path, sets).model, seed=0)
+graphdef, params = nnx.split(model)
+tokens = np.random.default_rng(0).integers(0, 256, (8, 12)).astype(np.int32)
+prefill = jax.jit(lambda p, s, x: nnx.merge(graphdef, p).prefill(x, s))
+step = jax.jit(lambda p, s, x: nnx.merge(graphdef, p).step(x, s))
+
+def decode(params, state):
+    logits, state = prefill(params, state, tokens[:, :8])
+    out = [np.asarray(logits)]
+    for t in range(8, 12):
+        logits, state = step(params, state, tokens[:, t])
+        out.append(np.asarray(logits)[:, None])
+    return np.concatenate(out, 1), state
+
+ref, _ = decode(params, model.init_state(8, 12))
+mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+state = model.init_state(8, 12)
+layout = sharding.decode_state_shardings(state, mesh)
+got, end = decode(jax.device_put(params, sharding.state_shardings(params, mesh)), jax.device_put(state, layout))
+specs = {jax.tree_util.keystr(p): str(s.spec) for p, s in jax.tree_util.tree_flatten_with_path(layout)[0]}
+print(json.dumps({"err": float(np.abs(got - ref).max()), "scale": float(np.abs(ref).max()), "specs": specs}))
+"""
+
+
+def test_decode_state_is_sharded_by_the_same_rules_and_decodes_as_one_device():
+    """Prefill 8 tokens and decode 4 through attention's KV cache, retention's and Mamba-2's states (the hybrid MRA)
+    with parameters and decode state sharded on data=2 x fsdp=2 x tensor=2: the one-device logits."""
+    preset, sets = MODELS["hybrid"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", DECODE_SCRIPT,
+                           json.dumps([str(ROOT / f"configs/models/{preset}.py"), COMMON + sets])],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["err"] <= 1e-5 * max(out["scale"], 1.0), out
+    specs = out["specs"]
+    batch, heads = "('data', 'fsdp')", "'tensor'"
+    kinds = {"k": 0, "S": 0, "ssm": 0, "conv": 0}
+    for path, spec in specs.items():
+        leaf = path.rsplit(".", 1)[-1]
+        if leaf in kinds:
+            kinds[leaf] += 1
+            assert spec.startswith(f"P({batch}"), (path, spec)
+            assert leaf == "conv" or heads in spec, (path, spec)  # 2 heads over tensor = 2
+    assert all(kinds.values()), kinds  # every kind of state was there
+    assert specs["['pos']"] == "P()"

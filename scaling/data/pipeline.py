@@ -245,9 +245,15 @@ class DataIterator(grain.DatasetIterator):
     ``set_state`` refuses (ValueError) a state saved from a pipeline with other settings.
     """
 
-    def __init__(self, parent: grain.DatasetIterator, pipeline: dict[str, Any]):
+    def __init__(self, parent: grain.DatasetIterator, pipeline: dict[str, Any], *, index: str = "fixed"):
         super().__init__(parent)
         self._pipeline = pipeline
+        # How the stream's grain state moves, so that a state saved with another process layout can be read:
+        # "rows" / "batches": a random-access stream whose state is {"next_index": n} counting this process's
+        # rows (B/P per batch) or batches; "global": a sequential stream built the same on every process (packed
+        # rows: each process reads the global stream), whose state does not depend on the layout; "fixed": a
+        # state that only the same layout may read.
+        self._index = index
 
     def __next__(self) -> dict[str, np.ndarray]:
         return next(self._parent)
@@ -260,13 +266,33 @@ class DataIterator(grain.DatasetIterator):
             raise ValueError("state: must be a dict returned by DataIterator.get_state()")
         saved = {**_SINGLE_PROCESS, **state["pipeline"]}  # states saved before the layout was recorded
         diff = sorted(k for k in set(saved) | set(self._pipeline) if saved.get(k) != self._pipeline.get(k))
-        if diff:
-            k = diff[0]
+        grain_state = _restore_tuples(state["grain"])
+        if diff and set(diff) <= set(_SINGLE_PROCESS) and self._index != "fixed":
+            grain_state = self._relayout(grain_state, saved["process_count"])  # resumed on another process count
+        elif diff:
+            k = ([d for d in diff if d not in _SINGLE_PROCESS] or diff)[0]  # what a new layout cannot fix
             raise ValueError(
                 f"state: saved for a pipeline with {k} = {saved.get(k)!r}, this one has "
                 f"{k} = {self._pipeline.get(k)!r}; build the iterator with the saved settings"
             )
-        self._parent.set_state(_restore_tuples(state["grain"]))
+        self._parent.set_state(grain_state)
+
+    def _relayout(self, grain_state: dict[str, Any], saved_count: int) -> dict[str, Any]:
+        """A grain state saved by a process of a ``saved_count``-process job, for this process's layout: the
+        same global batch comes next."""
+        if self._index == "global":
+            return grain_state
+        index = grain_state.get("next_index") if isinstance(grain_state, dict) else None
+        if set(grain_state) != {"next_index"} or not isinstance(index, int):
+            raise ValueError(f"state: cannot move a grain state {grain_state!r} to another process layout")
+        if self._index == "batches":
+            return {"next_index": index}
+        batch = self._pipeline["batch_size"]
+        batches, rest = divmod(index, batch // saved_count)
+        if rest:
+            raise ValueError(f"state: next_index = {index} is not a whole number of batches of "
+                             f"{batch // saved_count} rows")
+        return {"next_index": batches * (batch // self._pipeline["process_count"])}
 
 
 _SINGLE_PROCESS = {"process_index": 0, "process_count": 1}
@@ -286,7 +312,8 @@ def _task_train_iterator(c: dict[str, Any], *, batch_size: int, context: int, se
     ds = _process_rows(grain.MapDataset.source(src), batch_size, process_index, process_count)
     ds = ds.batch(batch_size // process_count, drop_remainder=True).to_iter_dataset(_READ)
     return DataIterator(iter(ds), _task_pipeline_id(c, src.params, batch_size=batch_size, context=context, seed=seed,
-                                                    process_index=process_index, process_count=process_count))
+                                                    process_index=process_index, process_count=process_count),
+                        index="batches")
 
 
 def _pipeline_id(c: dict[str, Any], **kw: Any) -> dict[str, Any]:
@@ -383,7 +410,7 @@ def make_train_iterator(data_cfg: Any, *, batch_size: int, context: int, seed: i
         ds = ds.batch(batch_size // n_proc, drop_remainder=True)
     pipeline = _pipeline_id(c, batch_size=batch_size, context=context, seed=seed, process_index=p,
                             process_count=n_proc)
-    return DataIterator(iter(ds), pipeline)
+    return DataIterator(iter(ds), pipeline, index="global" if c["packing"] else "rows")
 
 
 def _padding_rows(n: int, context: int, pad: int = PAD) -> dict[str, np.ndarray]:
