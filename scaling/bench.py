@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scaling import accounting, config
+from scaling import accounting, bench_util, config
 from scaling.bench_ops import (
     OPS,
     OPS_CONTEXTS,
@@ -130,7 +130,10 @@ def bench_train(*, presets: Sequence[str] = TRAIN_PRESETS, batch: int = 8, conte
                      "n_layers": cfg.model.n_layers, "params": accounting.params(cfg)["total"], "batch": batch,
                      "context": context, "step_s": dt, "tokens_per_s": tps, "train_flops_per_token": flops_tok,
                      "gflops_per_s": tps * flops_tok / 1e9,
-                     "mfu": tps * flops_tok / 1e9 / peak["peak_gflops_per_s"]})
+                     "mfu": tps * flops_tok / 1e9 / peak["peak_gflops_per_s"], "dtype": str(cfg.model.dtype)})
+        hw = bench_util.hardware_peak(bench_util.device_kind(), str(cfg.model.dtype))
+        if hw:  # on a known accelerator: MFU against its datasheet peak too
+            rows[-1] |= {"hardware": hw[0], "hardware_peak_flops": hw[1], "hardware_mfu": tps * flops_tok / hw[1]}
         bar.advance(preset)
     bar.close()
     return {"kind": "train", "machine": machine_info(), "repeats": repeats, "overrides": list(overrides),
@@ -299,10 +302,16 @@ def peak_table(result: dict) -> str:
 
 
 def train_table(result: dict) -> str:
-    lines = ["| preset | params | batch x context | step (s) | tokens/s | GFLOP/s | MFU |",
-             "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['preset']} | {r['params']:,} | {r['batch']} x {r['context']} | {r['step_s']:.3f} | "
-              f"{r['tokens_per_s']:,.0f} | {r['gflops_per_s']:.1f} | {100 * r['mfu']:.1f}% |" for r in result["rows"]]
+    hw = any("hardware_mfu" in r for r in result["rows"])
+    lines = ["| preset | params | batch x context | step (s) | tokens/s | GFLOP/s | MFU (measured peak) |"
+             + (" MFU (datasheet peak) |" if hw else ""), "|---|---|---|---|---|---|---|" + ("---|" if hw else "")]
+    for r in result["rows"]:
+        line = (f"| {r['preset']} | {r['params']:,} | {r['batch']} x {r['context']} | {r['step_s']:.3f} | "
+                f"{r['tokens_per_s']:,.0f} | {r['gflops_per_s']:.1f} | {100 * r['mfu']:.1f}% |")
+        if hw:
+            line += (f" {100 * r['hardware_mfu']:.1f}% of {r['hardware']} {r.get('dtype', '')} "
+                     f"({r['hardware_peak_flops'] / 1e12:.0f} TFLOP/s) |" if "hardware_mfu" in r else " - |")
+        lines.append(line)
     return "\n".join(lines)
 
 

@@ -52,6 +52,39 @@ def machine_info() -> dict:
             "time_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
+# Datasheet dense peak FLOP/s per chip (no sparsity), by compute dtype, for the MFU that papers quote. Sources: NVIDIA
+# H100 Tensor Core GPU datasheet (SXM: 989.4 TF bf16, 67 TF fp32; PCIe: 756 / 51), H200 datasheet (as H100 SXM),
+# A100 datasheet (312 TF bf16, 19.5 TF fp32), Google Cloud TPU system architecture pages (bf16 per chip: v4 275,
+# v5e 197, v5p 459, v6e 918). fp32 on NVIDIA is the non-tensor-core rate (TF32 is not fp32); TPUs publish no fp32
+# matmul rate (None). Matched in order against jax's device_kind, lower case.
+HARDWARE_PEAKS = (  # (device_kind substring, name, {dtype: FLOP/s})
+    ("h100 pcie", "H100 PCIe", {"bfloat16": 756e12, "float32": 51e12}),
+    ("h100", "H100 SXM", {"bfloat16": 989.4e12, "float32": 67e12}),
+    ("h200", "H200", {"bfloat16": 989.4e12, "float32": 67e12}),
+    ("a100", "A100", {"bfloat16": 312e12, "float32": 19.5e12}),
+    ("tpu v4", "TPU v4", {"bfloat16": 275e12, "float32": None}),
+    ("tpu v5 lite", "TPU v5e", {"bfloat16": 197e12, "float32": None}),
+    ("tpu v5e", "TPU v5e", {"bfloat16": 197e12, "float32": None}),
+    ("tpu v5", "TPU v5p", {"bfloat16": 459e12, "float32": None}),
+    ("tpu v6 lite", "TPU v6e", {"bfloat16": 918e12, "float32": None}),
+)
+
+
+def hardware_peak(device_kind: str, dtype: str) -> tuple[str, float] | None:
+    """(name, datasheet peak FLOP/s) of a device for ``dtype`` ("bfloat16" | "float32"), or None when the table does
+    not know the device (a CPU) or has no figure for that dtype."""
+    kind = str(device_kind).lower()
+    for key, name, peaks in HARDWARE_PEAKS:
+        if key in kind:
+            peak = peaks.get(str(dtype))
+            return (name, peak) if peak else None
+    return None
+
+
+def device_kind() -> str:
+    return getattr(jax.devices()[0], "device_kind", jax.devices()[0].platform)
+
+
 class _Progress:
     """A rich progress bar on stderr (or nothing); ``advance(label)`` after each measurement."""
 

@@ -218,3 +218,28 @@ def test_op_inputs_shapes():
     assert q.shape == k.shape == v.shape == (2, 5, 3, 4) and lg.shape == dt.shape == (2, 5, 3)
     assert A.shape == (3,) and B.shape == C.shape == (2, 5, 1, 6)
     assert bool(jnp.all(lg <= 0)) and bool(jnp.all(dt > 0)) and bool(jnp.all(A < 0))
+
+
+@pytest.mark.parametrize("kind, dtype, want", [
+    ("NVIDIA H100 80GB HBM3", "bfloat16", ("H100 SXM", 989.4e12)),
+    ("NVIDIA H100 PCIe", "float32", ("H100 PCIe", 51e12)),
+    ("NVIDIA A100-SXM4-80GB", "bfloat16", ("A100", 312e12)),
+    ("TPU v5 lite", "bfloat16", ("TPU v5e", 197e12)),
+    ("TPU v5", "bfloat16", ("TPU v5p", 459e12)),
+    ("TPU v4", "float32", None),  # no datasheet fp32 matmul rate
+    ("cpu", "float32", None),
+])
+def test_hardware_peak_table(kind, dtype, want):
+    assert bench.bench_util.hardware_peak(kind, dtype) == want
+
+
+def test_bench_train_reports_mfu_against_the_datasheet_on_a_known_device(monkeypatch):
+    peak = {"peak_gflops_per_s": 100.0}
+    kw = dict(presets=["transformer_tiny"], batch=2, context=16, repeats=1, overrides=["model.n_layers=1"], peak=peak)
+    assert "hardware_mfu" not in bench.bench_train(**kw)["rows"][0]  # this CPU: only the measured peak
+    monkeypatch.setattr(bench.bench_util, "device_kind", lambda: "NVIDIA H100 80GB HBM3")
+    result = bench.bench_train(**kw)
+    row = result["rows"][0]
+    assert row["hardware"] == "H100 SXM" and row["hardware_peak_flops"] == 67e12  # the preset is fp32
+    assert math.isclose(row["hardware_mfu"], row["gflops_per_s"] * 1e9 / 67e12)
+    assert "MFU (datasheet peak)" in bench.train_table(result) and "of H100 SXM float32" in bench.train_table(result)
