@@ -26,7 +26,7 @@ microbatch on one device: batch / (microbatches x data x fsdp) rows times the co
 
 S_l, bytes per token of one layer, c = bytes of the compute dtype (4 float32, 2 bfloat16), d = d_model, f = the
 SwiGLU width, hq/hk/hd heads, kv heads and head width; every width that scaling.sharding splits over ``tensor``
-(heads, f, Mamba's in_proj outputs) divided by it:
+(heads, f, Mamba's in_proj outputs and SSD heads; not Mamba's conv: its weights are replicated) divided by it:
 - every block: 16 d (two residuals and two norm outputs, float32) + 2 c d (their casts, bf16 only) + 4 c f
   (gate, up, silu(gate), their product);
 - attention: c (3 hq + 3 hk) hd (q, k, v, the rotated q and k, the output before o); the parallel form (impl
@@ -164,13 +164,13 @@ def layer_bytes_per_token(m, letter: str, context: int, tensor: int = 1) -> floa
         hq, hk, hd = r.n_heads / tensor, r.n_kv_heads / tensor, d // r.n_heads
         dim, cr = sympow_dim(hd, r.p), min(r.chunk_size, context)
         out += c * (3 * hq + 3 * hk) * hd + 4 * (hq + 5 * hk) * hd + 20 * hq * cr + 4 * hk * dim * (hd + 1) / cr
-    elif letter == "M":
+    elif letter == "M":  # split over tensor: in_proj's outputs and the SSD's heads; not the conv (replicated weights)
         s = m.mamba
-        d_inner = s.expand * d / tensor  # in_proj's outputs are split over tensor
-        h, conv = d_inner / s.head_dim, d_inner + 2 * s.n_groups * s.d_state / tensor
+        d_inner = s.expand * d
+        h, conv = d_inner / s.head_dim, d_inner + 2 * s.n_groups * s.d_state
         cm = min(s.chunk_size, context)
-        out += 4 * (d_inner + conv + h) + (s.d_conv + 3) * c * conv + 20 * h * cm + 4 * s.n_groups * cm
-        out += 4 * h * s.head_dim * s.d_state / cm + 44 * d_inner
+        out += (4 * (d_inner + conv + h) + 20 * h * cm + 4 * h * s.head_dim * s.d_state / cm + 44 * d_inner) / tensor
+        out += (s.d_conv + 3) * c * conv + 4 * s.n_groups * cm
     else:
         raise ValueError(f"model.pattern letter {letter!r}: must be one of A, R, M")
     return out

@@ -32,7 +32,7 @@ SLOW_CASES = {
     "retention/scan-block": ("power_retention_tiny", ["model.scan_layers=True"], 1, "block"),
     "mamba": ("mamba2_tiny", [], 1, None),
     "mamba/bf16/mb2": ("mamba2_tiny", ["model.dtype='bfloat16'"], 2, None),
-    "hybrid": ("hybrid_tiny", [], 1, None),
+    "hybrid": ("hybrid_tiny", ["model.n_layers=4", "model.mamba.head_dim=16"], 1, None),  # MMMA
 }
 SHARDED = {  # name -> (preset, overrides, mesh); heads divisible by tensor = 2
     "mamba/2x2x2": ("mamba2_tiny", ["model.mamba.head_dim=16"], {"data": 2, "fsdp": 2, "tensor": 2}),

@@ -6,7 +6,9 @@ on which the train step fits a device's memory less :data:`scaling.memory.HEADRO
 scaling.memory.train_memory. The meshes searched are every data x fsdp x tensor factorisation of the device count
 (tensor at most 8, one node), or the one ``--mesh`` names (``{"fsdp": -1}``: -1 takes the remaining devices); the
 microbatches are the powers of two that split the batch over data x fsdp. Among the fitting meshes of that size
-and microbatch count the one with the least memory per device wins.
+and microbatch count the one with the least memory per device wins. The run's own train.remat is planned first;
+a run with remat "none" that fits on no layout is planned again with remat "block" (each block recomputed in the
+backward), and the plan says so.
 """
 
 from __future__ import annotations
@@ -70,10 +72,27 @@ def _meshes(n: int, spec: dict | None):
 def fit(cfg, devices: int, device_memory: int, mesh: dict | None = None,
         headroom: float = memory.HEADROOM) -> dict[str, Any]:
     """The smallest layout of one run that fits (module docstring): {"fits", "devices", "mesh", "microbatches",
-    "memory" (scaling.memory.TrainMemory.to_dict)}; when nothing fits, "fits" is False and the rest describe
-    the least memory per device found on ``devices`` devices."""
-    budget = device_memory * (1 - headroom)
+    "remat", "memory" (scaling.memory.TrainMemory.to_dict)}. The run's own train.remat first; if nothing fits
+    on ``devices`` devices and it is "none", remat "block". When nothing fits, "fits" is False and the rest
+    describe the least memory per device found on ``devices`` devices."""
+    own = cfg.train.get("remat") or "none"
     best = None
+    for remat in (own, "block") if own == "none" else (own,):
+        plan, least = _search(cfg, devices, device_memory * (1 - headroom), mesh, remat)
+        if plan is not None:
+            return {"fits": True, "devices": math.prod(plan.mesh.values()), "mesh": plan.mesh,
+                    "microbatches": plan.microbatches, "remat": remat, "memory": plan.to_dict()}
+        best = least if best is None or (least is not None and least.total < best.total) else best
+    if best is None:
+        return {"fits": False, "devices": devices, "mesh": None, "microbatches": None, "remat": None, "memory": None}
+    return {"fits": False, "devices": devices, "mesh": best.mesh, "microbatches": best.microbatches,
+            "remat": best.remat, "memory": best.to_dict()}
+
+
+def _search(cfg, devices: int, budget: float, mesh: dict | None, remat: str):
+    """(the fitting plan on the fewest devices, then microbatches, then bytes, or None; the least-memory plan on
+    the most devices searched)."""
+    least = None
     n = 1
     while n <= devices:
         found = None
@@ -82,21 +101,17 @@ def fit(cfg, devices: int, device_memory: int, mesh: dict | None = None,
             k = 1
             while k * split <= cfg.train.batch_size:
                 if cfg.train.batch_size % (k * split) == 0:
-                    plan = memory.train_memory(cfg, shape, microbatches=k)
+                    plan = memory.train_memory(cfg, shape, microbatches=k, remat=remat)
                     if plan.total <= budget and (found is None or (k, plan.total) < (found.microbatches,
                                                                                         found.total)):
                         found = plan
-                    if n == _last_power(devices) and (best is None or plan.total < best.total):
-                        best = plan
+                    if n == _last_power(devices) and (least is None or plan.total < least.total):
+                        least = plan
                 k *= 2
         if found is not None:
-            return {"fits": True, "devices": n, "mesh": found.mesh, "microbatches": found.microbatches,
-                    "memory": found.to_dict()}
+            return found, least
         n *= 2
-    if best is None:
-        return {"fits": False, "devices": devices, "mesh": None, "microbatches": None, "memory": None}
-    return {"fits": False, "devices": devices, "mesh": best.mesh, "microbatches": best.microbatches,
-            "memory": best.to_dict()}
+    return None, least
 
 
 def _last_power(n: int) -> int:

@@ -113,22 +113,22 @@ def print_plan(plans, console=None, *, peak_flops: float | None = None, mfu: flo
                       f"powers of two up to {memory['devices']} devices ("
                       f"{'mesh ' + str(memory['mesh']) if memory['mesh'] else 'every data x fsdp x tensor mesh'}"
                       ") and microbatches; p+opt: float32 parameters and AdamW moments, grads: gradients (+ the "
-                      "accumulator) and the update, act: activations under train.remat, logits: float32 logits "
-                      "(scaling.memory, docs/memory.md).")
+                      "accumulator) and the update, act: activations under the plan's remat (the run's, or block "
+                      "where none fits on no layout), logits: float32 logits (scaling.memory, docs/memory.md).")
 
 
-_MEMORY_COLUMNS = ("GiB/dev", "p+opt", "grads", "act", "logits", "devices", "mesh", "microb.")
+_MEMORY_COLUMNS = ("GiB/dev", "p+opt", "grads", "act", "logits", "devices", "mesh", "microb.", "remat")
 
 
 def _memory_cells(plan: dict) -> list[str]:
     m = plan["memory"]
     if m is None:
-        return ["-"] * (len(_MEMORY_COLUMNS) - 2) + [f"does not fit on {plan['devices']}", "-"]
+        return ["-"] * 5 + [f"does not fit on {plan['devices']}", "-", "-", "-"]
     from scaling.sweep.memory_plan import gib, mesh_label
 
     fits = str(plan["devices"]) if plan["fits"] else f"does not fit on {plan['devices']}"
     return [gib(m["total"]), gib(m["params"] + m["optimizer"]), gib(m["gradients"]), gib(m["activations"]),
-            gib(m["logits"]), fits, mesh_label(plan["mesh"]), str(plan["microbatches"])]
+            gib(m["logits"]), fits, mesh_label(plan["mesh"]), str(plan["microbatches"]), plan["remat"]]
 
 
 _STATUS_ORDER = {"running": 0, "pending": 1, "failed": 2, "diverged": 3, "done": 4}

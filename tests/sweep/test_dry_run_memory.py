@@ -75,10 +75,23 @@ def test_dry_run_json_holds_the_resolved_fields(tmp_path, capsys):
         assert r["schedule"]["kind"] == "warmup_cosine" and r["schedule"]["total_steps"] == r["steps"]
         assert r["flops"] == pytest.approx(3 * r["flops_per_token"] * r["tokens"], rel=1e-6)
         plan = r["memory_plan"]
-        assert plan["fits"] and plan["devices"] == 1 and plan["memory"]["total"] == r["memory_one_device"]["total"]
+        assert plan["fits"] and plan["devices"] == 1 and plan["remat"] == "none"
+        assert plan["memory"]["total"] == r["memory_one_device"]["total"]
     assert rows[0]["steps"] < rows[1]["steps"]
 
 
 def test_fit_rejects_nothing_silently():
     with pytest.raises(SpecError, match="--device-memory 'lots'"):
         parse_bytes("lots")
+
+
+def test_a_run_that_fits_no_layout_without_remat_is_planned_with_block_remat():
+    from scaling.memory import train_memory
+
+    cfg = config.load(BASE, [*OVERRIDES.items(), ("model.n_layers", 8), ("train.batch_size", 1),
+                             ("train.context", 2048)])
+    none, block = train_memory(cfg), train_memory(cfg, remat="block")
+    assert block.total < none.total / 2
+    plan = fit(cfg, 1, int(block.total / 0.9) + 1)
+    assert plan["fits"] and plan["remat"] == "block" and plan["memory"]["total"] == block.total
+    assert fit(cfg, 1, int(none.total / 0.9) + 1)["remat"] == "none"
