@@ -95,3 +95,10 @@ def test_a_run_that_fits_no_layout_without_remat_is_planned_with_block_remat():
     plan = fit(cfg, 1, int(block.total / 0.9) + 1)
     assert plan["fits"] and plan["remat"] == "block" and plan["memory"]["total"] == block.total
     assert fit(cfg, 1, int(none.total / 0.9) + 1)["remat"] == "none"
+
+
+def test_json_without_device_memory_has_the_one_device_memory(tmp_path, capsys):
+    assert cli.main(["sweep", _spec(tmp_path), "--dry-run", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert all("memory_plan" not in r and r["memory_one_device"]["total"] > r["memory_one_device"]["params"] > 0
+               for r in rows)
