@@ -144,7 +144,7 @@ def _flops(args) -> int:
 
 
 def _sweep(args) -> int:
-    from scaling.config import parse_override
+    from scaling.config import ConfigError, parse_override
     from scaling.sweep import launchers
 
     overrides = dict(parse_override(item) for item in args.set)
@@ -152,6 +152,8 @@ def _sweep(args) -> int:
         from scaling.sweep import dry_run
 
         return dry_run.main(args, overrides)
+    if args.json or args.device_memory or args.devices or args.mesh:
+        raise ConfigError("--json, --device-memory, --devices and --mesh plan a sweep: add --dry-run")
     params = dict(_kv(item, "--slurm-param") for item in args.slurm_param)
     result = launchers.run_sweep(
         args.spec, args.sweep_dir, launcher=args.launcher, workers=args.workers, retries=args.retries,

@@ -102,3 +102,9 @@ def test_json_without_device_memory_has_the_one_device_memory(tmp_path, capsys):
     rows = json.loads(capsys.readouterr().out)
     assert all("memory_plan" not in r and r["memory_one_device"]["total"] > r["memory_one_device"]["params"] > 0
                for r in rows)
+
+
+def test_planning_flags_need_dry_run(tmp_path, capsys):
+    assert cli.main(["sweep", _spec(tmp_path), "--device-memory", "80GiB", "--sweep-dir", str(tmp_path / "s")]) == 2
+    assert "add --dry-run" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
