@@ -243,3 +243,4 @@ def state_bytes(cfg, context: int) -> int:
 def state_size_per_layer(cfg, context: int) -> np.ndarray:
     m = _cfg_model(cfg)
     return np.array([sum(ACCOUNTING[x].state(m, context).values()) for x in _config.layer_pattern(m)])
+from scaling.memory import HEADROOM, TrainMemory, train_memory  # noqa: E402, F401  (memory per device: scaling/memory.py)

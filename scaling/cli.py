@@ -148,25 +148,16 @@ def _flops(args) -> int:
 
 
 def _sweep(args) -> int:
-    from rich.console import Console
-
-    from scaling.config import parse_override
-    from scaling.sweep import launchers, load_spec, table
-    from scaling.sweep.spec import expand
-    from scaling.sweep.table import wall_defaults
+    from scaling.config import ConfigError, parse_override
+    from scaling.sweep import launchers
 
     overrides = dict(parse_override(item) for item in args.set)
     if args.dry_run:
-        sweep = load_spec(args.spec, scale=args.scale)
-        sweep.overrides = {**sweep.overrides, **overrides}
-        peak, mfu = wall_defaults(args.scale)
-        device = None
-        if args.peak_flops is None and args.mfu is None:
-            device = "an H100 SXM's dense bf16 peak" if args.scale == "full" else "a 2-core CPU, fp32"
-        table.print_plan(expand(sweep, check_data=False), Console(width=max(Console().width, 220)),
-                             peak_flops=peak if args.peak_flops is None else args.peak_flops,
-                             mfu=mfu if args.mfu is None else args.mfu, device=device)
-        return 0
+        from scaling.sweep import dry_run
+
+        return dry_run.main(args, overrides)
+    if args.json or args.device_memory or args.devices or args.mesh:
+        raise ConfigError("--json, --device-memory, --devices and --mesh plan a sweep: add --dry-run")
     params = dict(_kv(item, "--slurm-param") for item in args.slurm_param)
     result = launchers.run_sweep(
         args.spec, args.sweep_dir, launcher=args.launcher, workers=args.workers, retries=args.retries,
@@ -442,6 +433,16 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--mfu", type=float, default=None,
                     help="fraction of the peak a training step reaches, for the estimate (default 0.4 with "
                     "--scale full, else 0.2)")
+    sw.add_argument("--devices", type=int, default=None,
+                    help="dry run: the most devices to plan memory for (default 8); see --device-memory")
+    sw.add_argument("--device-memory", default=None, metavar="SIZE",
+                    help="dry run: memory per device, e.g. 80GiB, 80GB or 16e9; adds memory per device and the "
+                    "smallest device count and microbatch count each run fits on (docs/memory.md)")
+    sw.add_argument("--mesh", default=None, metavar="JSON",
+                    help="dry run: the mesh shape to plan on, e.g. '{\"fsdp\": -1}' (default: search every "
+                    "data x fsdp x tensor factorisation)")
+    sw.add_argument("--json", action="store_true",
+                    help="dry run: print the expanded run table as JSON (resolved config fields, FLOPs, memory)")
     sw.add_argument("--no-progress", action="store_true", help="log lines instead of the live display")
     sw.add_argument("--ray-address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or auto)")
     sw.add_argument("--slurm-cluster", default=None,

@@ -63,9 +63,10 @@ def format_seconds(s: float) -> str:
 
 
 def print_plan(plans, console=None, *, peak_flops: float | None = None, mfu: float | None = None,
-               device: str | None = None) -> None:
+               device: str | None = None, memory: dict | None = None) -> None:
     """The expanded run table of ``scaling sweep --dry-run``; with ``peak_flops`` and ``mfu`` an estimated
-    wall time per run (training FLOPs / (mfu x peak_flops)) and in total, ``device`` naming the assumption."""
+    wall time per run (training FLOPs / (mfu x peak_flops)) and in total, ``device`` naming the assumption;
+    with ``memory`` ({"devices", "device_memory", "mesh"}) each run's memory plan (scaling.sweep.memory_plan)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -73,13 +74,17 @@ def print_plan(plans, console=None, *, peak_flops: float | None = None, mfu: flo
     from scaling.sweep.table import table_rows
 
     rows = table_rows(plans, peak_flops, mfu)
+    if memory:
+        from scaling.sweep import memory_plan
+
+        memory_plan.memory_columns(rows, plans, memory["devices"], memory["device_memory"], memory["mesh"])
     timed = peak_flops is not None and mfu is not None
     table = Table(title=f"{len(rows)} runs", show_lines=False)
     has_size = any(r["size"] for r in rows)
     has_point = any(r["point"] for r in rows)
     cols = ["run id", "variant"] + (["size"] if has_size else []) + (["axes"] if has_point else []) + [
         "context", "params", "non-emb", "state", "tokens", "steps", "FLOPs", "budget", "vs budget"] + (
-        ["est. wall"] if timed else [])
+        ["est. wall"] if timed else []) + (list(_MEMORY_COLUMNS) if memory else [])
     for c in cols:
         table.add_column(c, justify="left" if c in ("run id", "variant", "size", "axes") else "right", no_wrap=True)
     for r in rows:
@@ -89,6 +94,7 @@ def print_plan(plans, console=None, *, peak_flops: float | None = None, mfu: flo
                   "-" if r["budget"] is None else f"{r['budget']:.2e}",
                   "-" if r["budget_error"] is None else f"{100 * r['budget_error']:+.2f}%"]
         cells += [format_seconds(r["wall_s"])] if timed else []
+        cells += _memory_cells(r["memory_plan"]) if memory else []
         table.add_row(*cells)
     console.print(table)
     total = sum(r["flops"] for r in rows)
@@ -99,6 +105,30 @@ def print_plan(plans, console=None, *, peak_flops: float | None = None, mfu: flo
         console.print(f"est. wall: training FLOPs / (MFU {mfu:g} x peak {peak_flops:.3g} FLOP/s"
                       f"{f', {device}' if device else ''}), one run at a time on the whole device; all runs "
                       f"{format_seconds(wall)} (--peak-flops and --mfu change the assumption).")
+    if memory:
+        from scaling.memory import HEADROOM
+
+        console.print(f"memory: GiB per device of the train step on the smallest layout that fits "
+                      f"{memory['device_memory'] / 2**30:.1f} GiB less {HEADROOM:.0%} headroom, searched over "
+                      f"powers of two up to {memory['devices']} devices ("
+                      f"{'mesh ' + str(memory['mesh']) if memory['mesh'] else 'every data x fsdp x tensor mesh'}"
+                      ") and microbatches; p+opt: float32 parameters and AdamW moments, grads: gradients (+ the "
+                      "accumulator) and the update, act: activations under the plan's remat (the run's, or block "
+                      "where none fits on no layout), logits: float32 logits (scaling.memory, docs/memory.md).")
+
+
+_MEMORY_COLUMNS = ("GiB/dev", "p+opt", "grads", "act", "logits", "devices", "mesh", "microb.", "remat")
+
+
+def _memory_cells(plan: dict) -> list[str]:
+    m = plan["memory"]
+    if m is None:
+        return ["-"] * 5 + [f"does not fit on {plan['devices']}", "-", "-", "-"]
+    from scaling.sweep.memory_plan import gib, mesh_label
+
+    fits = str(plan["devices"]) if plan["fits"] else f"does not fit on {plan['devices']}"
+    return [gib(m["total"]), gib(m["params"] + m["optimizer"]), gib(m["gradients"]), gib(m["activations"]),
+            gib(m["logits"]), fits, mesh_label(plan["mesh"]), str(plan["microbatches"]), plan["remat"]]
 
 
 _STATUS_ORDER = {"running": 0, "pending": 1, "failed": 2, "diverged": 3, "done": 4}
