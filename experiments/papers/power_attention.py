@@ -7,12 +7,12 @@ parameters and training FLOPs: softmax attention trains at context T, power atte
 attention's head size is chosen so its state FLOPs per token are close to attention's at T; each run then
 gets the whole number of steps that spends its FLOP budget (FLOP matching, scaling.sweep.spec).
 
-``scale="full"``: the paper's setup (arXiv 2507.04239, section 5 "Experiments", Table 4 and Appendix D): the
+``scale="full"``: the paper's setup (arXiv 2507.04239, Table 4 and Appendix D, as issue 17 reads them): the
 750M model is RWKV-7's "large" shape, width 1280, 36 layers, 20 heads (of 64) [Appendix D], with the GPT-2
 vocabulary of 50,257 tokens, tied embeddings; softmax attention at context 1024, power attention p = 2 and
 window-1024 attention at 4096 [Table 4]; about 7.86M tokens per update, 7680 x 1024 and 1920 x 4096 [Appendix D];
 AdamW lr 3e-4, cosine to 1e-5 absolute (``train.min_lr``), weight decay 0.1, betas 0.9 / 0.999, clip 1.0 (as issue 9
-quoted the paper). The comparison matches state size and tokens per update [section 5]: attention's KV cache at
+quoted the paper). The comparison matches state size and tokens per update [Table 4]: attention's KV cache at
 1024 (2 x 1024 x 20 x 64 = 2.62M a layer), the window's at 1024 and power p = 2's state (20 x (2080 x 64 + 2080)
 = 2.70M a layer, D = C(65, 2)) agree within 3%. The backbone is the statescale block (pre-norm mixer + SwiGLU MLP),
 not RWKV-7's; 774M parameters (tests/sweep/test_paper_specs.py). Not stated in what this spec was checked against:

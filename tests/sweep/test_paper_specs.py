@@ -45,7 +45,7 @@ def test_power_attention_is_rwkv7_large_at_7_86m_tokens_an_update():
         assert (t.lr, lr_floor(t), t.schedule, t.b2) == (3e-4, 1e-5, "cosine", 0.999)
     assert (plans["attention"].context, plans["window"].context, plans["power"].context) == (1024, 4096, 4096)
     assert plans["window"].cfg.model.attention.window == 1024 and plans["power"].cfg.model.retention.p == 2
-    # [PA] section 5: equal state size (KV cache at 1024, the window's, p = 2's state) within 3%
+    # [PA] Table 4: equal state size (KV cache at 1024, the window's, p = 2's state) within 3%
     states = [p.state_size for p in plans.values()]
     assert max(states) / min(states) - 1 < 0.035
     assert plans["attention"].state_size == 36 * 2 * 1024 * 20 * 64
