@@ -15,7 +15,14 @@ FLOPs are the forward pass per token at a given context T, 2 FLOPs per multiply-
 each mixer's context-dependent term, split into "weights" (matmuls with parameters: projections, MLP, LM
 head) and "state" (the mixer's work on its sequence state: attention scores, retention's intra-chunk
 attention and feature-map state, SSD's chunk terms). Training counts 3x forward. Tests hold the total
-within 10% of XLA's cost analysis of the compiled forward pass for every mixer and context.
+within 10% of XLA's cost analysis of the compiled forward pass for every mixer and context
+(``scaling flops CONFIG --xla`` prints that ratio: scaling/accounting_xla.py).
+
+Two conventions for the causally masked blocks (``attention_flops``, :data:`ATTENTION_FLOPS`):
+- "full" (the default): the whole T x T block of causal attention (and the c x c block of a chunk) is counted,
+  as the parallel form computes it and as Chinchilla's appendix F counts it;
+- "causal": only the unmasked half, the mean keys in view of a query, (T + 1) / 2 (with a window w,
+  the mean of min(i, w) over positions i), as "Scaling Context Requires Rethinking Attention" (Table 2) counts it.
 """
 
 from __future__ import annotations
@@ -29,6 +36,28 @@ from scaling import config as _config
 from scaling.ops.power_retention import sympow_dim
 
 _BYTES = {"float32": 4, "bfloat16": 2}
+ATTENTION_FLOPS = ("full", "causal")  # conventions for causal blocks: see the module docstring
+CONVENTION_NOTE = {
+    "full": "causal attention counted as the whole T x T block (Chinchilla's convention; --attention-flops causal "
+            "counts the unmasked half)",
+    "causal": "causal attention counted as the unmasked half of the T x T block, mean keys in view (T + 1) / 2 "
+              "(the convention of Gelada et al. 2025, Table 2)",
+}
+
+
+def check_convention(attention_flops: str) -> str:
+    if attention_flops not in ATTENTION_FLOPS:
+        raise ValueError(f"attention_flops = {attention_flops!r}: must be one of {', '.join(ATTENTION_FLOPS)}")
+    return attention_flops
+
+
+def mean_keys(context: int, window: int | None, causal: bool) -> float:
+    """Keys a query's scores cover, per query: the whole block (``context``, or ``window``) when not ``causal``;
+    else the mean over positions i = 1 .. T of min(i, window), the keys the mask leaves in view."""
+    w = min(context, window) if window else context
+    if not causal:
+        return float(w)
+    return (w * (w + 1) / 2 + (context - w) * w) / context
 
 
 def _cfg_model(cfg):
@@ -48,14 +77,15 @@ def attention_params(m) -> int:
     return m.d_model * hd * (2 * hq + 2 * hk)  # q, o: d x hq hd; k, v: d x hk hd
 
 
-def attention_flops(m, context: int) -> dict[str, float]:
+def attention_flops(m, context: int, causal: bool = False) -> dict[str, float]:
     """Per token: q/k/v/o projections; scores QK^T and the weighted sum AV over the keys in view.
 
     The parallel form computes every key of the context (the causal mask zeroes half, the work stays),
-    as the Chinchilla appendix F count does; a window bounds the keys to ``window``.
+    as the Chinchilla appendix F count does; a window bounds the keys to ``window``. ``causal``: only the keys
+    the mask leaves in view (:func:`mean_keys`).
     """
     hq, hk, hd = _attention_dims(m)
-    keys = min(context, m.attention.window) if m.attention.window else context
+    keys = mean_keys(context, m.attention.window, causal)
     return {"weights": 2.0 * m.d_model * hd * (2 * hq + 2 * hk), "state": 2.0 * 2 * keys * hq * hd}
 
 
@@ -92,7 +122,7 @@ def retention_params(m) -> int:
     return m.d_model * hd * (2 * hq + 2 * hk) + gate + conv
 
 
-def retention_flops(m, context: int) -> dict[str, float]:
+def retention_flops(m, context: int, causal: bool = False) -> dict[str, float]:
     """Per token of the chunked form, chunk c = min(chunk_size, T) (a ragged tail is padded to c):
 
     - intra-chunk attention: scores c*d and values c*e per query head (the full c x c block is computed);
@@ -101,22 +131,27 @@ def retention_flops(m, context: int) -> dict[str, float]:
       has no state to query); state update phi(k) v^T and sum phi(k): D*(e + 1) per kv head; decaying S
       once per chunk: D*e/c per kv head.
     D = C(head_dim + p - 1, p) makes the state term tunable independently of the parameters.
+    ``retention.form = "parallel"`` (the attention form): scores and values over the keys, as attention's.
+    ``causal``: the intra-chunk block counts (c + 1) / 2 keys a query, its unmasked half.
     """
     hq, hk, hd = _retention_dims(m)
     r = m.retention
+    gate = 2.0 * m.d_model * hk if r.gate else 0.0
+    conv = 2.0 * r.conv * _retention_conv_channels(m)  # the depthwise conv, counted with the weights as Mamba's
+    weights = 2.0 * m.d_model * hd * (2 * hq + 2 * hk) + gate + conv
+    if r.get("form", "chunked") == "parallel":  # the attention form: scores and values over the keys, no features
+        return {"weights": weights, "state": 2.0 * 2 * mean_keys(context, None, causal) * hq * hd}
     dim = sympow_dim(hd, r.p)
     c = min(r.chunk_size, context)
     pad = (-(-context // c) * c) / context  # padded tokens per real token
-    gate = 2.0 * m.d_model * hk if r.gate else 0.0
     n_chunks = -(-context // c)
-    intra = 2.0 * c * hd * hq + 2.0 * c * hd * hq
+    keys = mean_keys(c, None, causal)
+    intra = 2.0 * keys * hd * hq + 2.0 * keys * hd * hq
     # a call that fits in one chunk (and starts from no state) never queries the state
     queried = hq if n_chunks > 1 else 0
     features = r.p * dim * (queried + hk)
     state = 2.0 * dim * (hd + 1) * (queried + hk) + dim * hd * hk / c
-    conv = 2.0 * r.conv * _retention_conv_channels(m)  # the depthwise conv, counted with the weights as Mamba's
-    return {"weights": 2.0 * m.d_model * hd * (2 * hq + 2 * hk) + gate + conv,
-            "state": pad * (intra + features + state)}
+    return {"weights": weights, "state": pad * (intra + features + state)}
 
 
 def retention_state(m, context: int) -> dict[str, int]:
@@ -143,16 +178,18 @@ def mamba_params(m) -> int:
     return in_proj + conv + 3 * nh + d_inner + d_inner * m.d_model  # dt_bias, A_log, D; norm; out_proj
 
 
-def mamba_flops(m, context: int) -> dict[str, float]:
+def mamba_flops(m, context: int, causal: bool = False) -> dict[str, float]:
     """Per token: in/out projections and the depthwise conv (weights); the chunked SSD (state), chunk
     c = min(chunk_size, T): scores C B^T c*N per group, masked scores times dt x c*P per head, chunk state
-    and state readout P*N each per head, the inter-chunk recurrence P*N/c per head."""
+    and state readout P*N each per head, the inter-chunk recurrence P*N/c per head. ``causal``: the intra-chunk
+    terms count (c + 1) / 2 keys a query."""
     s = m.mamba
     d_inner, nh, conv_dim = mamba_dims(m)
     c = min(s.chunk_size, context)
     pad = (-(-context // c) * c) / context
     weights = 2.0 * m.d_model * (d_inner + conv_dim + nh) + 2.0 * s.d_conv * conv_dim + 2.0 * d_inner * m.d_model
-    ssd = 2.0 * (s.n_groups * c * s.d_state + nh * (c * s.head_dim + 2 * s.head_dim * s.d_state))
+    keys = mean_keys(c, None, causal)
+    ssd = 2.0 * (s.n_groups * keys * s.d_state + nh * (keys * s.head_dim + 2 * s.head_dim * s.d_state))
     ssd += nh * s.head_dim * s.d_state / c
     return {"weights": weights, "state": pad * ssd}
 
@@ -168,7 +205,7 @@ def mamba_state(m, context: int) -> dict[str, int]:
 class MixerAccounting:
     params: Callable  # model_cfg -> int
     state: Callable  # (model_cfg, context) -> {dtype name: elements}
-    flops: Callable  # (model_cfg, context) -> {"weights": FLOPs/token, "state": FLOPs/token}
+    flops: Callable  # (model_cfg, context, causal=False) -> {"weights": FLOPs/token, "state": FLOPs/token}
 
 
 ACCOUNTING: dict[str, MixerAccounting] = {
@@ -178,47 +215,57 @@ ACCOUNTING: dict[str, MixerAccounting] = {
 }
 
 
+def _ffn_params(m) -> int:
+    """The MLP of a block and its norm: SwiGLU's three matrices (none with model.mlp = False)."""
+    return m.d_model + 3 * m.d_model * _config.d_ff(m) if m.get("mlp", True) else 0
+
+
+def _ffn_flops(m) -> float:
+    return 2.0 * 3 * m.d_model * _config.d_ff(m) if m.get("mlp", True) else 0.0
+
+
 def params(cfg) -> dict[str, int]:
     """Parameter counts: {"total", "embedding", "non_embedding"}.
 
     Embedding counts the token table and, when untied, the output head.
     """
     m = _cfg_model(cfg)
-    per_block = 2 * m.d_model + 3 * m.d_model * _config.d_ff(m)  # two norms, SwiGLU
-    blocks = sum(per_block + ACCOUNTING[letter].params(m) for letter in _config.layer_pattern(m))
+    blocks = sum(_ffn_params(m) + m.d_model + ACCOUNTING[letter].params(m) for letter in _config.layer_pattern(m))
     embedding = m.vocab_size * m.d_model * (1 if m.tie_embeddings else 2)
-    non_embedding = blocks + m.d_model  # + final norm
+    non_embedding = blocks + m.d_model * (2 if m.get("embed_norm") else 1)  # + final norm (+ embedding norm)
     return {"total": embedding + non_embedding, "embedding": embedding, "non_embedding": non_embedding}
 
 
-def flops_breakdown(cfg, context: int) -> dict[str, float]:
+def flops_breakdown(cfg, context: int, attention_flops: str = "full") -> dict[str, float]:
     """Forward FLOPs per token at ``context``: {"weights", "state", "head", "total"}.
 
     weights: every matmul with parameters in the blocks (mixer projections, SwiGLU MLP);
     state: the mixers' context-dependent work; head: the LM head (logits), 2 * d_model * vocab.
     Embedding lookups are gathers (no FLOPs); norms and activations are elementwise and not counted.
+    ``attention_flops``: "full" or "causal", the count of causally masked blocks (module docstring).
     """
+    causal = check_convention(attention_flops) == "causal"
     m = _cfg_model(cfg)
     context = int(context)
     if context < 1:
         raise ValueError(f"context = {context}: must be >= 1")
     weights = state = 0.0
     for letter in _config.layer_pattern(m):
-        f = ACCOUNTING[letter].flops(m, context)
-        weights += f["weights"] + 2.0 * 3 * m.d_model * _config.d_ff(m)
+        f = ACCOUNTING[letter].flops(m, context, causal)
+        weights += f["weights"] + _ffn_flops(m)
         state += f["state"]
     head = 2.0 * m.d_model * m.vocab_size
     return {"weights": weights, "state": state, "head": head, "total": weights + state + head}
 
 
-def flops_per_token(cfg, context: int) -> float:
+def flops_per_token(cfg, context: int, attention_flops: str = "full") -> float:
     """Forward FLOPs per token at ``context`` (training costs 3x this)."""
-    return flops_breakdown(cfg, context)["total"]
+    return flops_breakdown(cfg, context, attention_flops)["total"]
 
 
-def train_flops_per_token(cfg, context: int) -> float:
+def train_flops_per_token(cfg, context: int, attention_flops: str = "full") -> float:
     """Training FLOPs per token: forward + backward = 3 x forward."""
-    return 3.0 * flops_per_token(cfg, context)
+    return 3.0 * flops_per_token(cfg, context, attention_flops)
 
 
 def _state_by_dtype(m, context: int) -> dict[str, int]:

@@ -128,22 +128,36 @@ def _flops(args) -> int:
 
     cfg = config.load(args.config, args.set)
     n = accounting.params(cfg)
+    conv = args.attention_flops
     table = Table(title=f"{cfg.model.name}: {n['total']:,} params ({n['non_embedding']:,} non-embedding), "
-                  f"pattern {cfg.model.pattern} x {cfg.model.n_layers}")
-    for col in ("context", "fwd/tok", "train/tok", "weights", "state", "head", "w/s ratio", "state elems",
-                "state bytes"):
+                  f"pattern {cfg.model.pattern} x {cfg.model.n_layers}, attention FLOPs: {conv}")
+    cols = ["context", "fwd/tok", "train/tok", "weights", "state", "head", "w/s ratio", "state elems", "state bytes"]
+    if args.xla:
+        cols += ["XLA fwd/tok", "formula/XLA"]
+    for col in cols:
         table.add_column(col, justify="right", no_wrap=True)
     for t in args.context:
-        f = accounting.flops_breakdown(cfg, t)
+        f = accounting.flops_breakdown(cfg, t, conv)
         ratio = f["weights"] / f["state"] if f["state"] else float("inf")
-        table.add_row(f"{t:,}", f"{f['total']:.3g}", f"{3 * f['total']:.3g}", f"{f['weights']:.3g}",
-                      f"{f['state']:.3g}", f"{f['head']:.3g}", f"{ratio:.3g}",
-                      f"{accounting.state_size(cfg, t):.3g}", f"{accounting.state_bytes(cfg, t):.3g}")
-    console = Console(width=max(Console().width, 130))
+        row = [f"{t:,}", f"{f['total']:.3g}", f"{3 * f['total']:.3g}", f"{f['weights']:.3g}",
+               f"{f['state']:.3g}", f"{f['head']:.3g}", f"{ratio:.3g}",
+               f"{accounting.state_size(cfg, t):.3g}", f"{accounting.state_bytes(cfg, t):.3g}"]
+        if args.xla:
+            from scaling.accounting_xla import xla_ratio
+
+            formula, r = xla_ratio(cfg, t)
+            row += [f"{formula / r:.3g}", f"{r:.3f}"]
+        table.add_row(*row)
+    console = Console(width=max(Console().width, 160 if args.xla else 130))
     console.print(table)
     console.print("FLOPs per token (2 per multiply-add), forward; train = 3x forward. weights: matmuls with "
                   "parameters in the blocks; state: the mixers' context-dependent work; head: the LM head; "
                   "w/s: weight/state FLOP ratio. State per sequence, summed over layers.")
+    console.print(f"attention FLOPs: {accounting.CONVENTION_NOTE[conv]}.")
+    if args.xla:
+        console.print("formula/XLA: the formula (\"full\" convention, what the compiled forward computes) over XLA's "
+                      "cost analysis of the forward compiled at batch 2 with parallel attention and unrolled chunk "
+                      "loops (scaling/accounting_xla.py).")
     return 0
 
 
@@ -369,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--context", type=int_at_least(1, "tokens"), nargs="+", default=[1024, 4096, 16384, 65536],
                    help="contexts in tokens (default 1k 4k 16k 64k)")
     f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    f.add_argument("--attention-flops", choices=("full", "causal"), default="full",
+                   help="count causal attention's whole T x T block (full, Chinchilla's convention, the default) or "
+                        "its unmasked half (causal, as Gelada et al. 2025 Table 2)")
+    f.add_argument("--xla", action="store_true",
+                   help="also compile the forward and print the formula's ratio to XLA's cost analysis")
     f.set_defaults(func=_flops)
 
     b = sub.add_parser("bench", help="performance harness: side-by-side timings measured in one process",

@@ -45,6 +45,9 @@ def default_mixer_configs() -> dict[str, ConfigDict]:
             "n_heads": 4, "n_kv_heads": 4, "p": 2, "chunk_size": 64, "rope": True,
             "rope_theta": 10_000.0, "normalize": "sum", "gate": True, "gate_init": 0.999,
             "conv": 0,  # width of a short causal conv over q/k/v (0 = none; 4 as in Mamba/Based)
+            # the training / prefill forward: "chunked" (D = C(head_dim + p - 1, p) features a head) or "parallel" (the
+            # attention form, (q.k)^p over the causal T x T block, as the sympow article trained); decode is recurrent
+            "form": "chunked",
         }),
         "mamba": ConfigDict({
             "d_state": 64, "expand": 2, "head_dim": 32, "n_groups": 1, "d_conv": 4, "chunk_size": 64,
@@ -70,6 +73,9 @@ def default_model_config() -> ConfigDict:
         # True: the whole repeats of the pattern run under one lax.scan over stacked parameters (compile time flat
         # in depth, same logits); its checkpoints load only into a scan_layers model. None: False (unhashed)
         "scan_layers": None,
+        # True: an RMSNorm on the embeddings before the first block (the sympow article's extra norm); False: none
+        "embed_norm": False,
+        "mlp": True,  # False: blocks are the mixer alone, no SwiGLU MLP (Mamba's and Mamba-2's stacks)
     })
     for key, sub in default_mixer_configs().items():
         cfg[key] = sub
@@ -84,6 +90,10 @@ def default_train_config() -> ConfigDict:
         "context": 256,
         "lr": 3e-3,  # peak learning rate
         "min_lr_ratio": 0.1,  # cosine decays to lr * min_lr_ratio
+        # an absolute floor of the cosine instead (e.g. 1e-5, Mamba's recipe); None: lr * min_lr_ratio
+        "min_lr": None,
+        # "cosine": linear warm-up then cosine decay to the floor; "constant": linear warm-up then lr to the end
+        "schedule": "cosine",
         "warmup_steps": 20,
         "weight_decay": 0.1,  # AdamW; norms, biases and gains are not decayed
         "b1": 0.9,
@@ -253,6 +263,7 @@ def load(path: str | Path | None = None, overrides=None) -> ConfigDict:
 DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("auto", "parallel", "blockwise")
 KERNELS = ("xla", "pallas")  # "pallas": the chunked forms run pallas_kernels (docs/kernels.md)
+SCHEDULES, RETENTION_FORMS = ("cosine", "constant"), ("chunked", "parallel")  # train.schedule, model.retention.form
 
 
 def _check_int(field, value, lo=1):
@@ -283,6 +294,9 @@ def validate_model(m: ConfigDict, prefix: str = "model") -> None:
             _fail(f"{prefix}.pattern", m.pattern, f"unknown letter {letter!r}; letters are {accepted}")
     if m.get("scan_layers") not in (None, True, False):
         _fail(f"{prefix}.scan_layers", m.scan_layers, "must be True, False or None (False)")
+    for name in ("embed_norm", "mlp"):
+        if m.get(name, name == "mlp") not in (True, False):
+            _fail(f"{prefix}.{name}", m[name], "must be True or False")
     if m.norm_eps <= 0:
         _fail(f"{prefix}.norm_eps", m.norm_eps, "must be > 0")
     for letter in sorted(set(m.pattern)):
@@ -315,6 +329,7 @@ def validate_retention(m, r, prefix):
     _check_choice(f"{prefix}.p", r.p, (1, 2, 3, 4))
     _check_int(f"{prefix}.chunk_size", r.chunk_size)
     _check_choice(f"{prefix}.normalize", r.normalize, ("sum", "rmsnorm"))
+    _check_choice(f"{prefix}.form", r.get("form", "chunked"), RETENTION_FORMS)
     if r.normalize == "sum" and r.p % 2:
         _fail(f"{prefix}.normalize", r.normalize,
               f"sum normalisation needs an even p (p = {r.p}); use normalize = 'rmsnorm'")
@@ -355,6 +370,10 @@ def validate_train(t: ConfigDict, prefix: str = "train") -> None:
         _fail(f"{prefix}.lr", t.lr, "must be > 0")
     if not 0 <= t.min_lr_ratio <= 1:
         _fail(f"{prefix}.min_lr_ratio", t.min_lr_ratio, "must be in [0, 1]")
+    lo = t.get("min_lr")
+    if lo is not None and (isinstance(lo, bool) or not isinstance(lo, (int, float)) or not 0 <= lo <= t.lr):
+        _fail(f"{prefix}.min_lr", lo, f"must be None (lr * min_lr_ratio) or a learning rate in [0, train.lr = {t.lr}]")
+    _check_choice(f"{prefix}.schedule", t.get("schedule", "cosine"), SCHEDULES)
     if t.weight_decay < 0:
         _fail(f"{prefix}.weight_decay", t.weight_decay, "must be >= 0")
     for name in ("b1", "b2"):

@@ -49,6 +49,11 @@ ADDED_FIELDS: dict[tuple[str, ...], Any] = {
     ("train", "remat"): None,
     ("model", "scan_layers"): None,
     ("model", "attention", "impl"): "auto",
+    ("model", "embed_norm"): False,
+    ("model", "mlp"): True,
+    ("model", "retention", "form"): "chunked",
+    ("train", "min_lr"): None,
+    ("train", "schedule"): "cosine",
 }
 
 # How a run is laid out on the machine, not what it computes (the sharded run equals the one-device run, tests

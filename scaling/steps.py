@@ -54,12 +54,22 @@ def adamw(grad_clip: float, b1: float, b2: float, weight_decay: float) -> optax.
     )
 
 
+def lr_floor(t) -> float:
+    """The learning rate the cosine decays to: ``train.min_lr`` (absolute) if set, else ``lr * min_lr_ratio``."""
+    return t.lr * t.min_lr_ratio if t.get("min_lr") is None else float(t.min_lr)
+
+
 def make_optimizer(t, total: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """(AdamW of :func:`adamw`, the learning-rate schedule: linear warmup then cosine decay over ``total``)."""
+    """(AdamW of :func:`adamw`, the learning-rate schedule over ``total`` steps): a linear warm-up to ``t.lr``, then
+    ``t.schedule`` "cosine" (decay to :func:`lr_floor`) or "constant" (``t.lr`` to the end)."""
     warmup = min(t.warmup_steps, max(total - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=t.lr, warmup_steps=warmup, decay_steps=max(total, warmup + 1),
-        end_value=t.lr * t.min_lr_ratio)
+    if t.get("schedule", "cosine") == "constant":
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, t.lr, warmup), optax.constant_schedule(t.lr)], [warmup])
+    else:
+        schedule = optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=t.lr, warmup_steps=warmup, decay_steps=max(total, warmup + 1),
+            end_value=lr_floor(t))
     return adamw(t.grad_clip, t.b1, t.b2, t.weight_decay), schedule
 
 

@@ -8,12 +8,16 @@ model size and budget (``scaling.analysis.fits.fit_context_law``). The tokens pe
 contexts (the batch moves with the context), as in the article.
 
 ``scale="full"``: GPT-2-style transformers at the article's scales, 124M to 1.6B (GPT-2 small, medium, large
-and XL: 12/24/36/48 layers at d_model 768/1024/1280/1600, heads of 64, the GPT-2 vocabulary of 50,257),
-contexts 2^9 to 2^15 (512 to 32,768 tokens), 2^19 tokens a step, on your tokenized data
-(``--set data.path=/path/to/tokens.bin``), every size FLOP-matched to two budgets, 1e19 and 1e20 training
-FLOPs (1e20 is about 20 tokens per parameter for the 1.6B model at context 2048): 56 runs. AdamW lr 6e-4
-(3e-4 for the two larger sizes), 2000 warm-up steps, cosine to 10%, weight decay 0.1, betas 0.9 / 0.95, clip
-1.0: GPT-2 defaults, since the article's optimiser settings are not restated here.
+and XL: 12/24/36/48 layers at d_model 768/1024/1280/1600, heads of 64, the GPT-2 vocabulary of 50,257), contexts
+2^7 to 2^16 (128 to 65,536 tokens, the article's range), 2^19 tokens a step, on your tokenized data
+(``--set data.path=/path/to/tokens.bin``), every size FLOP-matched to two budgets, 1e19 and 1e20 training FLOPs:
+80 runs. The article's budget axis is GPU-hours; FLOPs here (a device-independent stand-in: hours = FLOPs / (MFU x
+peak), ``--dry-run`` prints them). At context 2048, by the accounting (training FLOPs 3 x forward), 1e20 is about
+22 tokens per parameter for the 774M model (Chinchilla's 20) and 5.7 for the 1.6B model (1e20 / (3 x 3.74e9 FLOPs
+a token) / 1.56e9 parameters); 1e19 is a tenth of that. AdamW lr 6e-4 (3e-4 for the two larger sizes), cosine to
+10%, weight decay 0.1, betas 0.9 / 0.95, clip 1.0: GPT-2 defaults (nanoGPT), since the article does not restate its
+optimiser settings; 100 warm-up steps (52M tokens), not nanoGPT's 2000, because the shortest run (1.6B at 64K
+and 1e19) has 273 steps.
 
 ``scale="cpu"``: three widths (d_model 32, 64, 96; 2 layers; heads of 16) x contexts 16, 64, 256 and 1024
 at 2,048 tokens a step, each run spending 1e12 training FLOPs, on the stdlib corpus (bytes).
@@ -25,8 +29,11 @@ SCALES = ("cpu", "full")
 
 # GPT-2 sizes (Radford et al. 2019): label -> (n_layers, d_model, peak lr).
 FULL_SIZES = {"124M": (12, 768, 6e-4), "355M": (24, 1024, 6e-4), "774M": (36, 1280, 3e-4), "1.6B": (48, 1600, 3e-4)}
-# Training FLOPs: every size at each budget; 1e20 is about 20 tokens per parameter for GPT-2 XL at context 2048.
+# Training FLOPs: every size at each budget. At context 2048, 1e20 is ~22 tokens per parameter for the 774M model
+# and ~5.7 for the 1.6B one (accounting.train_flops_per_token; tests/sweep/test_paper_specs.py checks both).
 FULL_BUDGETS = [1e19, 1e20]
+FULL_CONTEXTS = [2**k for k in range(7, 17)]  # 128 .. 65,536 tokens, the article's range
+FULL_TOKENS_PER_STEP = 2**19
 
 
 def _size(n_layers: int, d_model: int, **extra) -> dict:
@@ -44,13 +51,13 @@ def get_sweep(scale: str = "cpu") -> Sweep:
             base="configs/models/transformer_small.py",
             overrides={
                 "model.vocab_size": 50257, "model.dtype": "bfloat16",
-                "train.warmup_steps": 2000, "train.min_lr_ratio": 0.1, "train.weight_decay": 0.1,
+                "train.warmup_steps": 100, "train.min_lr_ratio": 0.1, "train.weight_decay": 0.1,
                 "train.b1": 0.9, "train.b2": 0.95, "train.grad_clip": 1.0,
                 "train.log_every": 50, "train.eval_every": 1000, "train.checkpoint_every": 1000,
                 "data.source": "tokens", "data.token_dtype": "uint16", "data.eval_tokens": 2**22,
             },
             variants=variants,
-            axes={"train.context,train.batch_size": [(2**k, 2**19 // 2**k) for k in range(9, 16)]},
+            axes={"train.context,train.batch_size": [(t, FULL_TOKENS_PER_STEP // t) for t in FULL_CONTEXTS]},
             budgets=FULL_BUDGETS,
             figures=["context_size"],
         )

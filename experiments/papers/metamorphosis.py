@@ -42,7 +42,8 @@ def get_sweep(scale: str = "cpu") -> Sweep:
                         "3000 steps, against the same retention model from scratch",
             base="configs/models/transformer_small.py",
             overrides={
-                "model.d_model": 2048, "model.n_layers": 24, "model.dtype": "bfloat16",
+                # GPT-2's vocabulary as the other full specs (Brumby's is Qwen3's 151,936: a zoo model here)
+                "model.d_model": 2048, "model.n_layers": 24, "model.vocab_size": 50257, "model.dtype": "bfloat16",
                 "model.attention.n_heads": 16, "model.attention.n_kv_heads": 8,
                 "model.retention.n_heads": 16, "model.retention.n_kv_heads": 8, "model.retention.p": 2,
                 "model.retention.chunk_size": 128, "model.kernel": "pallas",

@@ -1,4 +1,5 @@
-"""LanguageModel: embed -> blocks (mixer, then SwiGLU MLP; pre-norm residual) -> norm -> head.
+"""LanguageModel: embed (-> norm, model.embed_norm) -> blocks (mixer, then SwiGLU MLP unless model.mlp is False;
+pre-norm residual) -> norm -> head.
 
 Decode API (every pattern):
     state = model.init_state(batch, max_len)
@@ -25,16 +26,20 @@ class Block(nnx.Module):
         self.letter = letter
         self.norm1 = RMSNorm(m.d_model, m.norm_eps, param_dtype)
         self.mixer = MIXERS[letter].module(m, rngs)
-        self.norm2 = RMSNorm(m.d_model, m.norm_eps, param_dtype)
-        self.mlp = SwiGLU(m, _config.d_ff(m), rngs)
+        if m.get("mlp", True):  # model.mlp = False: the mixer alone (Mamba's blocks)
+            self.norm2 = RMSNorm(m.d_model, m.norm_eps, param_dtype)
+            self.mlp = SwiGLU(m, _config.d_ff(m), rngs)
+        else:
+            self.mlp = nnx.data(None)
+
+    def _ffn(self, x):
+        return x if self.mlp is None else x + self.mlp(self.norm2(x))
 
     def __call__(self, x, positions, state=None, *, decode: bool = False, segment_ids=None):
         if state is None:
-            x = x + self.mixer(self.norm1(x), positions, segment_ids=segment_ids)
-            return x + self.mlp(self.norm2(x))
+            return self._ffn(x + self.mixer(self.norm1(x), positions, segment_ids=segment_ids))
         h, state = self.mixer(self.norm1(x), positions, state, decode=decode)
-        x = x + h
-        return x + self.mlp(self.norm2(x)), state
+        return self._ffn(x + h), state
 
 
 class LanguageModel(nnx.Module):
@@ -47,6 +52,8 @@ class LanguageModel(nnx.Module):
         # its mixer's and MLP's outputs to it); the projections cast their inputs to the compute dtype.
         self.embed = nnx.Embed(m.vocab_size, m.d_model, rngs=rngs, dtype=jnp.float32, param_dtype=param_dtype,
                                embedding_init=nnx.initializers.normal(m.init_std))
+        # model.embed_norm: a norm on the embeddings before the first block (the residual stream starts normalised)
+        self.embed_norm = nnx.data(RMSNorm(m.d_model, m.norm_eps, param_dtype) if m.get("embed_norm") else None)
         blocks = [Block(m, letter, rngs) for letter in self.pattern]
         if m.get("scan_layers"):
             # model.scan_layers: the whole repeats of the pattern run under one lax.scan (compile time flat in
@@ -63,6 +70,10 @@ class LanguageModel(nnx.Module):
         self.blocks = nnx.List(blocks)
         self.norm = RMSNorm(m.d_model, m.norm_eps, param_dtype)
         self.head = nnx.data(None if m.tie_embeddings else dense(m, m.d_model, m.vocab_size, rngs, out_float32=True))
+
+    def _embed(self, tokens):
+        x = self.embed(tokens)
+        return x if self.embed_norm is None else self.embed_norm(x)
 
     def logits(self, x):
         """The final norm, then the head (or the tied embedding) in the compute dtype, accumulated in float32."""
@@ -88,7 +99,7 @@ class LanguageModel(nnx.Module):
         if positions is None:
             positions = (jnp.arange(tokens.shape[1]) if segment_ids is None
                          else positions_in_document(jnp.asarray(segment_ids)))
-        x = self.embed(tokens)
+        x = self._embed(tokens)
 
         def run(block, x, positions, segment_ids):
             return block(x, positions, segment_ids=segment_ids)
@@ -131,7 +142,7 @@ class LanguageModel(nnx.Module):
 
     def _run(self, tokens, state, decode: bool):
         positions = state["pos"] + jnp.arange(tokens.shape[1])
-        x = self.embed(tokens)
+        x = self._embed(tokens)
         new_layers = []
         for block, s in zip(self.layers(), state["layers"], strict=True):
             x, s = block(x, positions, s, decode=decode)

@@ -39,6 +39,7 @@ class PowerRetention(nnx.Module):
     def __init__(self, m, rngs: nnx.Rngs):
         r = m.retention
         self.p, self.chunk_size, self.normalize = r.p, r.chunk_size, r.normalize
+        self.form = r.get("form", "chunked")  # of the training / prefill forward
         self.backend = m.kernel
         self.proj = QKVO(m, r.n_heads, r.n_kv_heads, r.rope, r.rope_theta, rngs)
         self.gate = nnx.data(None)
@@ -81,7 +82,7 @@ class PowerRetention(nnx.Module):
         log_g = None if self.gate is None else jax.nn.log_sigmoid(self.gate(x).astype(jnp.float32))
         out = power_retention(
             q, k, v, log_g, p=self.p, chunk_size=self.chunk_size, normalize=self.normalize,
-            form="recurrent" if decode else "chunked", initial_state=state,
+            form="recurrent" if decode else self.form, initial_state=state,
             return_state=state is not None, backend=self.backend, segment_ids=segment_ids)
         y, new_state = out if state is not None else (out, None)
         y = self.proj.out(y)

