@@ -36,7 +36,9 @@ SwiGLU width, hq/hk/hd heads, kv heads and head width; every width that scaling.
 - power retention: c (3 hq + 3 hk) hd + 4 (hq + 5 hk) hd (the float32 chunked q, k, v and the per-chunk
   intermediates) + 20 hq c_r (five float32 [c_r, c_r] arrays per head: scores, their power, decay, weights) +
   4 hk D (hd + 1) / c_r (the state [D, hd + 1] entering each chunk), D = C(hd + p - 1, p), c_r the chunk; the
-  feature maps phi(q), phi(k) are recomputed in the backward, not kept;
+  feature maps phi(q), phi(k) are recomputed in the backward, not kept; the attention form
+  (``retention.form = "parallel"``) keeps 12 hq T instead of the chunk terms (three float32 [T, T] arrays per
+  head, as parallel attention);
 - Mamba-2: 4 (d_in + conv + h) (in_proj, float32) + (d_conv + 3) c conv (the conv's shifted inputs, output and
   silu) + 20 h c_m + 4 g c_m (five float32 [c_m, c_m] decay/score arrays per head, C B^T per group) +
   4 h hd N / c_m (the chunk states) + 44 d_in (x dt, y, the gate, the norm and their float32 intermediates);
@@ -163,7 +165,10 @@ def layer_bytes_per_token(m, letter: str, context: int, tensor: int = 1) -> floa
         r = m.retention
         hq, hk, hd = r.n_heads / tensor, r.n_kv_heads / tensor, d // r.n_heads
         dim, cr = sympow_dim(hd, r.p), min(r.chunk_size, context)
-        out += c * (3 * hq + 3 * hk) * hd + 4 * (hq + 5 * hk) * hd + 20 * hq * cr + 4 * hk * dim * (hd + 1) / cr
+        if r.get("form", "chunked") == "parallel":  # the attention form: [T, T] scores, their power and weights
+            out += c * (3 * hq + 3 * hk) * hd + 4 * (hq + 5 * hk) * hd + 12 * hq * context
+        else:
+            out += c * (3 * hq + 3 * hk) * hd + 4 * (hq + 5 * hk) * hd + 20 * hq * cr + 4 * hk * dim * (hd + 1) / cr
     elif letter == "M":  # split over tensor: in_proj's outputs and the SSD's heads; not the conv (replicated weights)
         s = m.mamba
         d_inner = s.expand * d

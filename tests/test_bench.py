@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from scaling import accounting, bench, cli
+from scaling import accounting, bench, cli_bench
 from scaling.cli import main
 
 TINY = ["--sizes", "64", "--repeats", "1", "--context", "32", "64", "--heads", "2", "--head-dim", "8",
@@ -150,7 +150,7 @@ def test_sub_bench_cli_writes_its_json_and_plot(tmp_path, capsys):
 
 
 def test_cli_rejects_bad_sub_commands_and_flags(tmp_path, capsys):
-    assert cli.SUB_BENCHES == bench.SUB_BENCHES
+    assert cli_bench.SUB_BENCHES == bench.SUB_BENCHES
     with pytest.raises(SystemExit):
         main(["bench", "fast"])
     assert "invalid choice: 'fast'" in capsys.readouterr().err

@@ -30,6 +30,7 @@ SLOW_CASES = {
     "attention/blockwise": ("transformer_tiny", ["model.attention.impl='blockwise'", "train.context=1024",
                                                  "train.batch_size=2"], 1, None),
     "retention/scan-block": ("power_retention_tiny", ["model.scan_layers=True"], 1, "block"),
+    "retention/parallel": ("power_retention_tiny", ["model.retention.form='parallel'"], 1, None),
     "mamba": ("mamba2_tiny", [], 1, None),
     "mamba/bf16/mb2": ("mamba2_tiny", ["model.dtype='bfloat16'"], 2, None),
     "hybrid": ("hybrid_tiny", ["model.n_layers=4", "model.mamba.head_dim=16"], 1, None),  # MMMA

@@ -20,6 +20,7 @@ from typing import Any
 
 from scaling import config as _config
 from scaling import memory
+from scaling.steps import lr_floor
 from scaling.sweep.spec import RunPlan, SpecError
 
 GIB = 2**30
@@ -144,11 +145,13 @@ def json_rows(rows: list[dict], plans: list[RunPlan]) -> list[dict]:
             **row,
             "model": {"name": m.name, "pattern": m.pattern, "n_layers": m.n_layers, "d_model": m.d_model,
                       "d_ff": _config.d_ff(m), "vocab_size": m.vocab_size, "tie_embeddings": m.tie_embeddings,
-                      "dtype": m.dtype, "scan_layers": bool(m.get("scan_layers")), **mixers},
+                      "dtype": m.dtype, "scan_layers": bool(m.get("scan_layers")), "mlp": bool(m.get("mlp", True)),
+                      "embed_norm": bool(m.get("embed_norm")), **mixers},
             "batch_size": p.batch_size, "flops_per_token": p.flops_per_token,
-            "schedule": {"kind": "warmup_cosine", "lr": t.lr, "warmup_steps": t.warmup_steps,
-                         "min_lr_ratio": t.min_lr_ratio, "total_steps": p.steps, "weight_decay": t.weight_decay,
-                         "b1": t.b1, "b2": t.b2, "grad_clip": t.grad_clip},
+            "schedule": {"kind": f"warmup_{t.get('schedule', 'cosine')}", "lr": t.lr, "warmup_steps": t.warmup_steps,
+                         "min_lr": None if t.get("schedule", "cosine") == "constant" else lr_floor(t),
+                         "total_steps": p.steps, "weight_decay": t.weight_decay, "b1": t.b1, "b2": t.b2,
+                         "grad_clip": t.grad_clip},
             "train": {"microbatches": t.get("microbatches") or 1, "remat": t.get("remat") or "none",
                       "mesh": None if t.mesh is None else dict(t.mesh), "seed": t.seed},
             "data": {"source": p.cfg.data.get("source"), "path": p.cfg.data.get("path")},

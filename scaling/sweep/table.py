@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from scaling import accounting
 from scaling.sweep import spec as _spec
 from scaling.sweep.spec import RunPlan, SpecError
 
@@ -100,6 +101,7 @@ def print_plan(plans, console=None, *, peak_flops: float | None = None, mfu: flo
     total = sum(r["flops"] for r in rows)
     console.print(f"total {total:.3e} training FLOPs (3 x forward), {sum(r['tokens'] for r in rows):,} tokens; "
                   "state: elements per sequence at the run's context. Nothing was run (--dry-run).")
+    console.print(f"FLOPs: {accounting.CONVENTION_NOTE['full']}.")
     if timed:
         wall = sum(r["wall_s"] for r in rows)
         console.print(f"est. wall: training FLOPs / (MFU {mfu:g} x peak {peak_flops:.3g} FLOP/s"
