@@ -258,6 +258,15 @@ def flops_breakdown(cfg, context: int, attention_flops: str = "full") -> dict[st
     return {"weights": weights, "state": state, "head": head, "total": weights + state + head}
 
 
+def blend_flops_per_token(cfg, context: int) -> float:
+    """Training FLOPs per token that a blended step (``train.blend_steps``) adds: every power retention layer also
+    runs softmax attention's scores and weighted sum over its q, k, v (3 x forward, the full convention)."""
+    m = _cfg_model(cfg)
+    n = _config.layer_pattern(m).count("R")
+    r = m.retention
+    return 3.0 * n * 2.0 * 2 * int(context) * r.n_heads * (m.d_model // r.n_heads)
+
+
 def flops_per_token(cfg, context: int, attention_flops: str = "full") -> float:
     """Forward FLOPs per token at ``context`` (training costs 3x this)."""
     return flops_breakdown(cfg, context, attention_flops)["total"]

@@ -86,8 +86,7 @@ def default_train_config() -> ConfigDict:
     return ConfigDict({
         "steps": 200,  # optimizer steps; ignored when tokens > 0
         "tokens": 0,  # token budget: steps = ceil(tokens / (batch_size * context))
-        "batch_size": 16,
-        "context": 256,
+        "batch_size": 16, "context": 256,
         "lr": 3e-3,  # peak learning rate
         "min_lr_ratio": 0.1,  # cosine decays to lr * min_lr_ratio
         # an absolute floor of the cosine instead (e.g. 1e-5, Mamba's recipe); None: lr * min_lr_ratio
@@ -96,18 +95,17 @@ def default_train_config() -> ConfigDict:
         "schedule": "cosine",
         "warmup_steps": 20,
         "weight_decay": 0.1,  # AdamW; norms, biases and gains are not decayed
-        "b1": 0.9,
-        "b2": 0.95,
+        "b1": 0.9, "b2": 0.95,
         "grad_clip": 1.0,  # global norm
-        "eval_every": 50,
-        "checkpoint_every": 50,
-        "keep_checkpoints": 3,
-        "log_every": 10,
+        "eval_every": 50, "checkpoint_every": 50, "keep_checkpoints": 3, "log_every": 10,
         "seed": 0,
         # a run directory whose newest parameters start this run (fresh optimizer), converted where the layer
         # patterns differ (attention -> power retention, scaling/convert.py); "run:<id>" is a sibling run
         # directory (a sweep's runs/<id>). None: random initialisation.
         "init_from": None,
+        # PowerCoder-style metamorphosis: the converted layers output (1 - a) softmax attention + a power retention
+        # of the same q, k, v, a rising linearly from 0 to 1 over this many steps; None: the abrupt swap
+        "blend_steps": None,
         # contexts (tokens) to evaluate at after the last step, e.g. (128, 256, 512, 1024): per-position loss
         # and the task accuracy at each go to <workdir>/eval_contexts.json (length generalisation); None: skip
         "eval_contexts": None,
@@ -385,6 +383,10 @@ def validate_train(t: ConfigDict, prefix: str = "train") -> None:
     if init_from is not None and (not isinstance(init_from, str) or not init_from.strip()):
         _fail(f"{prefix}.init_from", init_from, "must be None or a run directory (a path, or run:<id> for a "
               "sibling run of a sweep)")
+    blend = t.get("blend_steps")
+    if blend is not None and (isinstance(blend, bool) or not isinstance(blend, int) or blend < 1 or not init_from):
+        _fail(f"{prefix}.blend_steps", blend, "must be None or an integer >= 1 of a converted run (train.init_from "
+              "set): the steps over which its attention output blends into power retention")
     from scaling.sharding import MeshError, check_mesh
 
     try:

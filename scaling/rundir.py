@@ -54,6 +54,7 @@ ADDED_FIELDS: dict[tuple[str, ...], Any] = {
     ("model", "retention", "form"): "chunked",
     ("train", "min_lr"): None,
     ("train", "schedule"): "cosine",
+    ("train", "blend_steps"): None,
 }
 
 # How a run is laid out on the machine, not what it computes (the sharded run equals the one-device run, tests

@@ -80,7 +80,7 @@ def _loss_terms(graphdef, params, batch, *, per_position: bool = False, per_row:
     [B] per row (sequence) if ``per_row``. A batch's ``segment_ids`` and ``positions`` (packed rows) go to the
     model, so the documents packed in a row do not see each other. The logits and the loss are float32."""
     model = nnx.merge(graphdef, params)
-    kw = {k: batch[k] for k in ("segment_ids", "positions") if k in batch}
+    kw = {k: batch[k] for k in ("segment_ids", "positions", "blend") if k in batch}
     if remat not in (None, "none"):
         kw["remat"] = remat
     logits = model(batch["inputs"], **kw)

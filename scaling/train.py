@@ -229,6 +229,10 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     Returns a TrainResult with status "done" or "diverged".
     """
     _config.validate(cfg)
+    blend, steps = cfg.train.get("blend_steps"), _config.total_steps(cfg.train)
+    if blend and blend > steps:  # before anything is written
+        raise _config.ConfigError(f"train.blend_steps = {blend}: must be at most the run's {steps} steps (the model "
+                                  "must end as power retention alone)")
     sharding.initialize_hosts()  # a multi-host job from the environment (no-op when one process, or joined)
     primary = sharding.is_primary()  # process 0 writes the run directory; every process its checkpoint shards
     workdir = Path(workdir)
@@ -297,10 +301,21 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     counts = accounting.params(cfg)
     tokens_per_step = t.batch_size * t.context
     flops_per_token = accounting.train_flops_per_token(cfg, t.context)  # 3 x forward, mixer-aware
+    blend_steps = t.get("blend_steps")
+    blend_flops = accounting.blend_flops_per_token(cfg, t.context) if blend_steps else 0.0
+
+    def flops_at(s: int) -> float:  # training FLOPs after s steps, the blended steps' attention included
+        return s * tokens_per_step * flops_per_token + min(s, blend_steps or 0) * tokens_per_step * blend_flops
+
+    def blended(batch, s: int):  # PowerCoder-style: the blend weight of step s, one per row
+        if not blend_steps:
+            return batch
+        rows = len(batch["inputs"])
+        return {**batch, "blend": np.full((rows,), min(1.0, s / blend_steps), np.float32)}
     summary = {
         "run_id": rid, "params": counts["total"], "non_embedding_params": counts["non_embedding"],
         "state_size": accounting.state_size(cfg, t.context), "context": t.context,
-        "total_steps": total, "tokens": total * tokens_per_step, "flops": total * tokens_per_step * flops_per_token,
+        "total_steps": total, "tokens": total * tokens_per_step, "flops": flops_at(total),
     }
     if primary:
         rundir.write_status(workdir, "running", step=step, **summary)
@@ -312,15 +327,15 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     bpb = bpb_basis(data)  # bits per byte: counted bytes, the file's ratio, or unknown
 
     if step == 0 and t.get("init_from"):  # the loss right after initialisation from another run
-        metrics.write({"kind": "eval", "step": 0, **evaluate(eval_step, train_state["params"], eval_batches, shard,
-                                                             bpb=bpb)})
+        metrics.write({"kind": "eval", "step": 0, **evaluate(eval_step, train_state["params"],
+                                                             [blended(b, 0) for b in eval_batches], shard, bpb=bpb)})
     status, last = "done", {}
     bar = _Progress(total, step, enabled=progress and primary, title=m.name)
     try:
         t_last, tok_since = time.perf_counter(), 0
         good = step  # the last step whose loss was checked finite
         while step < total:
-            batch = shard(next(data_iter))
+            batch = shard(blended(next(data_iter), step))
             params, opt_state, out = train_step(train_state["params"], train_state["opt"], batch, lrs[step])
             step += 1
             tok_since += tokens_per_step
@@ -341,13 +356,14 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
             if step % t.log_every == 0 or step == total:
                 now = time.perf_counter()
                 last = {"kind": "train", "step": step, "tokens": step * tokens_per_step,
-                        "flops": step * tokens_per_step * flops_per_token, "loss": loss,
+                        "flops": flops_at(step), "loss": loss,
                         "lr": float(lrs[step - 1]), "grad_norm": float(out["grad_norm"]),
                         "tokens_per_s": tok_since / max(now - t_last, 1e-9)}
                 metrics.write(last)
                 t_last, tok_since = now, 0
             if step % t.eval_every == 0 or step == total:
-                ev = evaluate(eval_step, train_state["params"], eval_batches, shard, task=task, bpb=bpb)
+                ev = evaluate(eval_step, train_state["params"], [blended(b, step) for b in eval_batches], shard,
+                              task=task, bpb=bpb)
                 metrics.write({"kind": "eval", "step": step, **ev})
                 last.update(ev)
             if step % t.checkpoint_every == 0 or step == total:

@@ -35,9 +35,10 @@ class Block(nnx.Module):
     def _ffn(self, x):
         return x if self.mlp is None else x + self.mlp(self.norm2(x))
 
-    def __call__(self, x, positions, state=None, *, decode: bool = False, segment_ids=None):
+    def __call__(self, x, positions, state=None, *, decode: bool = False, segment_ids=None, blend=None):
         if state is None:
-            return self._ffn(x + self.mixer(self.norm1(x), positions, segment_ids=segment_ids))
+            kw = {"blend": blend} if blend is not None and self.letter == "R" else {}
+            return self._ffn(x + self.mixer(self.norm1(x), positions, segment_ids=segment_ids, **kw))
         h, state = self.mixer(self.norm1(x), positions, state, decode=decode)
         return self._ffn(x + h), state
 
@@ -83,7 +84,7 @@ class LanguageModel(nnx.Module):
         emb = self.embed.embedding[...]
         return jnp.dot(x.astype(self.dtype), emb.astype(self.dtype).T, preferred_element_type=jnp.float32)
 
-    def __call__(self, tokens, segment_ids=None, positions=None, *, remat: str | None = None):
+    def __call__(self, tokens, segment_ids=None, positions=None, *, remat: str | None = None, blend=None):
         """tokens [batch, time] int -> logits [batch, time, vocab] float32.
 
         Packed rows (scaling.data.pipeline): ``segment_ids`` [batch, time] int labels each token's document
@@ -95,6 +96,8 @@ class LanguageModel(nnx.Module):
         ``remat`` (train.remat): None or "none" keeps every activation for the backward pass; "block" recomputes
         each block's activations from its input (jax.checkpoint around each block); a name of
         ``jax.checkpoint_policies`` (e.g. "dots_saveable") does the same but keeps what the policy saves.
+        ``blend`` [batch] float (train.blend_steps): each power retention layer outputs (1 - blend) softmax
+        attention + blend retention of its q, k, v (PowerCoder-style metamorphosis); None: retention alone.
         """
         if positions is None:
             positions = (jnp.arange(tokens.shape[1]) if segment_ids is None
@@ -102,7 +105,7 @@ class LanguageModel(nnx.Module):
         x = self._embed(tokens)
 
         def run(block, x, positions, segment_ids):
-            return block(x, positions, segment_ids=segment_ids)
+            return block(x, positions, segment_ids=segment_ids, blend=blend)
 
         if remat not in (None, "none"):
             policy = None if remat == "block" else getattr(jax.checkpoint_policies, remat)
@@ -110,7 +113,7 @@ class LanguageModel(nnx.Module):
             def run(block, x, positions, segment_ids):  # the block as (structure, state): a pure function
                 graphdef, state = nnx.split(block)
                 fn = lambda state, x, positions, segment_ids: nnx.merge(graphdef, state)(
-                    x, positions, segment_ids=segment_ids)
+                    x, positions, segment_ids=segment_ids, blend=blend)
                 return jax.checkpoint(fn, policy=policy)(state, x, positions, segment_ids)
         if hasattr(self, "stack"):
             graphdefs, states = zip(*(nnx.split(b) for b in self.stack), strict=True)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from scaling.models.layers import QKVO, causal_conv, conv_params, dense, dtypes
+from scaling.ops.attention import attention
 from scaling.ops.power_retention import RetentionState, power_retention, sympow_dim
 
 
@@ -67,10 +68,12 @@ class PowerRetention(nnx.Module):
     def _conv_zeros(self, batch: int):
         return jnp.zeros((batch, self.d_conv - 1, self.conv_w.shape[1]), self.dtype)
 
-    def __call__(self, x, positions, state=None, *, decode: bool = False, segment_ids=None):
+    def __call__(self, x, positions, state=None, *, decode: bool = False, segment_ids=None, blend=None):
         """x [batch, time, d_model] -> y [batch, time, d_model] (and the new state if state is given).
 
-        segment_ids [batch, time] (packed rows): each document restarts from a zero state, conv included."""
+        segment_ids [batch, time] (packed rows): each document restarts from a zero state, conv included.
+        blend [batch] (training a converted model, train.blend_steps): the output is (1 - blend) x causal softmax
+        attention + blend x retention, both of the same q, k, v, before the out-projection."""
         q, k, v = self.proj.project(x)
         if self.d_conv:  # the short conv over the concatenated projections, carrying its own state
             conv_state = self._conv_zeros(x.shape[0]) if state is None else state.conv
@@ -85,6 +88,10 @@ class PowerRetention(nnx.Module):
             form="recurrent" if decode else self.form, initial_state=state,
             return_state=state is not None, backend=self.backend, segment_ids=segment_ids)
         y, new_state = out if state is not None else (out, None)
+        if blend is not None:
+            a = attention(q, k, v, causal=True, segment_ids=segment_ids).astype(jnp.float32)
+            w = jnp.asarray(blend, jnp.float32).reshape(-1, 1, 1, 1)
+            y = ((1 - w) * a + w * y.astype(jnp.float32)).astype(y.dtype)
         y = self.proj.out(y)
         if state is None:
             return y
