@@ -26,10 +26,14 @@ SCALES = ("cpu", "full")
 
 
 def _variants(source_steps: int, retrain_steps: int, retrain_lr: float, retrain_warmup: int) -> dict[str, dict]:
+    converted = {"model.pattern": "R", "model.name": "converted", "train.init_from": "variant:transformer",
+                 "train.steps": retrain_steps, "train.lr": retrain_lr, "train.warmup_steps": retrain_warmup}
     return {
         "transformer": {"model.pattern": "A", "model.name": "transformer", "train.steps": source_steps},
-        "converted": {"model.pattern": "R", "model.name": "converted", "train.init_from": "variant:transformer",
-                      "train.steps": retrain_steps, "train.lr": retrain_lr, "train.warmup_steps": retrain_warmup},
+        "converted": converted,
+        # PowerCoder-style: the output moves from softmax attention to power retention over the first fifth of the
+        # retraining (a linear schedule; the length is our assumption, PowerCoder's schedule is not reproduced)
+        "blended": {**converted, "model.name": "blended", "train.blend_steps": retrain_steps // 5},
         "scratch": {"model.pattern": "R", "model.name": "retention-scratch", "train.steps": source_steps},
     }
 

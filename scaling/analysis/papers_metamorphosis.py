@@ -5,6 +5,8 @@ The sweep holds three kinds of run, told apart by the store's ``depends_on`` col
 - the *source*: a transformer trained from scratch;
 - *converted* runs: ``train.init_from`` = the source (``depends_on`` = its id), attention layers turned into
   power retention with the same weights (scaling/convert.py), then every weight retrained;
+- *blended* runs: converted runs with ``train.blend_steps`` (PowerCoder-style: each converted layer's output moves
+  from softmax attention to power retention over that many steps, instead of the abrupt swap);
 - *scratch* runs: the converted runs' layer pattern trained from a random initialisation.
 
 The figure plots validation loss against retraining steps (steps since initialisation) for the converted and
@@ -32,13 +34,14 @@ PAPER_BRUMBY_STEPS = 3000
 
 
 def _roles(data) -> dict:
-    """{"source": id, "converted": [ids], "scratch": [ids]} of the done runs, from depends_on and the patterns."""
+    """{"source": id, "converted": [ids], "blended": [ids], "scratch": [ids]} of the done runs, from depends_on,
+    train.blend_steps and the patterns."""
     with sqlite3.connect(f"file:{Path(data.path) / 'sweep.db'}?mode=ro", uri=True) as db:
         rows = db.execute("SELECT id, depends_on, config FROM runs").fetchall()
     done = set(data.runs["run_id"]) if len(data.runs) else set()
     deps = {rid: dep for rid, dep, _ in rows if rid in done}
-    patterns = {rid: _config.layer_pattern(_config.from_dict(json.loads(cfg)).model) for rid, _, cfg in rows
-                if rid in done}
+    cfgs = {rid: _config.from_dict(json.loads(cfg)) for rid, _, cfg in rows if rid in done}
+    patterns = {rid: _config.layer_pattern(c.model) for rid, c in cfgs.items()}
     converted = [rid for rid, dep in deps.items() if dep]
     if not converted:
         raise FigureSkipped("metamorphosis: no finished run initialised from another run (train.init_from) yet")
@@ -51,7 +54,9 @@ def _roles(data) -> dict:
         raise FigureSkipped(f"metamorphosis: the source run {source} is not done")
     target_patterns = {patterns[c] for c in converted}
     scratch = [rid for rid in deps if not deps[rid] and rid != source and patterns[rid] in target_patterns]
-    return {"source": source, "converted": converted, "scratch": scratch}
+    blended = [rid for rid in converted if cfgs[rid].train.get("blend_steps")]
+    return {"source": source, "converted": [c for c in converted if c not in blended], "blended": blended,
+            "scratch": scratch}
 
 
 def _curve(data, rid):
@@ -82,6 +87,7 @@ def metamorphosis(data, out: Path) -> StudyFigure:
     rows, result = [], {"source": {"run_id": roles["source"], "final_val_loss": final, "steps": int(src_steps[-1])},
                         "target": target, "runs": []}
     styles = [("converted", "#d62728", "converted (same weights), retrained"),
+              ("blended", "#9467bd", "converted, attention blended into retention"),
               ("scratch", "#2ca02c", "same power-retention model from scratch")]
     for role, color, label in styles:
         for rid in roles[role]:

@@ -124,7 +124,7 @@ def test_mamba_scaling_rows_are_the_papers():
 
 def test_metamorphosis_full_scale_setup():
     plans = _plans("metamorphosis")
-    assert set(plans) == {"transformer", "converted", "scratch"}
+    assert set(plans) == {"transformer", "converted", "blended", "scratch"}
     for p in plans.values():
         m = p.cfg.model
         assert (m.d_model, m.n_layers, m.vocab_size) == (2048, 24, 50257)
@@ -135,3 +135,8 @@ def test_metamorphosis_full_scale_setup():
     assert plans["converted"].cfg.train.init_from == f"run:{plans['transformer'].run_id}"  # resolved by the sweep
     # [BR]: retrained 3000 steps; the source and the scratch model train 20,000
     assert (plans["transformer"].steps, plans["converted"].steps, plans["scratch"].steps) == (20_000, 3_000, 20_000)
+    # the PowerCoder-style option: the same retraining, attention blended into retention over its first 600 steps
+    blended = plans["blended"].cfg.train
+    source = plans["converted"].cfg.train.init_from
+    assert (plans["blended"].steps, blended.blend_steps, blended.init_from) == (3_000, 600, source)
+    assert plans["converted"].cfg.train.get("blend_steps") is None
