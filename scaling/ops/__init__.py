@@ -3,6 +3,7 @@
 Every op takes ``segment_ids=`` [batch, time] for packed rows: documents are independent (scaling.ops.segments)."""
 
 from scaling.ops.attention import KVCache, attention, attention_reference, init_kv_cache
+from scaling.ops.gla import gla, gla_reference, gla_state_shape, gla_state_size
 from scaling.ops.power_retention import (
     RetentionState,
     power_retention,
@@ -17,6 +18,10 @@ __all__ = [
     "RetentionState",
     "attention",
     "attention_reference",
+    "gla",
+    "gla_reference",
+    "gla_state_shape",
+    "gla_state_size",
     "init_kv_cache",
     "power_retention",
     "power_retention_reference",
