@@ -3,6 +3,12 @@
 Every op takes ``segment_ids=`` [batch, time] for packed rows: documents are independent (scaling.ops.segments)."""
 
 from scaling.ops.attention import KVCache, attention, attention_reference, init_kv_cache
+from scaling.ops.gated_delta import (
+    gated_delta_rule,
+    gated_delta_rule_reference,
+    gated_delta_state_shape,
+    gated_delta_state_size,
+)
 from scaling.ops.gla import gla, gla_reference, gla_state_shape, gla_state_size
 from scaling.ops.power_retention import (
     RetentionState,
@@ -18,6 +24,10 @@ __all__ = [
     "RetentionState",
     "attention",
     "attention_reference",
+    "gated_delta_rule",
+    "gated_delta_rule_reference",
+    "gated_delta_state_shape",
+    "gated_delta_state_size",
     "gla",
     "gla_reference",
     "gla_state_shape",
