@@ -12,7 +12,7 @@ converted model gets within 5% of it in fewer steps than the scratch model.
 head), context 128, batch 16, the stdlib corpus (bytes). Source 1500 steps at lr 3e-3; the converted model
 retrains for 1500 steps at lr 1e-3; scratch trains 1500 steps at lr 3e-3, the source's own schedule.
 
-``scale="full"``: a ~1.1B statescale transformer (d_model 2048, 24 layers, 16 heads of 128, GQA with 8 kv heads,
+``scale="full"``: a ~1.2B statescale transformer (d_model 2048, 24 layers, 16 heads of 128, GQA with 8 kv heads,
 context 4096, 2^19 tokens a step) trained for 20,000 steps (10.5B tokens) on your tokenized data
 (``scaling tokenize``, then ``--set data.path=/path/to/tokens.bin``), converted, and retrained for 3000 steps,
 the count after which Brumby-14B-Base matched Qwen3-14B-Base's training loss; scratch trains the retention
@@ -42,7 +42,7 @@ def get_sweep(scale: str = "cpu") -> Sweep:
     if scale == "full":
         return Sweep(
             name="metamorphosis-full",
-            description="metamorphosis at ~1.1B: a transformer, converted to power retention p=2 and retrained "
+            description="metamorphosis at ~1.2B: a transformer, converted to power retention p=2 and retrained "
                         "3000 steps, against the same retention model from scratch",
             base="configs/models/transformer_small.py",
             overrides={

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from scaling.analysis.papers_metamorphosis import steps_to_target
+from scaling.analysis.papers_metamorphosis import steps_to_stay, steps_to_target
 from scaling.sweep import launchers
 from scaling.sweep.spec import SpecError, expand, load_spec
 from scaling.sweep.store import Store
@@ -90,12 +90,17 @@ def test_sweep_trains_the_converted_run_after_its_source(tmp_path):
 def test_steps_to_target():
     assert steps_to_target([0, 50, 100], [3.0, 2.1, 1.9], 2.1) == 50
     assert steps_to_target([0, 50], [3.0, 2.5], 2.0) is None
+    # a blended run starts under the target, climbs above it and comes back: it stays from step 150
+    assert steps_to_target([0, 50, 100, 150, 200], [1.9, 2.0, 2.3, 2.05, 2.0], 2.1) == 0
+    assert steps_to_stay([0, 50, 100, 150, 200], [1.9, 2.0, 2.3, 2.05, 2.0], 2.1) == 150
+    assert steps_to_stay([0, 50], [1.9, 2.0], 2.1) == 0 and steps_to_stay([0, 50], [1.9, 2.2], 2.1) is None
 
 
 def test_metamorphosis_spec_orders_its_runs():
     cpu = {p.variant: p for p in expand(load_spec(ROOT / "experiments/papers/metamorphosis.py", scale="cpu"))}
     assert cpu["converted"].depends_on == cpu["transformer"].run_id and cpu["scratch"].depends_on is None
+    assert cpu["blended"].depends_on == cpu["transformer"].run_id and cpu["blended"].cfg.train.blend_steps == 300
     assert cpu["converted"].params == cpu["scratch"].params  # the same power-retention model
     full = {p.variant: p for p in expand(load_spec(ROOT / "experiments/papers/metamorphosis.py", scale="full"),
                                          check_data=False)}
-    assert 1.0e9 < full["transformer"].params < 1.2e9 and full["converted"].steps == 3000  # Brumby's 3000 steps
+    assert 1.2e9 < full["transformer"].params < 1.25e9 and full["converted"].steps == 3000  # 1.21B; Brumby's 3000 steps
