@@ -132,7 +132,8 @@ def test_four_devices_match_one(tmp_path):
         "import jax; print(json.dumps({'n': jax.device_count()}))\n")
     losses = {}
     for n in (1, 4):
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+        env = {**os.environ, "XLA_FLAGS": flags}  # the suite's flags (tests/conftest.py) and the device count
         wd = tmp_path / f"d{n}"
         out = subprocess.run([sys.executable, "-c", script, str(wd)], env=env, cwd=ROOT, capture_output=True,
                              text=True, timeout=300)
