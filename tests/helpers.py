@@ -8,3 +8,12 @@ def rel_err(a, b) -> float:
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def devices_env(n: int) -> dict:
+    """The environment of a subprocess with ``n`` host CPU devices, keeping the suite's XLA flags (tests/conftest.py:
+    XLA's quick CPU compilation) beside the device count."""
+    import os
+
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+    return {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from scaling import sharding
+from tests.helpers import devices_env
 from tests.test_sharding import COMMON, MODELS, ROOT, _run
 
 
@@ -34,7 +35,7 @@ def test_two_processes_give_the_one_process_loss_curve_and_resume_on_one(tmp_pat
     ref = _run({"one": (path, COMMON + sets, str(tmp_path / "one"))}, 1)["one"]
 
     workdir, port = str(tmp_path / "two"), _free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    env = devices_env(2)
     args = [sys.executable, "-m", "scaling.cli", "train", path, *[f"--set={s}" for s in COMMON + sets],
             "--set=train.mesh={'data': 2, 'fsdp': 2}", "--workdir", workdir, "--no-progress",
             "--coordinator", f"localhost:{port}", "--num-processes", "2"]

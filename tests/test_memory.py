@@ -4,7 +4,6 @@ state) within 2%, for every mixer, remat none and block, microbatches 1 and 2, f
 devices over data x fsdp x tensor. The fast cases here; the rest (one per mixer and form) under slow."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from scaling import config
 from scaling.memory import train_memory
+from tests.helpers import devices_env
 
 ROOT = Path(__file__).parents[1]
 TOL = 0.20
@@ -115,7 +115,7 @@ print(json.dumps({name: test_memory.xla_bytes(p, s, mesh=mesh) for name, (p, s, 
 
 def _sharded(which: str):
     """Per-device bytes of the cases ``which`` names, compiled over 8 host devices in a subprocess."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = devices_env(8)
     proc = subprocess.run([sys.executable, "-c", SCRIPT, which], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -2,7 +2,6 @@
 the one-device losses for every mixer and the hybrid (fp32, 5 steps); the layout rules; one-line mesh errors."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from scaling import config, sharding
+from tests.helpers import devices_env
 
 ROOT = Path(__file__).parents[1]
 MODELS = {  # mixer -> preset, overrides (heads divisible by tensor = 2, widths by fsdp = 8)
@@ -45,7 +45,7 @@ print(json.dumps(out))
 
 
 def _run(jobs: dict, devices: int) -> dict:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    env = devices_env(devices)
     proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(jobs)], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -152,7 +152,7 @@ def test_decode_state_is_sharded_by_the_same_rules_and_decodes_as_one_device():
     """Prefill 8 tokens and decode 4 through attention's KV cache, retention's and Mamba-2's states (the hybrid MRA)
     with parameters and decode state sharded on data=2 x fsdp=2 x tensor=2: the one-device logits."""
     preset, sets = MODELS["hybrid"]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = devices_env(8)
     proc = subprocess.run([sys.executable, "-c", DECODE_SCRIPT,
                            json.dumps([str(ROOT / f"configs/models/{preset}.py"), COMMON + sets])],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -6,7 +6,6 @@ global arrays with one process.
 """
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 
 from scaling.data import pipeline, synthetic
 from tests.data.test_pipeline import _text_dir
+from tests.helpers import devices_env
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESET = str(ROOT / "configs/models/power_retention_tiny.py")
@@ -207,8 +207,7 @@ def _free_port() -> int:
 def test_two_processes_match_one(text_cfg, tmp_path):
     (tmp_path / "worker.py").write_text(WORKER)
     (tmp_path / "spec.json").write_text(json.dumps(text_cfg))
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "PYTHONPATH": str(ROOT)}
+    env = {**devices_env(2), "PYTHONPATH": str(ROOT)}
     env.pop("JAX_COORDINATOR_ADDRESS", None)
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(p), str(port),
