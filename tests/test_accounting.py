@@ -1,15 +1,11 @@
 """FLOP accounting against XLA's compiled cost, the Chinchilla appendix F count, and 6N."""
 
-import importlib
 import pathlib
 
-import jax
-import jax.numpy as jnp
 import pytest
-from flax import nnx
 
 from scaling import accounting, config
-from scaling.models import build
+from scaling.accounting_xla import xla_flops_per_token  # unrolls the chunk scans while compiling
 
 ROOT = pathlib.Path(__file__).parents[1]
 TINY = sorted((ROOT / "configs/models").glob("*_tiny.py"))
@@ -27,22 +23,6 @@ VARIANTS = {  # small models that exercise each mixer's options
                      "model.mamba.head_dim=16"],
     "hybrid_untied": ["model.pattern='MRA'", "model.n_layers=3", "model.tie_embeddings=False"],
 }
-
-
-@pytest.fixture(autouse=True)
-def _unrolled_chunk_loops(monkeypatch):
-    """XLA's cost analysis counts a while-loop body once: unroll the chunked retention's scan so every chunk's
-    FLOPs are in the compiled count (same math, no loop)."""
-    monkeypatch.setattr(importlib.import_module("scaling.ops.power_retention"), "SCAN_UNROLL", True)
-
-
-def xla_flops_per_token(cfg, context: int, batch: int = 2) -> float:
-    model = build(cfg.model)
-    graphdef, state = nnx.split(model)
-    fwd = jax.jit(lambda st, tok: nnx.merge(graphdef, st)(tok))
-    cost = fwd.lower(state, jnp.zeros((batch, context), jnp.int32)).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return cost["flops"] / (batch * context)
 
 
 @pytest.mark.parametrize("context", [64, 256, 1024])
