@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from scaling.ops.checks import check_form_and_chunk, check_qkv, check_scale
 from scaling.ops.segments import ChunkMasks, check_segment_ids, chunk_masks, resets, run_index
 from scaling.ops.sympow import sympow_dim, sympow_features
 
@@ -89,20 +90,8 @@ def based_features(x):
 
 def _validate(q, k, v, *, scale, eps, initial_state, fn):
     """Checks shapes and options; returns (b, t, h, dk, dv). Raises ValueError with one line."""
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if x.ndim != 4:
-            raise ValueError(f"{fn}: {name} must have rank 4 [batch, time, heads, dim]; got shape {tuple(x.shape)}")
-    if not jnp.issubdtype(q.dtype, jnp.floating):
-        raise ValueError(f"{fn}: q must be a floating dtype (o is returned in q.dtype); got {q.dtype}")
-    b, t, h, dk = q.shape
-    if k.shape != q.shape:
-        raise ValueError(f"{fn}: k must have the shape of q, {tuple(q.shape)}; got {tuple(k.shape)}")
-    if v.shape[:3] != (b, t, h) or v.shape[3] < 1:
-        raise ValueError(f"{fn}: v must have shape [batch, time, heads, dv] with {(b, t, h)} from q; "
-                         f"got {tuple(v.shape)}")
-    dv = v.shape[3]
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
-        raise ValueError(f"{fn}: scale = {scale!r}: must be a Python float, or None for dk^-1/2")
+    b, t, h, dk, dv = check_qkv(q, k, v, fn)
+    check_scale(scale, fn)
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
         raise ValueError(f"{fn}: eps = {eps!r}: must be a float >= 0")
     if initial_state is not None:
@@ -116,13 +105,6 @@ def _validate(q, k, v, *, scale, eps, initial_state, fn):
                              f"[batch, heads, D] = {(b, h, D)} (D = based_feature_dim({dk})); got S "
                              f"{tuple(jnp.shape(S0))} and z {tuple(jnp.shape(z0))}")
     return b, t, h, dk, dv
-
-
-def _check_options(form, chunk_size, fn):
-    if form not in FORMS:
-        raise ValueError(f"{fn}: form = {form!r}: must be one of {', '.join(map(repr, FORMS))}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
-        raise ValueError(f"{fn}: chunk_size = {chunk_size!r}: must be an int >= 1")
 
 
 def _prepare(q, k, v, initial_state, scale):
@@ -156,7 +138,7 @@ def based(q, k, v, *, scale=None, form="chunked", chunk_size=64, eps=1e-6, initi
 
     Returns o [batch, time, heads, dv] in q.dtype, or (o, BasedState) with return_state.
     """
-    _check_options(form, chunk_size, "based")
+    check_form_and_chunk(form, chunk_size, FORMS, "based")
     q, k, v = (jnp.asarray(x) for x in (q, k, v))
     b, t, h, dk, dv = _validate(q, k, v, scale=scale, eps=eps, initial_state=initial_state, fn="based")
     segment_ids = check_segment_ids(segment_ids, b, t, "based")

@@ -44,12 +44,12 @@ i/j position in a chunk (query / key), h head, d key dim, e value dim.
 from __future__ import annotations
 
 import math
-import numbers
 
 import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import solve_triangular
 
+from scaling.ops.checks import check_form_and_chunk, check_qkv, check_scale, check_state_matrix
 from scaling.ops.segments import ChunkMasks, check_segment_ids, chunk_masks, resets
 
 FORMS = ("parallel", "chunked", "recurrent")
@@ -73,34 +73,13 @@ def gated_delta_state_size(dk: int, dv: int) -> int:
 
 def _validate(q, k, v, beta, log_g, *, scale, initial_state, fn):
     """Checks shapes and scale; returns (b, t, h, dk, dv). Raises ValueError with one line."""
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if x.ndim != 4:
-            raise ValueError(f"{fn}: {name} must have rank 4 [batch, time, heads, dim]; got shape {tuple(x.shape)}")
-    if not jnp.issubdtype(q.dtype, jnp.floating):
-        raise ValueError(f"{fn}: q must be a floating dtype (o is returned in q.dtype); got {q.dtype}")
-    b, t, h, dk = q.shape
-    if k.shape != q.shape:
-        raise ValueError(f"{fn}: k must have the shape of q, {tuple(q.shape)}; got {tuple(k.shape)}")
-    if v.shape[:3] != (b, t, h) or v.shape[3] < 1:
-        raise ValueError(f"{fn}: v must have shape [batch, time, heads, dv] with {(b, t, h)} from q; "
-                         f"got {tuple(v.shape)}")
+    b, t, h, dk, dv = check_qkv(q, k, v, fn)
     for name, x in (("beta", beta), ("log_g", log_g)):
         if x.shape != (b, t, h):
             raise ValueError(f"{fn}: {name} must have shape [batch, time, heads] = {(b, t, h)}; got {tuple(x.shape)}")
-    dv = v.shape[3]
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
-        raise ValueError(f"{fn}: scale = {scale!r}: must be a Python float, or None for dk^-1/2")
-    if initial_state is not None and tuple(initial_state.shape) != (b, h, dk, dv):
-        raise ValueError(f"{fn}: initial_state must be None or have shape [batch, heads, dk, dv] = "
-                         f"{(b, h, dk, dv)}; got {tuple(initial_state.shape)}")
+    check_scale(scale, fn)
+    check_state_matrix(initial_state, (b, h, dk, dv), fn)
     return b, t, h, dk, dv
-
-
-def _check_options(form, chunk_size, fn):
-    if form not in FORMS:
-        raise ValueError(f"{fn}: form = {form!r}: must be one of {', '.join(map(repr, FORMS))}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
-        raise ValueError(f"{fn}: chunk_size = {chunk_size!r}: must be an int >= 1")
 
 
 def _prepare(q, k, v, beta, log_g, initial_state, scale):
@@ -136,7 +115,7 @@ def gated_delta_rule(q, k, v, beta, log_g, *, scale=None, form="chunked", chunk_
     Returns o [batch, time, heads, dv] in q.dtype, or (o, state) with return_state.
     """
     fn = "gated_delta_rule"
-    _check_options(form, chunk_size, fn)
+    check_form_and_chunk(form, chunk_size, FORMS, fn)
     q, k, v, beta, log_g, initial_state = _asarrays(q, k, v, beta, log_g, initial_state)
     b, t, h, dk, dv = _validate(q, k, v, beta, log_g, scale=scale, initial_state=initial_state, fn=fn)
     segment_ids = check_segment_ids(segment_ids, b, t, fn)
