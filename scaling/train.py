@@ -229,10 +229,10 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     Returns a TrainResult with status "done" or "diverged".
     """
     _config.validate(cfg)
-    blend, steps = cfg.train.get("blend_steps"), _config.total_steps(cfg.train)
-    if blend and blend > steps:  # before anything is written
-        raise _config.ConfigError(f"train.blend_steps = {blend}: must be at most the run's {steps} steps (the model "
-                                  "must end as power retention alone)")
+    blend_steps, total = cfg.train.get("blend_steps"), _config.total_steps(cfg.train)
+    if blend_steps and blend_steps > total:  # before anything is written
+        raise _config.ConfigError(f"train.blend_steps = {blend_steps}: must be at most the run's {total} steps "
+                                  "(the model must end as power retention alone)")
     sharding.initialize_hosts()  # a multi-host job from the environment (no-op when one process, or joined)
     primary = sharding.is_primary()  # process 0 writes the run directory; every process its checkpoint shards
     workdir = Path(workdir)
@@ -249,7 +249,6 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
             "use a new --workdir (or delete it) to start a different run")
 
     m, t = cfg.model, cfg.train
-    total = _config.total_steps(t)
     n_proc = jax.process_count()
     if t.batch_size % n_proc:
         raise _config.ConfigError(f"train.batch_size = {t.batch_size}: must be a multiple of the "
@@ -301,7 +300,6 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     counts = accounting.params(cfg)
     tokens_per_step = t.batch_size * t.context
     flops_per_token = accounting.train_flops_per_token(cfg, t.context)  # 3 x forward, mixer-aware
-    blend_steps = t.get("blend_steps")
     blend_flops = accounting.blend_flops_per_token(cfg, t.context) if blend_steps else 0.0
 
     def flops_at(s: int) -> float:  # training FLOPs after s steps, the blended steps' attention included
