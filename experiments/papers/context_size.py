@@ -34,6 +34,7 @@ FULL_SIZES = {"124M": (12, 768, 6e-4), "355M": (24, 1024, 6e-4), "774M": (36, 12
 FULL_BUDGETS = [1e19, 1e20]
 FULL_CONTEXTS = [2**k for k in range(7, 17)]  # 128 .. 65,536 tokens, the article's range
 FULL_TOKENS_PER_STEP = 2**19
+CPU_CONTEXTS = [(16, 128), (64, 32), (256, 8), (1024, 2)]  # (context, batch): 2,048 tokens a step
 
 
 def _size(n_layers: int, d_model: int, **extra) -> dict:
@@ -63,6 +64,7 @@ def get_sweep(scale: str = "cpu") -> Sweep:
         )
     if scale != "cpu":
         raise ValueError(f"scale {scale!r}: must be one of {', '.join(SCALES)}")
+    variants = {f"d{d}": _size(2, d) for d in (32, 64, 96)}
     return Sweep(
         name="context_size-cpu",
         description="loss vs training context at 1e12 FLOPs for three widths, tiny transformers on the stdlib corpus",
@@ -71,9 +73,14 @@ def get_sweep(scale: str = "cpu") -> Sweep:
             "train.lr": 3e-3, "train.warmup_steps": 20, "train.min_lr_ratio": 0.1,
             "train.log_every": 10, "train.eval_every": 250, "train.checkpoint_every": 250,
             "data.packing": False,
+            # every run is evaluated at every context of the sweep: its loss at the best of them is the metric
+            # (a model trained short is not penalised for the shorter window it averages over; eval_contexts.json)
+            "train.eval_contexts": [t for t, _ in CPU_CONTEXTS],
         },
-        variants={f"d{d}": _size(2, d) for d in (32, 64, 96)},
-        axes={"train.context,train.batch_size": [(16, 128), (64, 32), (256, 8), (1024, 2)]},
+        variants=variants,
+        axes={"train.context,train.batch_size": CPU_CONTEXTS},
         budgets=[1.0e12],
+        # the middle width at a second, smaller budget (optimal context vs compute), both budgets over three seeds
+        parts=[{}, {"variants": {"d64": variants["d64"]}, "budgets": [3.0e11, 1.0e12], "seeds": 3}],
         figures=["context_size"],
     )

@@ -39,6 +39,7 @@ MAMBA_LAYERS = {label: 2 * n for label, (n, *_) in FULL_SIZES.items()}
 # the labelled variant: mixer + SwiGLU blocks, layers chosen to match each size's parameters within 10%
 MAMBA_MLP_LAYERS = {"125M": 10, "350M": 20, "760M": 20, "1.3B": 20}
 CPU_WIDTHS = (24, 32, 48)
+CPU_SEED_WIDTH = 32  # run over three seeds
 TOKENS_PER_PARAM = 20
 
 
@@ -108,5 +109,9 @@ def get_sweep(scale: str = "cpu") -> Sweep:
         overrides=overrides,
         variants=variants,
         axes={"train.context,train.batch_size": [(128, 16), (512, 4)]},
+        # the headline comparison (d_model 32, both families, both contexts) over three seeds: the gap is read
+        # against the seed-to-seed spread
+        parts=[{}, {"variants": {k: v for k, v in variants.items() if k.endswith(f"-d{CPU_SEED_WIDTH}")},
+                    "seeds": 3}],
         figures=["mamba_scaling"],
     )

@@ -76,5 +76,6 @@ def get_sweep(scale: str = "cpu") -> Sweep:
             "data.eval_tokens": 65536,
         },
         variants=_variants(1500, 1500, 1e-3, 20),
+        seeds=3,  # every variant at train.seed 0, 1, 2; each converted run starts from its own seed's source
         figures=["metamorphosis"],
     )

@@ -32,6 +32,8 @@ SCALES = ("cpu", "full")
 PAPER_LOSSES = {"attention": 1.631, "window": 1.638, "power": 1.613}
 FULL_CONTEXT, FULL_HEADS = 1024, 20  # attention's context; heads of 64 at width 1280 [Table 4, Appendix D]
 FULL_TOKENS_PER_UPDATE = 7680 * 1024  # 7,864,320 = 1920 x 4096 [Appendix D]
+CPU_BUDGETS = [1.0e12, 3.0e12]
+CPU_EVAL_CONTEXTS = (64, 256, 1024)  # attention's training context, the others', 4x that
 FULL_BUDGET = 7.81e19  # training FLOPs: softmax attention at 1024 on 15B tokens (an assumption: see above)
 
 
@@ -87,8 +89,13 @@ def get_sweep(scale: str = "cpu") -> Sweep:
             "train.weight_decay": 0.1, "train.b1": 0.9, "train.b2": 0.999, "train.grad_clip": 1.0,
             "train.log_every": 10, "train.eval_every": 100, "train.checkpoint_every": 100,
             "data.packing": False,
+            # every run is also evaluated at both training contexts and at 4x the longer one: the paper compares
+            # the loss at the long context, where attention must extrapolate (eval_contexts.json)
+            "train.eval_contexts": list(CPU_EVAL_CONTEXTS),
         },
         variants=variants,
-        budgets=[1.0e12, 3.0e12],
+        budgets=CPU_BUDGETS,
+        # the headline comparison (the larger budget) over three seeds
+        parts=[{}, {"budgets": CPU_BUDGETS[-1:], "seeds": 3}],
         figures=["power_attention"],
     )

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from scaling.analysis import fits as _fits
+from scaling.analysis import seeds as _seeds
 from scaling.analysis.figures import FigureSkipped, StudyFigure
 from scaling.analysis.plots import _figure, _plain_log_axis, family_style, save_figure, sci
 
@@ -65,46 +66,98 @@ def _table(header, rows) -> list[str]:
 # 1. Scaling Context Requires Rethinking Attention: power vs softmax vs windowed attention at equal FLOPs
 
 
+def eval_losses(data, runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, evaluated context) of the runs' ``eval_contexts.json`` (``train.eval_contexts``):
+    ``run_id``, ``eval_context``, ``eval_loss`` (nats per token averaged over the row's positions)."""
+    from scaling.analysis.recall import load_eval_contexts
+
+    keep = set(runs["run_id"])
+    rows = [{"run_id": e["run_id"], "eval_context": int(c["context"]), "eval_loss": float(c["val_loss"])}
+            for e in load_eval_contexts(data) if e["run_id"] in keep for c in e["contexts"]]
+    return pd.DataFrame(rows, columns=["run_id", "eval_context", "eval_loss"])
+
+
+def _errorbar(ax, x, point, color, **kw):
+    """A point's seed mean with +- 1 SE bars (none for one seed)."""
+    se = point["se"] if np.isfinite(point["se"]) else 0.0
+    ax.errorbar(x, point["mean"], yerr=se, color=color, capsize=3, elinewidth=1, **kw)
+
+
 def power_attention(data, out: Path) -> StudyFigure:
-    """Left: validation loss against training FLOPs per variant (curves of the largest budget's runs, markers:
-    final losses at every budget). Right: each variant's final loss minus softmax attention's, ours (largest
-    budget) beside the paper's Table 4 (1.631 attention, 1.638 window-1k, 1.613 power p = 2)."""
+    """The paper's metric is the loss at the long context (power and windowed attention's training context, 4x
+    softmax attention's), where softmax attention must extrapolate; every run is evaluated there and at the other
+    contexts of ``train.eval_contexts``. Left: loss at the long context against training FLOPs per variant (seed
+    means +- SE at every budget). Middle: loss against evaluation context at the largest budget. Right: each
+    variant's long-context loss minus softmax attention's, +- 2 SE (ours, largest budget) beside the paper's
+    Table 4 (1.631 attention, 1.638 window-1k, 1.613 power p = 2). Without eval_contexts.json the training-context
+    validation loss stands in, and the titles say so."""
     runs = _done(data, "power_attention")
     known = [v for v in PAPER_POWER_ATTENTION if v in set(runs["variant"])]
     if "attention" not in known or len(known) < 2:
         raise FigureSkipped("power_attention: needs finished runs of variant 'attention' and of 'window' or "
                             f"'power'; have {sorted(set(runs['variant']))}")
     colors = {"attention": "#1f77b4", "window": "#7fb3e0", "power": "#d62728"}
-    fig, axes = _figure(1, 2, panel=(5.6, 4.2))
-    ax, bx = axes[0]
-    top = runs["flops"].max()
-    rows = []
+    ctx = {v: int(runs.loc[runs["variant"] == v, "context"].iloc[0]) for v in known}
+    long = max(ctx.values())
+    ev = eval_losses(data, runs)
+    has_long = len(ev) and (ev["eval_context"] == long).any()
+    runs = runs.assign(budget=runs["budget"].fillna(runs["flops"]))
+    if has_long:
+        at = ev[ev["eval_context"] == long].set_index("run_id")["eval_loss"]
+        runs = runs.assign(long_loss=runs["run_id"].map(at))
+        metric = f"loss at context {long:,}"
+    else:
+        runs = runs.assign(long_loss=runs["final_val_loss"])
+        metric = "validation loss at the training context (no eval_contexts.json)"
+    pts = _seeds.by_point(runs, ["variant", "budget"], "long_loss")
+    top = float(pts["budget"].max())
+    fig, axes = _figure(1, 3, panel=(5.0, 4.2))
+    ax, mx, bx = axes[0]
     for v in known:
-        sub = runs[runs["variant"] == v].sort_values("flops")
-        ctx = int(sub["context"].iloc[0])
-        label = f"{v} (context {ctx:,}" + (f", window {ctx // 4:,})" if v == "window" else ")")
-        big = sub.iloc[-1]
-        c = _val_curve(data, big["run_id"])
-        ax.plot(c["flops"], c["val_loss"], color=colors[v], lw=1.6, label=label)
-        ax.scatter(sub["flops"], sub["final_val_loss"], color=colors[v], s=30, zorder=3, edgecolor="k", lw=0.5)
+        sub = pts[pts["variant"] == v].sort_values("budget")
+        label = f"{v} (trained at {ctx[v]:,}" + (f", window {ctx[v] // 4:,})" if v == "window" else ")")
+        ax.plot(sub["budget"], sub["mean"], color=colors[v], lw=1.4)
         for _, r in sub.iterrows():
-            rows.append((v, f"{ctx:,}", f"{int(r['state_size']):,}", f"{int(r['params']):,}", f"{int(r['tokens']):,}",
-                         f"{r['flops']:.3e}", f"{r['final_val_loss']:.4f}", f"{PAPER_POWER_ATTENTION[v]:.3f}"))
+            _errorbar(ax, r["budget"], r, colors[v], marker="o", ms=5, mec="k", mew=0.5,
+                      label=label if r["budget"] == sub["budget"].iloc[0] else None)
     _flops_axis(ax)
     ax.set_xlabel("training compute C (FLOPs)")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title("equal parameters, FLOP-matched budgets (markers: final losses)", fontsize=10)
+    ax.set_ylabel(f"{metric} (nats/token)" if has_long else "validation loss (nats/token)")
+    ax.set_title(f"{metric}; bars: +-1 SE over seeds", fontsize=9)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8)
 
-    ours = runs[np.isclose(runs["flops"], top, rtol=0.05)].groupby("variant")["final_val_loss"].min()
-    if "attention" not in ours:
+    big = runs[np.isclose(runs["budget"], top, rtol=0.05)]
+    if len(ev):
+        e = ev.merge(big[["run_id", "variant", "seed"]], on="run_id")
+        by_ctx = _seeds.by_point(e.rename(columns={"eval_loss": "loss"}), ["variant", "eval_context"], "loss")
+        for v in known:
+            sub = by_ctx[by_ctx["variant"] == v].sort_values("eval_context")
+            mx.errorbar(sub["eval_context"], sub["mean"], yerr=sub["se"].fillna(0), color=colors[v], marker="o",
+                        ms=4, capsize=3, lw=1.4, label=v)
+            mx.axvline(ctx[v], color=colors[v], lw=0.8, ls=":")
+        mx.set_xscale("log", base=2)
+        mx.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        mx.set_xlabel("evaluation context (tokens); dotted: training context")
+        mx.set_ylabel("loss averaged over the context (nats/token)")
+        mx.set_title(f"largest budget ({sci(top)} FLOPs)", fontsize=9)
+        mx.grid(True, which="both", alpha=0.25)
+        mx.legend(fontsize=8)
+    else:
+        mx.set_axis_off()
+        mx.text(0.5, 0.5, "no eval_contexts.json\n(set train.eval_contexts)", ha="center", va="center")
+
+    cell = pts[np.isclose(pts["budget"], top, rtol=0.05)].set_index("variant")
+    if "attention" not in cell.index:
         raise FigureSkipped("power_attention: the largest budget has no finished attention run yet")
     x = np.arange(len(known))
-    d_ours = [ours.get(v, np.nan) - ours["attention"] for v in known]
+    diffs = {v: _seeds.difference(cell.loc["attention"], cell.loc[v]) if v in cell.index else (np.nan, np.nan)
+             for v in known}
+    d_ours = [diffs[v][0] for v in known]
+    err = [2 * diffs[v][1] if np.isfinite(diffs[v][1]) else 0.0 for v in known]
     d_paper = [PAPER_POWER_ATTENTION[v] - PAPER_POWER_ATTENTION["attention"] for v in known]
-    bx.bar(x - 0.2, d_ours, 0.4, color=[colors[v] for v in known], edgecolor="k", lw=0.5,
-           label=f"this sweep (bytes, {sci(top)} FLOPs)")
+    bx.bar(x - 0.2, d_ours, 0.4, yerr=err, capsize=4, color=[colors[v] for v in known], edgecolor="k", lw=0.5,
+           label=f"this sweep (bytes, {sci(top)} FLOPs), +-2 SE")
     bx.bar(x + 0.2, d_paper, 0.4, color=[colors[v] for v in known], edgecolor="k", lw=0.5, hatch="//",
            alpha=0.55, label="paper, Table 4 (LongCrawl64, ~750M)")
     for xi, (a, b) in enumerate(zip(d_ours, d_paper, strict=True)):
@@ -114,14 +167,32 @@ def power_attention(data, out: Path) -> StudyFigure:
                             fontsize=8, xytext=(0, 2 if val >= 0 else -2), textcoords="offset points")
     bx.axhline(0, color="k", lw=0.8)
     bx.set_xticks(x, known)
-    bx.set_ylabel("final loss minus softmax attention's (nats/token)")
-    bx.set_title(f"paper reference points: {', '.join(f'{v} {PAPER_POWER_ATTENTION[v]}' for v in known)}",
-                 fontsize=9)
-    bx.legend(fontsize=8, loc="best")
+    bx.set_ylabel("minus softmax attention's (nats/token)")
+    bx.set_title(f"paper: {', '.join(f'{v} {PAPER_POWER_ATTENTION[v]}' for v in known)}", fontsize=9)
+    bx.legend(fontsize=7, loc="best")
     bx.grid(True, axis="y", alpha=0.25)
     fig.suptitle("Power attention vs softmax and windowed attention at equal FLOPs", fontsize=12)
     paths = save_figure(fig, out, "power_attention")
-    lines = _table(("variant", "context", "state", "params", "tokens", "FLOPs", "final val loss", "paper loss"), rows)
+
+    contexts = sorted(ev["eval_context"].unique()) if len(ev) else []
+    rows = []
+    for v in known:
+        for _, p in pts[pts["variant"] == v].sort_values("budget").iterrows():
+            rs = runs[runs["run_id"].isin(p["run_ids"])]
+            mask = ev["run_id"].isin(p["run_ids"]) if len(ev) else None
+            cells = [_seeds.fmt(*_seeds.summary(ev.loc[mask & (ev["eval_context"] == c), "eval_loss"]))
+                     for c in contexts]
+            r0 = rs.iloc[0]
+            rows.append((v, f"{ctx[v]:,}", f"{int(r0['state_size']):,}", f"{int(r0['params']):,}",
+                         f"{p['budget']:.2e}", _seeds.fmt(*_seeds.summary(rs["final_val_loss"])), *cells,
+                         f"{PAPER_POWER_ATTENTION[v]:.3f}"))
+    lines = _table(("variant", "trained at", "state", "params", "budget", "val loss at training context",
+                    *(f"loss at context {c:,}" for c in contexts), "paper loss"), rows)
+    lines += ["", f"Differences at the largest budget ({sci(top)} FLOPs), {metric}: b minus attention, seed "
+              "means, SE = sqrt(SE_a^2 + SE_b^2):", ""]
+    lines += _table(("variant", "minus attention", "SE", "verdict", "paper"),
+                    [(v, f"{diffs[v][0]:+.4f}", f"{diffs[v][1]:.4f}", _seeds.verdict(*diffs[v]), f"{d:+.3f}")
+                     for v, d in zip(known, d_paper, strict=True) if v != "attention"])
     return StudyFigure(paths, lines)
 
 
@@ -130,23 +201,29 @@ def power_attention(data, out: Path) -> StudyFigure:
 
 
 def sympow(data, out: Path) -> StudyFigure:
-    """Left: validation loss against training steps per variant (same steps and batches for all). Right: final
-    validation loss against state size (elements per sequence), attention's KV cache at the training context."""
-    runs = _done(data, "sympow").sort_values("state_size")
-    colors = _colors(list(runs["variant"]))
+    """Left: validation loss against training steps per variant (same steps and batches for all; the mean over
+    seeds, a band from the lowest to the highest). Right: final validation loss (seed mean +- SE) against state
+    size (elements per sequence), attention's KV cache at the training context. The table gives each variant's
+    difference from softmax attention with its SE."""
+    runs = _done(data, "sympow")
+    pts = _seeds.by_point(runs, ["variant"]).merge(
+        runs.drop_duplicates("variant")[["variant", "family", "params", "state_size", "steps", "flops"]], on="variant")
+    pts = pts.sort_values("state_size")
+    colors = _colors(list(pts["variant"]))
     fig, axes = _figure(1, 2, panel=(5.6, 4.2))
     ax, bx = axes[0]
     rows = []
-    for _, r in runs.iterrows():
-        c = _val_curve(data, r["run_id"])
-        st = family_style(r["family"])
-        ax.plot(c["step"], c["val_loss"], color=colors[r["variant"]], lw=1.6, label=r["variant"])
-        bx.scatter(r["state_size"], r["final_val_loss"], color=colors[r["variant"]], marker=st["marker"], s=60,
-                   edgecolor="k", lw=0.5, zorder=3)
-        bx.annotate(r["variant"], (r["state_size"], r["final_val_loss"]), fontsize=8, xytext=(5, 4),
-                    textcoords="offset points")
-        rows.append((r["variant"], r["family"], f"{int(r['params']):,}", f"{int(r['state_size']):,}",
-                     f"{int(r['steps']):,}", f"{r['flops']:.3e}", f"{r['final_val_loss']:.4f}"))
+    for _, p in pts.iterrows():
+        c = colors[p["variant"]]
+        steps, mean, lo, hi = _seeds.mean_curve(data.curves, p["run_ids"])
+        ax.plot(steps, mean, color=c, lw=1.6, label=p["variant"] + (f" ({p['n']} seeds)" if p["n"] > 1 else ""))
+        if p["n"] > 1:
+            ax.fill_between(steps, lo, hi, color=c, alpha=0.18, lw=0)
+        _errorbar(bx, p["state_size"], p, c, marker=family_style(p["family"])["marker"], ms=8, mec="k", mew=0.5,
+                  zorder=3)
+        bx.annotate(p["variant"], (p["state_size"], p["mean"]), fontsize=8, xytext=(5, 4), textcoords="offset points")
+        rows.append((p["variant"], p["family"], f"{int(p['params']):,}", f"{int(p['state_size']):,}",
+                     f"{int(p['steps']):,}", f"{p['flops']:.3e}", _seeds.fmt(p["mean"], p["se"], p["n"])))
     ax.set_xlabel("training step")
     ax.set_ylabel("validation loss (nats/token)")
     lo = runs["final_val_loss"].min()
@@ -161,78 +238,23 @@ def sympow(data, out: Path) -> StudyFigure:
     bx.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
     bx.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     bx.set_xlabel("state size S (elements per sequence)")
-    bx.set_ylabel("final validation loss (nats/token)")
+    bx.set_ylabel("final validation loss (nats/token), +-1 SE")
     bx.set_title("loss vs state size (attention: KV cache at the training context)", fontsize=10)
     bx.grid(True, which="both", alpha=0.25)
     fig.suptitle("Symmetric power transformers: softmax vs sympow p = 2, 4", fontsize=12)
     paths = save_figure(fig, out, "sympow")
     lines = _table(("variant", "family", "params", "state", "steps", "FLOPs", "final val loss"), rows)
+    ref = pts.set_index("variant")
+    if "attention" in ref.index:
+        lines += ["", "Minus softmax attention (seed means; SE = sqrt(SE_a^2 + SE_b^2)):", ""]
+        diffs = [(v, *_seeds.difference(ref.loc["attention"], ref.loc[v])) for v in ref.index if v != "attention"]
+        lines += _table(("variant", "minus attention", "SE", "verdict"),
+                        [(v, f"{d:+.4f}", f"{se:.4f}", _seeds.verdict(d, se)) for v, d, se in diffs])
     return StudyFigure(paths, lines)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 3. Compute-Optimal Context Size: the U in log context at fixed FLOPs
-
-
-def context_size(data, out: Path) -> StudyFigure:
-    """Final validation loss against training context at fixed FLOPs, one line per model size (variant) and a
-    panel per budget, with each size's fitted parabola in log context and its minimum
-    (:func:`scaling.analysis.fits.fit_context_law`), when its contexts bracket one."""
-    runs = _done(data, "context_size")
-    budgets = sorted(runs["budget"].dropna().unique()) or [None]
-    sizes = list(dict.fromkeys(runs.sort_values("params")["variant"]))
-    colors = _colors(sizes)
-    fig, axes = _figure(1, len(budgets), panel=(5.8, 4.4))
-    rows = []
-    for ax, budget in zip(axes[0], budgets, strict=True):
-        cell = runs if budget is None else runs[np.isclose(runs["budget"], budget)]
-        for v in sizes:
-            sub = cell[cell["variant"] == v].sort_values("context")
-            if not len(sub):
-                continue
-            n = int(sub["non_embedding_params"].iloc[0])
-            ax.plot(sub["context"], sub["final_val_loss"], "o-", color=colors[v], lw=1.4, ms=5,
-                    label=f"{v} ({n:,} non-emb. params)")
-            opt, loss_opt, note = "-", "", ""
-            if sub["context"].nunique() >= 3:
-                try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        fit = _fits.fit_context_law(sub["context"], sub["final_val_loss"])
-                    t_opt = float(fit.data["budget_context_opt"][0])
-                    grid = np.geomspace(sub["context"].min() / 1.5, sub["context"].max() * 1.5, 100)
-                    ax.plot(grid, fit.loss_curve(0, grid), "--", color=colors[v], lw=1, alpha=0.8)
-                    if np.isfinite(t_opt) and not bool(fit.data["budget_extrapolated"][0]):
-                        ax.plot([t_opt], [fit.loss_curve(0, [t_opt])[0]], marker="*", ms=14, color=colors[v],
-                                mec="k", mew=0.6, zorder=4)
-                        opt, loss_opt = f"{t_opt:,.0f}", f"{float(fit.data['budget_loss_opt'][0]):.4f}"
-                    else:
-                        note = (f"no U shape: the fitted minimum ({t_opt:,.0f}) is outside the contexts trained"
-                                if np.isfinite(t_opt) else "no U shape")
-                except ValueError:
-                    note = "no U shape (loss not convex in log context)"
-            best = sub.loc[sub["final_val_loss"].idxmin()]
-            rows.append((v, f"{n:,}", "-" if budget is None else f"{budget:.2e}",
-                         ", ".join(f"{int(c):,}: {lo:.3f}" for c, lo in zip(sub["context"], sub["final_val_loss"],
-                                                                           strict=True)),
-                         f"{int(best['context']):,}", opt, loss_opt or note or "-"))
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
-        ax.set_xlabel("training context T (tokens)")
-        ax.set_ylabel("final validation loss (nats/token)")
-        ax.set_title(("all runs" if budget is None else f"budget {sci(budget)} training FLOPs")
-                     + "; star: fitted optimum", fontsize=10)
-        ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=8)
-    fig.suptitle("Compute-optimal context size: loss vs training context at fixed FLOPs", fontsize=12)
-    paths = save_figure(fig, out, "context_size")
-    lines = _table(("size", "non-emb. params", "budget", "final val loss by context", "best context trained",
-                    "fitted optimal context", "fitted loss at optimum"), rows)
-    return StudyFigure(paths, lines)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# 4. Mamba / Mamba-2 scaling: loss vs FLOPs at two contexts
+# 3. Mamba / Mamba-2 scaling: loss vs FLOPs at two contexts
 
 
 def mamba_scaling(data, out: Path) -> StudyFigure:
@@ -246,6 +268,7 @@ def mamba_scaling(data, out: Path) -> StudyFigure:
     rows = []
     families = [f for f in ("attention", "mamba", "retention", "hybrid") if f in set(runs["family"])]
     names = {"attention": "Transformer++", "mamba": "Mamba-2"}
+    means: dict[tuple, pd.DataFrame] = {}
     for ax, ctx in zip(axes[0], contexts, strict=True):
         cell = runs[runs["context"] == ctx]
         for fam in families:
@@ -256,11 +279,17 @@ def mamba_scaling(data, out: Path) -> StudyFigure:
             for _, r in sub.iterrows():
                 c = _val_curve(data, r["run_id"])
                 ax.plot(c["flops"], c["val_loss"], color=st["color"], lw=0.8, alpha=0.3)
+            pts = _seeds.by_point(sub, ["variant"]).merge(
+                sub.drop_duplicates("variant")[["variant", "params", "tokens", "flops"]], on="variant")
+            pts = pts.sort_values("flops")
+            means[(ctx, fam)] = pts.assign(width=pts["variant"].str.rsplit("-", n=1).str[-1])
+            for _, r in pts.iterrows():
                 rows.append((names.get(fam, fam), f"{ctx:,}", r["variant"], f"{int(r['params']):,}",
                              f"{int(r['tokens']):,}", f"{r['tokens'] / r['params']:.1f}", f"{r['flops']:.3e}",
-                             f"{r['final_val_loss']:.4f}"))
-            ax.plot(sub["flops"], sub["final_val_loss"], marker=st["marker"], color=st["color"], lw=1.8, ms=7,
-                    mec="k", mew=0.5, label=f"{names.get(fam, fam)} (final loss per size)")
+                             _seeds.fmt(r["mean"], r["se"], r["n"])))
+            ax.errorbar(pts["flops"], pts["mean"], yerr=pts["se"].fillna(0), marker=st["marker"], color=st["color"],
+                        lw=1.8, ms=7, mec="k", mew=0.5, capsize=3,
+                        label=f"{names.get(fam, fam)} (final loss per size; bars +-1 SE over seeds)")
             curves = data.curves[data.curves["run_id"].isin(sub["run_id"]) & data.curves["val_loss"].notna()
                                  & (data.curves["step"] > 0)]
             curves = curves.merge(sub[["run_id", "params"]], on="run_id")
@@ -288,5 +317,17 @@ def mamba_scaling(data, out: Path) -> StudyFigure:
     paths = save_figure(fig, out, "mamba_scaling")
     lines = _table(("family", "context", "size", "params", "tokens", "tokens/param", "FLOPs", "final val loss"),
                    rows)
+    gaps = []
+    for ctx in contexts:
+        if (ctx, "attention") in means and (ctx, "mamba") in means:
+            a_pts = means[(ctx, "attention")].set_index("width")
+            for w, m in means[(ctx, "mamba")].set_index("width").iterrows():
+                if w in a_pts.index:
+                    d, se = _seeds.difference(a_pts.loc[w], m)
+                    gaps.append((f"{ctx:,}", w, f"{d:+.4f}", f"{se:.4f}" if np.isfinite(se) else "-",
+                                 _seeds.verdict(d, se)))
+    if gaps:
+        lines += ["", "Mamba-2 minus Transformer++ at the same width (seed means; SE = sqrt(SE_a^2 + SE_b^2)):", ""]
+        lines += _table(("context", "width", "Mamba-2 minus Transformer++", "SE", "verdict"), gaps)
     return StudyFigure(paths, lines)
 

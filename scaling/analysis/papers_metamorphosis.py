@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from scaling import config as _config
+from scaling.analysis import seeds as _seeds
 from scaling.analysis.figures import FigureSkipped, StudyFigure
 from scaling.analysis.plots import _figure, save_figure
 
@@ -34,30 +35,38 @@ TOLERANCE = 0.05
 PAPER_BRUMBY_STEPS = 3000
 
 
-def _roles(data) -> dict:
-    """{"source": id, "converted": [ids], "blended": [ids], "scratch": [ids]} of the done runs, from depends_on,
-    train.blend_steps and the patterns."""
+def _roles(data) -> dict[int, dict]:
+    """{seed: {"source": id, "converted": [ids], "blended": [ids], "scratch": [ids]}} of the done runs, from
+    depends_on, train.blend_steps, the patterns and train.seed (each converted run starts from its own seed's
+    source; scratch runs are matched to the source of their seed)."""
     with sqlite3.connect(f"file:{Path(data.path) / 'sweep.db'}?mode=ro", uri=True) as db:
         rows = db.execute("SELECT id, depends_on, config FROM runs").fetchall()
     done = set(data.runs["run_id"]) if len(data.runs) else set()
     deps = {rid: dep for rid, dep, _ in rows if rid in done}
     cfgs = {rid: _config.from_dict(json.loads(cfg)) for rid, _, cfg in rows if rid in done}
     patterns = {rid: _config.layer_pattern(c.model) for rid, c in cfgs.items()}
+    seed = {rid: int(c.train.get("seed") or 0) for rid, c in cfgs.items()}
     converted = [rid for rid, dep in deps.items() if dep]
     if not converted:
         raise FigureSkipped("metamorphosis: no finished run initialised from another run (train.init_from) yet")
-    sources = {deps[c] for c in converted}
-    if len(sources) != 1:
-        raise FigureSkipped(f"metamorphosis: the converted runs start from {len(sources)} different runs; "
-                            "the figure compares against one source")
-    source = sources.pop()
-    if source not in done:
-        raise FigureSkipped(f"metamorphosis: the source run {source} is not done")
+    out: dict[int, dict] = {}
+    for c in converted:
+        src = deps[c]
+        if src not in done:
+            continue
+        group = out.setdefault(seed[src], {"source": src, "converted": [], "blended": [], "scratch": []})
+        if group["source"] != src:
+            raise FigureSkipped(f"metamorphosis: seed {seed[src]} has converted runs from two sources "
+                                f"({group['source']}, {src}); the figure compares each seed against one source")
+        group["blended" if cfgs[c].train.get("blend_steps") else "converted"].append(c)
+    if not out:
+        raise FigureSkipped("metamorphosis: no converted run's source is done")
+    sources = {g["source"] for g in out.values()}
     target_patterns = {patterns[c] for c in converted}
-    scratch = [rid for rid in deps if not deps[rid] and rid != source and patterns[rid] in target_patterns]
-    blended = [rid for rid in converted if cfgs[rid].train.get("blend_steps")]
-    return {"source": source, "converted": [c for c in converted if c not in blended], "blended": blended,
-            "scratch": scratch}
+    for rid in deps:
+        if not deps[rid] and rid not in sources and patterns[rid] in target_patterns and seed[rid] in out:
+            out[seed[rid]]["scratch"].append(rid)
+    return dict(sorted(out.items()))
 
 
 def _curve(data, rid):
@@ -80,55 +89,101 @@ def steps_to_stay(steps, losses, target: float) -> int | None:
     return int(np.asarray(steps)[above[-1] + 1]) if above[-1] + 1 < len(steps) else None
 
 
+_STYLES = [("converted", "#d62728", "converted (same weights), retrained"),
+           ("blended", "#9467bd", "converted, attention blended into retention"),
+           ("scratch", "#2ca02c", "same power-retention model from scratch")]
+
+
+def _mean_sd(values) -> str:
+    v = [x for x in values if x is not None]
+    if len(v) < len(values):
+        return f"{len(values) - len(v)} of {len(values)} not reached"
+    return f"{np.mean(v):,.0f} ± {np.std(v, ddof=1):,.0f}" if len(v) > 1 else f"{v[0]:,}"
+
+
 def metamorphosis(data, out: Path) -> StudyFigure:
-    roles = _roles(data)
+    """Validation loss against retraining steps: per role the mean over seeds (a band from the lowest to the highest
+    seed), the sources' final loss and the 5% band above it; per run the steps to within 5% of its own seed's
+    source, and a summary over seeds."""
+    groups = _roles(data)
     runs = data.runs.set_index("run_id")
-    src_steps, src_loss = _curve(data, roles["source"])
-    if not len(src_loss):
-        raise FigureSkipped("metamorphosis: the source run has no validation loss")
-    final = float(runs.loc[roles["source"], "final_val_loss"])
+    src_ids = [g["source"] for g in groups.values()]
+    finals = {s: float(runs.loc[g["source"], "final_val_loss"]) for s, g in groups.items()}
+    final = float(np.mean(list(finals.values())))
     target = (1 + TOLERANCE) * final
+    n_seeds = len(groups)
 
     fig, axes = _figure(1, 1, panel=(7.5, 4.8))
     ax = axes[0, 0]
-    ax.plot(src_steps, src_loss, color="#7f7f7f", lw=1.2, ls=":", label="source transformer (its own training)")
-    ax.axhline(final, color="#1f77b4", lw=1.2, label=f"source transformer, final ({final:.3f})")
+    steps, mean, lo, hi = _seeds.mean_curve(data.curves, src_ids)
+    if not len(steps):
+        raise FigureSkipped("metamorphosis: the source runs have no validation loss")
+    ax.plot(steps, mean, color="#7f7f7f", lw=1.2, ls=":", label="source transformer (its own training)")
+    spread = f", seeds {min(finals.values()):.3f} to {max(finals.values()):.3f}" if n_seeds > 1 else ""
+    ax.axhline(final, color="#1f77b4", lw=1.2, label=f"source transformer, final ({final:.3f}{spread})")
     ax.axhspan(final, target, color="#1f77b4", alpha=0.12, label=f"within {TOLERANCE:.0%} of it")
-    rows, result = [], {"source": {"run_id": roles["source"], "final_val_loss": final, "steps": int(src_steps[-1])},
-                        "target": target, "runs": []}
-    styles = [("converted", "#d62728", "converted (same weights), retrained"),
-              ("blended", "#9467bd", "converted, attention blended into retention"),
-              ("scratch", "#2ca02c", "same power-retention model from scratch")]
-    for role, color, label in styles:
-        for rid in roles[role]:
-            steps, loss = _curve(data, rid)
-            hit = steps_to_target(steps, loss, target)
-            stay = steps_to_stay(steps, loss, target)
-            peak = float(loss[1:].max()) if len(loss) > 1 else float(loss[0])
-            ax.plot(steps, loss, color=color, lw=1.8, marker="o", ms=2.5, label=label)
-            if stay is not None:  # from here on within the band (a blended run starts inside it)
-                ax.axvline(stay, color=color, lw=0.8, ls="--")
-                ax.annotate(f"{stay}", (stay, target), xytext=(4, 8), textcoords="offset points", color=color,
-                            fontsize=8)
-            result["runs"].append({"role": role, "run_id": rid, "variant": str(runs.loc[rid, "variant"]),
-                                   "steps_to_target": hit, "steps_to_stay": stay, "peak_val_loss": peak,
-                                   "first_val_loss": float(loss[0]),
-                                   "first_step": int(steps[0]), "final_val_loss": float(loss[-1]),
-                                   "steps": int(steps[-1])})
-            rows.append(f"| {role} | {rid} | {loss[0]:.4f} (step {steps[0]}) | {peak:.4f} | {loss[-1]:.4f} (step "
-                        f"{steps[-1]}) | {'not reached' if hit is None else hit} | "
-                        f"{'not reached' if stay is None else stay} |")
-    lo = min(final, *(r["final_val_loss"] for r in result["runs"])) if result["runs"] else final
-    ax.set_ylim(lo - 0.1, max(target + 0.6, lo + 1.0))
+    rows, result = [], {"seeds": {}, "target": target, "tolerance": TOLERANCE, "runs": [], "summary": []}
+    per_role: dict[str, list[dict]] = {role: [] for role, *_ in _STYLES}
+    for s, g in groups.items():
+        s_target = (1 + TOLERANCE) * finals[s]
+        result["seeds"][str(s)] = {"source": g["source"], "final_val_loss": finals[s], "target": s_target}
+        for role, *_ in _STYLES:
+            for rid in g[role]:
+                st, loss = _curve(data, rid)
+                peak = float(loss[1:].max()) if len(loss) > 1 else float(loss[0])
+                r = {"role": role, "seed": s, "run_id": rid, "variant": str(runs.loc[rid, "variant"]),
+                     "steps_to_target": steps_to_target(st, loss, s_target),
+                     "steps_to_stay": steps_to_stay(st, loss, s_target), "peak_val_loss": peak,
+                     "first_val_loss": float(loss[0]), "first_step": int(st[0]),
+                     "final_val_loss": float(loss[-1]), "steps": int(st[-1])}
+                result["runs"].append(r)
+                per_role[role].append(r)
+                hit, stay = (("not reached" if r[k] is None else r[k]) for k in ("steps_to_target", "steps_to_stay"))
+                rows.append(f"| {role} | {s} | {rid} | {loss[0]:.4f} (step {st[0]}) | {peak:.4f} | {loss[-1]:.4f} | "
+                            f"{finals[s]:.4f} | {hit} | {stay} |")
+    summary = []
+    for role, color, label in _STYLES:
+        rs = per_role[role]
+        if not rs:
+            continue
+        steps, mean, lo, hi = _seeds.mean_curve(data.curves, [r["run_id"] for r in rs])
+        ax.plot(steps, mean, color=color, lw=1.8, marker="o", ms=2.5,
+                label=label + (f" (mean of {len(rs)} seeds)" if len(rs) > 1 else ""))
+        if len(rs) > 1:
+            ax.fill_between(steps, lo, hi, color=color, alpha=0.18, lw=0)
+        stays = [r["steps_to_stay"] for r in rs]
+        for v in stays:
+            if v is not None:  # from here on within the band (a blended run starts inside it)
+                ax.axvline(v, color=color, lw=0.8, ls="--", alpha=0.7)
+        fin = np.array([r["final_val_loss"] for r in rs])
+        gap = fin - np.array([finals[r["seed"]] for r in rs])
+        item = {"role": role, "seeds": len(rs), "steps_to_stay": stays,
+                "final_val_loss_mean": float(fin.mean()),
+                "final_val_loss_se": float(fin.std(ddof=1) / np.sqrt(len(fin))) if len(fin) > 1 else None,
+                "final_minus_source_mean": float(gap.mean()),
+                "final_minus_source_sd": float(gap.std(ddof=1)) if len(gap) > 1 else None}
+        result["summary"].append(item)
+        sd = "" if item["final_minus_source_sd"] is None else f" ± {item['final_minus_source_sd']:.4f}"
+        each = ", ".join("-" if v is None else f"{v:,}" for v in stays)
+        se = item["final_val_loss_se"] if item["final_val_loss_se"] is not None else float("nan")
+        summary.append(f"| {role} | {len(rs)} | {each} | {_mean_sd(stays)} | "
+                       f"{_seeds.fmt(item['final_val_loss_mean'], se, len(rs))} | "
+                       f"{item['final_minus_source_mean']:+.4f}{sd} |")
+    lo_y = min(final, *(r["final_val_loss"] for r in result["runs"])) if result["runs"] else final
+    ax.set_ylim(lo_y - 0.1, max(target + 0.6, lo_y + 1.0))
     ax.set_xlabel("retraining steps (steps since initialisation)")
     ax.set_ylabel("validation loss (nats / token)")
-    ax.set_title("Metamorphosis: a transformer retrained into power retention")
+    ax.set_title("Metamorphosis: a transformer retrained into power retention"
+                 + (f" ({n_seeds} seeds; bands: lowest to highest seed)" if n_seeds > 1 else ""), fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(alpha=0.3)
     paths = save_figure(fig, out, "papers_metamorphosis")
     (Path(out) / "metamorphosis.json").write_text(json.dumps(result, indent=2))
-    lines = [f"Source transformer: final validation loss {final:.4f} after {int(src_steps[-1])} steps; target "
-             f"(within {TOLERANCE:.0%}): {target:.4f}.", "",
-             "| run | id | first validation loss | highest after it | final validation loss | steps to within 5% | "
-             "within 5% from then on |", "|---|---|---|---|---|---|---|", *rows]
+    lines = [f"Source transformers: final validation loss {final:.4f} (mean of {n_seeds} seed(s): "
+             + ", ".join(f"{finals[s]:.4f}" for s in groups)
+             + f"); each run is compared with its own seed's source (within {TOLERANCE:.0%}).", "",
+             "| role | seeds | steps to stay within 5% (each seed) | mean ± sd | final validation loss (mean ± SE) | "
+             "final minus its source (mean ± sd) |", "|---|---|---|---|---|---|", *summary, "",
+             "| run | seed | id | first validation loss | highest after it | final validation loss | "
+             "its source's final | steps to within 5% | within 5% from then on |", "|" + "---|" * 9, *rows]
     return StudyFigure(paths=paths, lines=lines)

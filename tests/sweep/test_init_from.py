@@ -82,7 +82,7 @@ def test_sweep_trains_the_converted_run_after_its_source(tmp_path):
     fig = metamorphosis(load_sweep(tmp_path), tmp_path / "fig")
     assert {p.suffix for p in fig.paths} == {".png", ".svg"}
     out = json.loads((tmp_path / "fig/metamorphosis.json").read_text())
-    assert out["source"]["run_id"] == rows["transformer"]["id"]
+    assert out["seeds"]["0"]["source"] == rows["transformer"]["id"]
     assert {r["role"]: r["run_id"] for r in out["runs"]} == {"converted": rows["converted"]["id"],
                                                               "scratch": rows["scratch"]["id"]}
 
