@@ -525,9 +525,9 @@ def _backward(q, k, v, lbc, lbr, do, dS_end, saved, plan: Plan, sel):
 def _selection_table(d: int, p: int, d_pad: int, D_pad: int) -> np.ndarray:
     """[p, D_pad, d_pad] float32: sel[m, f, i] = 1 if the m-th index of multi-index f is i (times the
     feature's sqrt-multinomial weight for m = 0); rows >= D and columns >= d are zero (padding)."""
-    from scaling.ops.power_retention import _sympow_table
+    from scaling.ops.sympow import sympow_table
 
-    idx, weight = _sympow_table(d, p)
+    idx, weight = sympow_table(d, p)
     sel = np.zeros((p, D_pad, d_pad), np.float32)
     rows = np.arange(idx.shape[0])
     for m in range(p):

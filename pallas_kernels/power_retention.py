@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from pallas_kernels import _chunked
 from pallas_kernels._config import BACKENDS, make_plan
-from scaling.ops.power_retention import RetentionState, _finish, _validate
+from scaling.ops.power_retention import RetentionState, check_inputs, finish_output
 
 __all__ = ["power_retention"]
 
@@ -118,7 +118,7 @@ def power_retention(
     fn = "pallas_kernels.power_retention"
     check_kernel_options(fn, form=form, chunk_size=chunk_size, block_d=block_d,
                          state_budget_bytes=state_budget_bytes, interpret=interpret, target=target)
-    b, T, hq, hk, d, e, D = _validate(
+    b, T, hq, hk, d, e, D = check_inputs(
         q, k, v, log_g, p=p, normalize=normalize, eps=eps, scale=scale, initial_state=initial_state, fn=fn
     )
     p, g = int(p), hq // hk
@@ -151,7 +151,7 @@ def power_retention(
 
     o, S_end = _chunked.chunked(q_bhgtd, k_bhtd, v_bhte, lbc, lbr, S0_aug, plan)
     o = o[:, :, :, :T, : e + 1].transpose(0, 3, 1, 2, 4)  # [b, T, hk, g, e + 1]
-    y = _finish(o[..., :e], o[..., e], normalize=normalize, eps=eps, out_dtype=q.dtype)
+    y = finish_output(o[..., :e], o[..., e], normalize=normalize, eps=eps, out_dtype=q.dtype)
     if not return_state:
         return y
     return y, RetentionState(S_end[:, :, :D, :e], S_end[:, :, :D, e])

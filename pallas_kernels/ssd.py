@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from pallas_kernels import _chunked
 from pallas_kernels._config import make_plan
 from pallas_kernels.power_retention import check_kernel_options, local_cumsum, pad_axis
-from scaling.ops.ssd import _asarrays, _check_inputs
+from scaling.ops.ssd import as_arrays, check_inputs
 
 __all__ = ["ssd"]
 
@@ -62,8 +62,8 @@ def ssd(
     fn = "pallas_kernels.ssd"
     check_kernel_options(fn, form=form, chunk_size=chunk_size, block_d=None,
                          state_budget_bytes=state_budget_bytes, interpret=interpret, target=target)
-    x, dt, A, B, C, D, initial_state = _asarrays(x, dt, A, B, C, D, initial_state)
-    b, t, h, P, G, N = _check_inputs(x, dt, A, B, C, D, initial_state)
+    x, dt, A, B, C, D, initial_state = as_arrays(x, dt, A, B, C, D, initial_state)
+    b, t, h, P, G, N = check_inputs(x, dt, A, B, C, D, initial_state)
     f32 = jnp.float32
     h0 = jnp.zeros((b, h, P, N), f32) if initial_state is None else initial_state.astype(f32)
     if t == 0:

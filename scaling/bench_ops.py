@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from scaling import accounting, config
+from scaling import config
 from scaling.bench_util import (
     _check_positive,
     _Progress,
@@ -24,6 +24,7 @@ from scaling.bench_util import (
     machine_info,
     median_time,
 )
+from scaling.mixers import SPECS
 
 OPS = ("power_retention", "ssd", "attention")
 OPS_CONTEXTS = (1024, 2048, 4096, 8192, 16384)
@@ -48,11 +49,12 @@ def _op_cfg(op: str, heads: int, head_dim: int, d_state: int, chunk: int, p: int
 def op_flops_per_token(op: str, context: int, **shape) -> float:
     """Forward FLOPs per token of the op alone: the mixer's state term in the accounting."""
     cfg = _op_cfg(op, **shape)
-    return accounting.ACCOUNTING[cfg.model.pattern].flops(cfg.model, context)["state"]
+    return SPECS[cfg.model.pattern].flops(cfg.model, context)["state"]
 
 
 def _op_fn(op: str, backend: str, shape: dict, form: str = "chunked"):
-    from scaling.ops import attention, power_retention, ssd
+    from scaling.models.kernels import power_retention, ssd
+    from scaling.ops import attention
 
     if op == "power_retention":
         return lambda q, k, v, lg, dt, A, B, C: power_retention(

@@ -19,41 +19,16 @@ from pathlib import Path
 import ml_collections
 from ml_collections import ConfigDict
 
-
-class ConfigError(ValueError):
-    """A config field has a bad value. The message names the field and what it accepts."""
-
-
-def _fail(field: str, value, accepted: str):
-    raise ConfigError(f"{field} = {value!r}: {accepted}")
-
+from scaling.fields import ConfigError, check_choice, check_int, fail  # noqa: F401 (ConfigError is re-exported)
+from scaling.mixers import SPECS
 
 # ----------------------------------------------------------------------------------------------------
 # Defaults
 
 
 def default_mixer_configs() -> dict[str, ConfigDict]:
-    """Defaults for each mixer's section of the model config."""
-    return {
-        "attention": ConfigDict({
-            "n_heads": 4, "n_kv_heads": 4, "window": None, "rope": True, "rope_theta": 10_000.0,
-            # the form of the training forward (scaling/ops/attention.py): "auto" (blockwise, never holding the
-            # [T, T] scores, from 1,024 tokens; parallel below), "parallel" or "blockwise"
-            "impl": "auto",
-        }),
-        "retention": ConfigDict({
-            "n_heads": 4, "n_kv_heads": 4, "p": 2, "chunk_size": 64, "rope": True,
-            "rope_theta": 10_000.0, "normalize": "sum", "gate": True, "gate_init": 0.999,
-            "conv": 0,  # width of a short causal conv over q/k/v (0 = none; 4 as in Mamba/Based)
-            # the training / prefill forward: "chunked" (D = C(head_dim + p - 1, p) features a head) or "parallel" (the
-            # attention form, (q.k)^p over the causal T x T block, as the sympow article trained); decode is recurrent
-            "form": "chunked",
-        }),
-        "mamba": ConfigDict({
-            "d_state": 64, "expand": 2, "head_dim": 32, "n_groups": 1, "d_conv": 4, "chunk_size": 64,
-            "dt_min": 1e-3, "dt_max": 1e-1, "a_init_range": (1.0, 16.0),
-        }),
-    }
+    """Defaults for each mixer's section of the model config, from its spec (scaling/mixers/)."""
+    return {spec.key: ConfigDict(spec.defaults()) for spec in SPECS.values()}
 
 
 def default_model_config() -> ConfigDict:
@@ -259,133 +234,69 @@ def load(path: str | Path | None = None, overrides=None) -> ConfigDict:
 # Validation
 
 DTYPES = ("float32", "bfloat16")
-ATTENTION_IMPLS = ("auto", "parallel", "blockwise")
 KERNELS = ("xla", "pallas")  # "pallas": the chunked forms run pallas_kernels (docs/kernels.md)
-SCHEDULES, RETENTION_FORMS = ("cosine", "constant"), ("chunked", "parallel")  # train.schedule, model.retention.form
-
-
-def _check_int(field, value, lo=1):
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-        _fail(field, value, f"must be an integer >= {lo}")
-
-
-def _check_choice(field, value, choices):
-    if value not in choices:
-        _fail(field, value, f"must be one of {', '.join(map(str, choices))}")
+SCHEDULES = ("cosine", "constant")  # train.schedule
 
 
 def validate_model(m: ConfigDict, prefix: str = "model") -> None:
-    from scaling.models.registry import MIXERS
-
-    _check_int(f"{prefix}.vocab_size", m.vocab_size)
-    _check_int(f"{prefix}.d_model", m.d_model)
-    _check_int(f"{prefix}.n_layers", m.n_layers)
-    _check_int(f"{prefix}.d_ff", m.d_ff, lo=0)
-    _check_choice(f"{prefix}.dtype", m.dtype, DTYPES)
-    _check_choice(f"{prefix}.param_dtype", m.param_dtype, DTYPES)
-    _check_choice(f"{prefix}.kernel", m.kernel, KERNELS)
+    check_int(f"{prefix}.vocab_size", m.vocab_size)
+    check_int(f"{prefix}.d_model", m.d_model)
+    check_int(f"{prefix}.n_layers", m.n_layers)
+    check_int(f"{prefix}.d_ff", m.d_ff, lo=0)
+    check_choice(f"{prefix}.dtype", m.dtype, DTYPES)
+    check_choice(f"{prefix}.param_dtype", m.param_dtype, DTYPES)
+    check_choice(f"{prefix}.kernel", m.kernel, KERNELS)
     if not isinstance(m.pattern, str) or not m.pattern:
-        _fail(f"{prefix}.pattern", m.pattern, f"must be a non-empty string of letters {', '.join(MIXERS)}")
+        fail(f"{prefix}.pattern", m.pattern, f"must be a non-empty string of letters {', '.join(SPECS)}")
     for letter in m.pattern:
-        if letter not in MIXERS:
-            accepted = ", ".join(f"{k} ({v.key})" for k, v in MIXERS.items())
-            _fail(f"{prefix}.pattern", m.pattern, f"unknown letter {letter!r}; letters are {accepted}")
+        if letter not in SPECS:
+            accepted = ", ".join(f"{k} ({v.key})" for k, v in SPECS.items())
+            fail(f"{prefix}.pattern", m.pattern, f"unknown letter {letter!r}; letters are {accepted}")
     if m.get("scan_layers") not in (None, True, False):
-        _fail(f"{prefix}.scan_layers", m.scan_layers, "must be True, False or None (False)")
+        fail(f"{prefix}.scan_layers", m.scan_layers, "must be True, False or None (False)")
     for name in ("embed_norm", "mlp"):
         if m.get(name, name == "mlp") not in (True, False):
-            _fail(f"{prefix}.{name}", m[name], "must be True or False")
+            fail(f"{prefix}.{name}", m[name], "must be True or False")
     if m.norm_eps <= 0:
-        _fail(f"{prefix}.norm_eps", m.norm_eps, "must be > 0")
+        fail(f"{prefix}.norm_eps", m.norm_eps, "must be > 0")
     for letter in sorted(set(m.pattern)):
-        spec = MIXERS[letter]
+        spec = SPECS[letter]
         spec.validate(m, m[spec.key], f"{prefix}.{spec.key}")
-
-
-def _validate_heads(m, section, prefix):
-    """n_heads divides d_model, n_kv_heads divides n_heads, and RoPE gets an even head_dim."""
-    _check_int(f"{prefix}.n_heads", section.n_heads)
-    _check_int(f"{prefix}.n_kv_heads", section.n_kv_heads)
-    if m.d_model % section.n_heads:
-        _fail(f"{prefix}.n_heads", section.n_heads, f"must divide model.d_model = {m.d_model}")
-    if section.n_heads % section.n_kv_heads:
-        _fail(f"{prefix}.n_kv_heads", section.n_kv_heads, f"must divide {prefix}.n_heads = {section.n_heads}")
-    if section.rope and (m.d_model // section.n_heads) % 2:
-        _fail(f"{prefix}.n_heads", section.n_heads, "RoPE needs an even head_dim = d_model / n_heads")
-
-
-def validate_attention(m, a, prefix):
-    _validate_heads(m, a, prefix)
-    if a.get("impl", "auto") not in ATTENTION_IMPLS:
-        _fail(f"{prefix}.impl", a.impl, f"must be one of {', '.join(ATTENTION_IMPLS)}")
-    if a.window is not None and (not isinstance(a.window, int) or isinstance(a.window, bool) or a.window <= 0):
-        _fail(f"{prefix}.window", a.window, "must be a positive number of tokens, or None for no window")
-
-
-def validate_retention(m, r, prefix):
-    _validate_heads(m, r, prefix)
-    _check_choice(f"{prefix}.p", r.p, (1, 2, 3, 4))
-    _check_int(f"{prefix}.chunk_size", r.chunk_size)
-    _check_choice(f"{prefix}.normalize", r.normalize, ("sum", "rmsnorm"))
-    _check_choice(f"{prefix}.form", r.get("form", "chunked"), RETENTION_FORMS)
-    if r.normalize == "sum" and r.p % 2:
-        _fail(f"{prefix}.normalize", r.normalize,
-              f"sum normalisation needs an even p (p = {r.p}); use normalize = 'rmsnorm'")
-    if not 0.0 < r.gate_init < 1.0:
-        _fail(f"{prefix}.gate_init", r.gate_init, "must be in (0, 1): the gate's initial value")
-    if not isinstance(r.conv, int) or isinstance(r.conv, bool) or r.conv < 0:
-        _fail(f"{prefix}.conv", r.conv, "must be an integer >= 0: 0 for no conv, else its width in tokens (e.g. 4)")
-
-
-def validate_mamba(m, s, prefix):
-    for name in ("d_state", "expand", "head_dim", "n_groups", "d_conv", "chunk_size"):
-        _check_int(f"{prefix}.{name}", s[name])
-    d_inner = s.expand * m.d_model
-    if d_inner % s.head_dim:
-        _fail(f"{prefix}.head_dim", s.head_dim, f"must divide expand * d_model = {d_inner}")
-    n_heads = d_inner // s.head_dim
-    if n_heads % s.n_groups:
-        _fail(f"{prefix}.n_groups", s.n_groups, f"must divide the number of heads = {n_heads}")
-    if not 0 < s.dt_min <= s.dt_max:
-        _fail(f"{prefix}.dt_min", s.dt_min, f"must satisfy 0 < dt_min <= dt_max = {s.dt_max}")
-    lo, hi = s.a_init_range
-    if not 0 < lo <= hi:
-        _fail(f"{prefix}.a_init_range", tuple(s.a_init_range), "must satisfy 0 < low <= high")
 
 
 def validate_train(t: ConfigDict, prefix: str = "train") -> None:
     for name in ("steps", "tokens", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every",
                  "warmup_steps", "seed"):
-        _check_int(f"{prefix}.{name}", t[name], lo=0)
+        check_int(f"{prefix}.{name}", t[name], lo=0)
     for name in ("batch_size", "context"):
-        _check_int(f"{prefix}.{name}", t[name])
+        check_int(f"{prefix}.{name}", t[name])
     if t.steps == 0 and t.tokens == 0:
-        _fail(f"{prefix}.steps", t.steps, "must be >= 1 unless train.tokens sets a token budget")
+        fail(f"{prefix}.steps", t.steps, "must be >= 1 unless train.tokens sets a token budget")
     for name in ("eval_every", "checkpoint_every", "log_every", "keep_checkpoints"):
         if t[name] < 1:
-            _fail(f"{prefix}.{name}", t[name], "must be an integer >= 1")
+            fail(f"{prefix}.{name}", t[name], "must be an integer >= 1")
     if not t.lr > 0:
-        _fail(f"{prefix}.lr", t.lr, "must be > 0")
+        fail(f"{prefix}.lr", t.lr, "must be > 0")
     if not 0 <= t.min_lr_ratio <= 1:
-        _fail(f"{prefix}.min_lr_ratio", t.min_lr_ratio, "must be in [0, 1]")
+        fail(f"{prefix}.min_lr_ratio", t.min_lr_ratio, "must be in [0, 1]")
     lo = t.get("min_lr")
     if lo is not None and (isinstance(lo, bool) or not isinstance(lo, (int, float)) or not 0 <= lo <= t.lr):
-        _fail(f"{prefix}.min_lr", lo, f"must be None (lr * min_lr_ratio) or a learning rate in [0, train.lr = {t.lr}]")
-    _check_choice(f"{prefix}.schedule", t.get("schedule", "cosine"), SCHEDULES)
+        fail(f"{prefix}.min_lr", lo, f"must be None (lr * min_lr_ratio) or a learning rate in [0, train.lr = {t.lr}]")
+    check_choice(f"{prefix}.schedule", t.get("schedule", "cosine"), SCHEDULES)
     if t.weight_decay < 0:
-        _fail(f"{prefix}.weight_decay", t.weight_decay, "must be >= 0")
+        fail(f"{prefix}.weight_decay", t.weight_decay, "must be >= 0")
     for name in ("b1", "b2"):
         if not 0 <= t[name] < 1:
-            _fail(f"{prefix}.{name}", t[name], "must be in [0, 1)")
+            fail(f"{prefix}.{name}", t[name], "must be in [0, 1)")
     if not t.grad_clip > 0:
-        _fail(f"{prefix}.grad_clip", t.grad_clip, "must be > 0")
+        fail(f"{prefix}.grad_clip", t.grad_clip, "must be > 0")
     init_from = t.get("init_from")
     if init_from is not None and (not isinstance(init_from, str) or not init_from.strip()):
-        _fail(f"{prefix}.init_from", init_from, "must be None or a run directory (a path, or run:<id> for a "
+        fail(f"{prefix}.init_from", init_from, "must be None or a run directory (a path, or run:<id> for a "
               "sibling run of a sweep)")
     blend = t.get("blend_steps")
     if blend is not None and (isinstance(blend, bool) or not isinstance(blend, int) or blend < 1 or not init_from):
-        _fail(f"{prefix}.blend_steps", blend, "must be None or an integer >= 1 of a converted run (train.init_from "
+        fail(f"{prefix}.blend_steps", blend, "must be None or an integer >= 1 of a converted run (train.init_from "
               "set): the steps over which its attention output blends into power retention")
     from scaling.sharding import MeshError, check_mesh
 
@@ -395,19 +306,19 @@ def validate_train(t: ConfigDict, prefix: str = "train") -> None:
         raise ConfigError(str(e)) from None
     k = t.get("microbatches")
     if k is not None:
-        _check_int(f"{prefix}.microbatches", k)
+        check_int(f"{prefix}.microbatches", k)
         if t.batch_size % k:
-            _fail(f"{prefix}.microbatches", k, f"must divide train.batch_size = {t.batch_size}")
+            fail(f"{prefix}.microbatches", k, f"must divide train.batch_size = {t.batch_size}")
     remat = t.get("remat")
     if remat is not None:
         from scaling.steps import remat_choices
 
-        _check_choice(f"{prefix}.remat", remat, remat_choices())
+        check_choice(f"{prefix}.remat", remat, remat_choices())
     ec = t.get("eval_contexts")
     if ec is not None:
         if isinstance(ec, str) or not isinstance(ec, (list, tuple)) or not ec or \
                 any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in ec):
-            _fail(f"{prefix}.eval_contexts", ec, "must be None or a non-empty list of positive integers (tokens)")
+            fail(f"{prefix}.eval_contexts", ec, "must be None or a non-empty list of positive integers (tokens)")
 
 
 def validate(cfg: ConfigDict) -> None:
@@ -416,11 +327,11 @@ def validate(cfg: ConfigDict) -> None:
 
     validate_model(cfg.model)
     if cfg.model.param_dtype != "float32":  # a run config trains: AdamW updates float32 master parameters
-        _fail("model.param_dtype", cfg.model.param_dtype, "training keeps float32 parameters and optimizer state; "
+        fail("model.param_dtype", cfg.model.param_dtype, "training keeps float32 parameters and optimizer state; "
               "set model.dtype = 'bfloat16' for bf16 compute (mixed precision)")
     validate_train(cfg.train)
     if cfg.model.get("scan_layers") and cfg.train.get("init_from"):
-        _fail("model.scan_layers", True, "train.init_from reads (and converts) unstacked parameters; "
+        fail("model.scan_layers", True, "train.init_from reads (and converts) unstacked parameters; "
               "initialise a model without scan_layers")
     from scaling.data.synthetic import check_task
 

@@ -65,7 +65,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from scaling import config as _config
-from scaling.ops.power_retention import sympow_dim
+from scaling.mixers.retention import sympow_dim
 
 BYTES = {"float32": 4, "bfloat16": 2}
 PARTS = ("params", "optimizer", "gradients", "activations", "logits")

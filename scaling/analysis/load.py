@@ -16,12 +16,13 @@ from typing import Any
 
 import pandas as pd
 
+from scaling.mixers import SPECS
+
 __all__ = ["CURVE_COLUMNS", "FAMILIES", "RUN_COLUMNS", "SweepData", "family_of", "load_configs", "load_curves",
            "load_runs", "load_sweep"]
 
-# Pattern letter -> mixer family: the config section names of scaling.models.registry.MIXERS (a test holds the two
-# tables to the same keys; the registry itself is not imported because it pulls in JAX).
-FAMILIES = {"A": "attention", "R": "retention", "M": "mamba"}
+# Pattern letter -> mixer family: the config section names of the mixer specs (scaling/mixers/, JAX-free).
+FAMILIES = {letter: spec.key for letter, spec in SPECS.items()}
 
 RUN_COLUMNS = (
     "run_id", "sweep", "variant", "size", "family", "pattern", "n_layers", "d_model", "params",

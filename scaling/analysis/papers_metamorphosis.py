@@ -174,7 +174,8 @@ def metamorphosis(data, out: Path) -> StudyFigure:
     ax.set_xlabel("retraining steps (steps since initialisation)")
     ax.set_ylabel("validation loss (nats / token)")
     ax.set_title("Metamorphosis: a transformer retrained into power retention"
-                 + (f" ({n_seeds} seeds; bands: lowest to highest seed)" if n_seeds > 1 else ""), fontsize=10)
+                 + (f"\n{n_seeds} seeds; bands: lowest to highest seed; dashed: each run's step within 5% "
+                    "from then on" if n_seeds > 1 else ""), fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(alpha=0.3)
     paths = save_figure(fig, out, "papers_metamorphosis")

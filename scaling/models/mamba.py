@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from scaling.models.kernels import ssd
 from scaling.models.layers import causal_conv, conv_params, dense, dtypes, rms_norm
-from scaling.ops.ssd import ssd
 
 
 class MambaState(NamedTuple):

@@ -1,30 +1,33 @@
-"""The one table of mixers: pattern letter -> config key, module, validation.
+"""The one table of mixers the model builds: pattern letter -> (spec, module).
 
-The accounting formulas (parameters, state size, FLOPs) live in scaling.accounting in a table keyed by
-the same letters; a test holds the two tables to the same keys.
+The spec (scaling/mixers/: defaults, validation, accounting) is Flax-free; the module (here in scaling/models)
+runs it. Adding a mixer is one ops file, one module, one spec, and a line here (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from scaling import config as _config
+from scaling.mixers import SPECS, MixerSpec
 from scaling.models.attention import Attention
 from scaling.models.mamba import Mamba2
 from scaling.models.retention import PowerRetention
 
 
 @dataclass(frozen=True)
-class MixerSpec:
-    letter: str
-    key: str  # the section of the model config that configures it
-    module: type
-    validate: Callable  # (model_cfg, section_cfg, field_prefix) -> None, raises ConfigError
+class Mixer:
+    spec: MixerSpec
+    module: type  # nnx.Module class: Module(model_cfg, rngs); __call__(x, ...) as scaling.models.lm calls it
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
 
 
-MIXERS: dict[str, MixerSpec] = {
-    "A": MixerSpec("A", "attention", Attention, _config.validate_attention),
-    "R": MixerSpec("R", "retention", PowerRetention, _config.validate_retention),
-    "M": MixerSpec("M", "mamba", Mamba2, _config.validate_mamba),
+MIXERS: dict[str, Mixer] = {
+    "A": Mixer(SPECS["A"], Attention),
+    "R": Mixer(SPECS["R"], PowerRetention),
+    "M": Mixer(SPECS["M"], Mamba2),
 }
+if set(MIXERS) != set(SPECS):  # pragma: no cover - a mixer added to one table and not the other
+    raise ImportError(f"scaling.models.registry: mixers {sorted(set(SPECS) ^ set(MIXERS))} lack a spec or a module")

@@ -20,9 +20,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from scaling.mixers.retention import sympow_dim
+from scaling.models.kernels import power_retention
 from scaling.models.layers import QKVO, causal_conv, conv_params, dense, dtypes
 from scaling.ops.attention import attention
-from scaling.ops.power_retention import RetentionState, power_retention, sympow_dim
+from scaling.ops.power_retention import RetentionState
 
 
 class ConvRetentionState(NamedTuple):

@@ -70,10 +70,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from scaling.ops.segments import ChunkMasks, check_segment_ids, chunk_masks, resets, run_index
-from scaling.ops.sympow import _sympow_rows, _sympow_table, sympow_dim, sympow_features  # noqa: F401 (re-exported)
+from scaling.ops.sympow import _sympow_rows, sympow_dim, sympow_features, sympow_table  # noqa: F401 (re-exported)
 
 __all__ = [
     "RetentionState",
+    "check_inputs",
+    "finish_output",
     "power_retention",
     "power_retention_reference",
     "sympow_dim",
@@ -83,7 +85,6 @@ __all__ = [
 _PS = (1, 2, 3, 4)
 _FORMS = ("parallel", "chunked", "recurrent")
 _NORMALIZE = ("sum", "rmsnorm")
-_BACKENDS = ("xla", "pallas")
 
 
 class RetentionState(NamedTuple):
@@ -115,7 +116,7 @@ def _check_choice(fn: str, name: str, value, accepted: tuple) -> None:
         raise ValueError(f"{fn}: {name} = {value!r}: must be one of {', '.join(repr(a) for a in accepted)}")
 
 
-def _validate(q, k, v, log_g, *, p, normalize, eps, scale, initial_state, fn: str):
+def check_inputs(q, k, v, log_g, *, p, normalize, eps, scale, initial_state, fn: str):
     """Checks everything that does not depend on the form; returns (b, T, hq, hk, d, e, D)."""
     _check_choice(fn, "p", p, _PS)
     _check_choice(fn, "normalize", normalize, _NORMALIZE)
@@ -187,7 +188,7 @@ def _prepare(q, k, v, log_g, initial_state, *, scale, hk, D, e):
     return q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0
 
 
-def _finish(num_bthge, den_bthg, *, normalize, eps, out_dtype):
+def finish_output(num_bthge, den_bthg, *, normalize, eps, out_dtype):
     """Normalises and merges [kv_heads, group] back into q heads: -> [b, T, hq, e] in out_dtype."""
     if normalize == "sum":
         y = num_bthge / (den_bthg[..., None] + eps)
@@ -365,7 +366,6 @@ def power_retention(
     eps: float = 1e-6,
     initial_state: RetentionState | None = None,
     return_state: bool = False,
-    backend: str = "xla",
     segment_ids: jax.Array | None = None,
 ):
     """Causal power retention (gated symmetric-power linear attention).
@@ -384,31 +384,23 @@ def power_retention(
       eps: see normalize.
       initial_state: RetentionState from an earlier call (float32), or None for an empty state.
       return_state: also return the RetentionState after the last token.
-      backend: "xla", or "pallas" to run the chunked form as the kernels in pallas_kernels (interpret mode on
-        CPU); the parallel and recurrent forms have no kernel and always run in XLA.
       segment_ids: optional [batch, time] int document ids of a packed row: each document runs as if alone
-        (scaling.ops.segments). The kernels take no segments: with them, backend="pallas" runs XLA's chunked form.
+        (scaling.ops.segments).
+
+    The Pallas kernel of the chunked form (pallas_kernels.power_retention, same signature) is chosen by the
+    model, not here: scaling.models.kernels looks the function up by backend.
 
     Returns:
       y [batch, time, hq, e] in q.dtype, or (y, RetentionState) when return_state is True.
     """
     fn = "power_retention"
-    _check_choice(fn, "backend", backend, _BACKENDS)
     _check_choice(fn, "form", form, _FORMS)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int | np.integer) or chunk_size < 1:
         raise ValueError(f"{fn}: chunk_size = {chunk_size!r}: must be an integer >= 1")
-    b, T, hq, hk, d, e, D = _validate(
+    b, T, hq, hk, d, e, D = check_inputs(
         q, k, v, log_g, p=p, normalize=normalize, eps=eps, scale=scale, initial_state=initial_state, fn=fn
     )
     segment_ids = check_segment_ids(segment_ids, b, T, fn)
-    if backend == "pallas" and form == "chunked" and segment_ids is None:
-        # Imported here: pallas_kernels imports this module. The other forms have no kernel and run in XLA.
-        from pallas_kernels import power_retention as pallas_power_retention
-
-        return pallas_power_retention(
-            q, k, v, log_g, p=p, scale=scale, chunk_size=chunk_size, normalize=normalize, eps=eps,
-            initial_state=initial_state, return_state=return_state,
-        )
     q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0 = _prepare(
         q, k, v, log_g, initial_state, scale=scale, hk=hk, D=D, e=e
     )
@@ -428,7 +420,7 @@ def power_retention(
     else:
         num, den, state = _chunked(q_bthgd, k_bthd, v_bthe, lg_bth, S0, z0, p=p, chunk_size=int(chunk_size),
                                    segment_ids=segment_ids)
-    y = _finish(num, den, normalize=normalize, eps=eps, out_dtype=q.dtype)
+    y = finish_output(num, den, normalize=normalize, eps=eps, out_dtype=q.dtype)
     return (y, state) if return_state else y
 
 
@@ -454,7 +446,7 @@ def power_retention_reference(
     and the final state is S_T = exp(G_T) S0 + sum_j exp(G_T - G_j) phi(k_j) v_j^T (z_T likewise).
     """
     fn = "power_retention_reference"
-    b, T, hq, hk, d, e, D = _validate(
+    b, T, hq, hk, d, e, D = check_inputs(
         q, k, v, log_g, p=p, normalize=normalize, eps=eps, scale=scale, initial_state=initial_state, fn=fn
     )
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)

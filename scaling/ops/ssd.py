@@ -71,15 +71,14 @@ from jax import lax
 from scaling.ops.segments import ChunkMasks, check_segment_ids, chunk_masks, resets
 
 FORMS = ("chunked", "recurrent", "parallel")
-BACKENDS = ("xla", "pallas")
 
-__all__ = ["ssd", "ssd_reference", "FORMS", "BACKENDS"]
+__all__ = ["ssd", "ssd_reference", "FORMS", "as_arrays", "check_inputs"]
 
 
 # --------------------------------------------------------------------------------------------- validation
 
 
-def _check_inputs(x, dt, A, B, C, D, initial_state):
+def check_inputs(x, dt, A, B, C, D, initial_state):
     """Checks ranks and shapes; returns (batch, time, heads, P, groups, N). Raises ValueError."""
     if x.ndim != 4:
         raise ValueError(f"x must have rank 4 [batch, time, heads, head_dim]; got shape {tuple(x.shape)}")
@@ -117,16 +116,14 @@ def _check_inputs(x, dt, A, B, C, D, initial_state):
     return b, t, h, p, g, n
 
 
-def _check_options(form, chunk_size, backend):
+def _check_options(form, chunk_size):
     if form not in FORMS:
         raise ValueError(f"form = {form!r}: must be one of {', '.join(map(repr, FORMS))}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
         raise ValueError(f"chunk_size = {chunk_size!r}: must be an int >= 1")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend = {backend!r}: must be one of {', '.join(map(repr, BACKENDS))}")
 
 
-def _asarrays(*arrays):
+def as_arrays(*arrays):
     return tuple(None if a is None else jnp.asarray(a) for a in arrays)
 
 
@@ -145,7 +142,6 @@ def ssd(
     form: str = "chunked",
     initial_state=None,
     return_state: bool = False,
-    backend: str = "xla",
     segment_ids=None,
 ):
     """Mamba-2 SSD scan (see the module docstring for the math and costs).
@@ -162,30 +158,21 @@ def ssd(
         masked (C B^T o L)(dt x) matrix over the whole sequence); all compute the same function.
       initial_state: optional [batch, heads, head_dim, d_state] state entering the sequence (zeros if None).
       return_state: also return the final state.
-      backend: "xla", or "pallas" to run the chunked form as the kernels in pallas_kernels (interpret mode on
-        CPU); the parallel and recurrent forms have no kernel and always run in XLA.
       segment_ids: optional [batch, time] int document ids of a packed row: the state restarts from zero at
-        every document start (scaling.ops.segments). The Pallas kernels do not take segments: with
-        segment_ids, backend="pallas" runs the XLA chunked form.
+        every document start (scaling.ops.segments).
 
     Returns:
       y [batch, time, heads, head_dim] in x.dtype; with return_state, ``(y, state)`` where state is the
       float32 [batch, heads, head_dim, d_state] state after the last token, ready to pass back as
       ``initial_state`` (so two calls over the halves of a sequence equal one call over the whole).
 
-    Not jitted here: wrap in ``jax.jit`` with form, chunk_size, return_state and backend static.
+    Not jitted here: wrap in ``jax.jit`` with form, chunk_size and return_state static. The Pallas kernel of the
+    chunked form (pallas_kernels.ssd, same signature) is chosen by the model: scaling.models.kernels.
     """
-    _check_options(form, chunk_size, backend)
-    x, dt, A, B, C, D, initial_state = _asarrays(x, dt, A, B, C, D, initial_state)
-    b, t, _, _, _, _ = _check_inputs(x, dt, A, B, C, D, initial_state)
+    _check_options(form, chunk_size)
+    x, dt, A, B, C, D, initial_state = as_arrays(x, dt, A, B, C, D, initial_state)
+    b, t, _, _, _, _ = check_inputs(x, dt, A, B, C, D, initial_state)
     segment_ids = check_segment_ids(segment_ids, b, t, "ssd")
-    if backend == "pallas" and form == "chunked" and segment_ids is None:
-        # Imported here: pallas_kernels imports this module. The other forms have no kernel and run in XLA.
-        from pallas_kernels import ssd as pallas_ssd
-
-        return pallas_ssd(x, dt, A, B, C, D=D, chunk_size=chunk_size, initial_state=initial_state,
-                          return_state=return_state)
-
     a, xdt, x32, B32, C32, h0 = _prepare(x, dt, A, B, C, initial_state)
     if t == 0:
         y, h = jnp.zeros_like(x32), h0
@@ -203,8 +190,8 @@ def ssd_reference(x, dt, A, B, C, *, D=None, initial_state=None, return_state=Fa
 
     Same arguments, shapes and return values as :func:`ssd`. Float32 throughout; y in x.dtype.
     """
-    x, dt, A, B, C, D, initial_state = _asarrays(x, dt, A, B, C, D, initial_state)
-    b, t, h, p, g, n = _check_inputs(x, dt, A, B, C, D, initial_state)
+    x, dt, A, B, C, D, initial_state = as_arrays(x, dt, A, B, C, D, initial_state)
+    b, t, h, p, g, n = check_inputs(x, dt, A, B, C, D, initial_state)
     f32 = jnp.float32
     group_of_head = jnp.arange(h) // (h // g)
     A_h = A.astype(f32)

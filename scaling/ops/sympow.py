@@ -14,20 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["sympow_dim", "sympow_features"]
+from scaling.mixers.retention import sympow_dim
 
-
-def sympow_dim(d: int, p: int) -> int:
-    """Number of features of the degree-p symmetric power of a d-vector: C(d+p-1, p)."""
-    if not isinstance(d, int | np.integer) or isinstance(d, bool) or d < 1:
-        raise ValueError(f"sympow_dim: d = {d!r}: must be an integer >= 1")
-    if not isinstance(p, int | np.integer) or isinstance(p, bool) or p < 1:
-        raise ValueError(f"sympow_dim: p = {p!r}: must be an integer >= 1")
-    return math.comb(int(d) + int(p) - 1, int(p))
+__all__ = ["sympow_dim", "sympow_features", "sympow_table"]
 
 
 @functools.lru_cache(maxsize=64)
-def _sympow_table(d: int, p: int) -> tuple[np.ndarray, np.ndarray]:
+def sympow_table(d: int, p: int) -> tuple[np.ndarray, np.ndarray]:
     """Static index table: idx [D, p] int32 (sorted multi-indices), weight [D] float64.
 
     weight = sqrt(p! / prod_m count_m!), so sum over multi-indices of weight^2 * prod x_i * prod y_i
@@ -60,7 +53,7 @@ def sympow_features(x: jax.Array, p: int) -> jax.Array:
 @functools.lru_cache(maxsize=64)
 def _sympow_full_index(d: int, p: int) -> np.ndarray:
     """[d]*p int32: the feature index of each ordered index tuple (its sorted multi-index)."""
-    idx, _ = _sympow_table(d, p)
+    idx, _ = sympow_table(d, p)
     lut = {tuple(row): i for i, row in enumerate(idx.tolist())}
     full = [lut[tuple(sorted(t))] for t in itertools.product(range(d), repeat=p)]
     return np.asarray(full, np.int32).reshape((d,) * p)
@@ -68,7 +61,7 @@ def _sympow_full_index(d: int, p: int) -> np.ndarray:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _sympow(x, p):
-    idx, weight = _sympow_table(int(x.shape[-1]), p)
+    idx, weight = sympow_table(int(x.shape[-1]), p)
     out = x[..., idx[:, 0]]
     for m in range(1, p):
         out = out * x[..., idx[:, m]]
@@ -84,7 +77,7 @@ def _sympow_bwd(p, x, g):
     # multi-index a has w_a^2 orderings). Its gradient is p * T contracted with x on p - 1 axes. Gathering
     # g into T avoids the scatter-add that autodiff of the forward gather makes (slow on CPU).
     d = x.shape[-1]
-    _, weight = _sympow_table(d, p)
+    _, weight = sympow_table(d, p)
     t = (g / jnp.asarray(weight, g.dtype))[..., _sympow_full_index(d, p)]  # [..., d, ..., d]
     for _ in range(p - 1):
         t = jnp.einsum("...ij,...j->...i", t, x.reshape(x.shape[:-1] + (1,) * (t.ndim - x.ndim - 1) + (d,)))
@@ -101,7 +94,7 @@ def _sympow_rows(xT, p):
     The feature-major layout the chunked form's matmuls want: each feature is a product of whole rows of
     xT, so the gather copies contiguous rows (vectorised) instead of single elements of the last axis.
     """
-    idx, weight = _sympow_table(int(xT.shape[-2]), p)
+    idx, weight = sympow_table(int(xT.shape[-2]), p)
     out = xT[..., idx[:, 0], :]
     for m in range(1, p):
         out = out * xT[..., idx[:, m], :]
@@ -116,7 +109,7 @@ def _sympow_rows_bwd(p, xT, g):
     # As _sympow_bwd, with the feature axis second to last: gather g into the ordered-tuple tensor T and
     # contract it with x on p - 1 axes (no scatter-add).
     d = xT.shape[-2]
-    _, weight = _sympow_table(d, p)
+    _, weight = sympow_table(d, p)
     full = _sympow_full_index(d, p).reshape(-1)
     t = (g / jnp.asarray(weight, g.dtype)[:, None])[..., full, :]  # [..., d^p, r]
     t = t.reshape(g.shape[:-2] + (d,) * p + g.shape[-1:])

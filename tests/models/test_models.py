@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from scaling import accounting, config
+from scaling.mixers import SPECS
 from scaling.models import MIXERS, build, count_params
 from tests.helpers import rel_err
 
@@ -134,7 +135,7 @@ def test_scan_layers_gives_the_same_model():
 
 
 def test_accounting_covers_every_mixer():
-    assert set(accounting.ACCOUNTING) == set(MIXERS)
+    assert set(SPECS) == set(MIXERS) and all(MIXERS[k].spec is SPECS[k] for k in SPECS)
 
 
 def test_state_size_formulas():

@@ -14,6 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import pallas_kernels
+from scaling.models import kernels
 from scaling.ops import segments
 from scaling.ops.attention import attention, init_kv_cache
 from scaling.ops.power_retention import RetentionState, power_retention
@@ -323,13 +324,13 @@ def test_pallas_backend_falls_back_to_xla_with_segments(name, monkeypatch):
     if name == "ssd":
         (x, dt, B, C), (A, D), h0 = _ssd_inputs(5)
         def fn(seg, backend):
-            return ssd(x, dt, A, B, C, D=D, chunk_size=CHUNK, initial_state=h0, return_state=True,
-                       backend=backend, segment_ids=seg)
+            return kernels.ssd(x, dt, A, B, C, D=D, chunk_size=CHUNK, initial_state=h0, return_state=True,
+                               backend=backend, segment_ids=seg)
     else:
         (q, k, v, lg), _, s0 = _retention_inputs(5)
         def fn(seg, backend):
-            return power_retention(q, k, v, lg, chunk_size=CHUNK, initial_state=s0, return_state=True,
-                                   backend=backend, segment_ids=seg)
+            return kernels.power_retention(q, k, v, lg, chunk_size=CHUNK, initial_state=s0, return_state=True,
+                                           backend=backend, segment_ids=seg)
     fn = jax.jit(fn, static_argnames="backend", compiler_options=FAST_COMPILE)
     got = fn(seg, backend="pallas")
     want = fn(seg, backend="xla")

@@ -260,7 +260,6 @@ def _with(**changes):
         (_GOOD, dict(chunk_size=0), r"chunk_size = 0: must be an int >= 1"),
         (_GOOD, dict(chunk_size=2.5), r"chunk_size = 2.5"),
         (_GOOD, dict(chunk_size=True), r"chunk_size = True"),
-        (_GOOD, dict(backend="cuda"), r"backend = 'cuda': must be one of 'xla', 'pallas'"),
         (_with(x=_GOOD["x"][0]), {}, r"x must have rank 4"),
         (_with(x=np.ones((2, 5, 4, 3), np.int32)), {}, r"x must be a floating dtype"),
         (_with(dt=_GOOD["dt"][:, :4]), {}, r"dt must have shape \[batch, time, heads\] = \(2, 5, 4\)"),
@@ -291,5 +290,3 @@ def test_reference_validates_like_ssd():
         ssd_reference(**_with(A=np.ones((3,), np.float32)))
 
 
-def test_pallas_backend_dispatches_to_the_kernels():
-    assert_close(ssd(**_GOOD, chunk_size=4, backend="pallas"), ssd(**_GOOD, chunk_size=4), "pallas y")
