@@ -29,6 +29,8 @@ MIXERS = {
     "retention_conv": ["model.pattern='R'", "model.retention.n_kv_heads=2", "model.retention.conv=4"],
     "mamba": ["model.pattern='M'"],
     "hybrid": ["model.pattern='MRA'", "model.n_layers=3"],
+    "gla": ["model.pattern='G'", "model.gla.chunk_size=8"],
+    "gated_delta": ["model.pattern='D'", "model.gated_delta.chunk_size=8"],
 }
 PROMPT, MAX_LEN = 13, 24
 

@@ -42,6 +42,8 @@ FAMILY_STYLE: dict[str, dict[str, str]] = {
     "retention": {"color": "#d62728", "marker": "s"},
     "mamba": {"color": "#2ca02c", "marker": "^"},
     "hybrid": {"color": "#9467bd", "marker": "D"},
+    "gla": {"color": "#ff7f0e", "marker": "v"},
+    "gated_delta": {"color": "#8c564b", "marker": "P"},
 }
 _OTHER_STYLE = {"color": "#7f7f7f", "marker": "x"}
 _STATE_CMAP = "viridis"

@@ -8,9 +8,10 @@ Adding a mixer (docs/architecture.md, "Adding a mixer"): an ops file (scaling/op
 
 from __future__ import annotations
 
-from scaling.mixers import attention, mamba, retention
+from scaling.mixers import attention, gated_delta, gla, mamba, retention
 from scaling.mixers.base import MixerSpec
 
-SPECS: dict[str, MixerSpec] = {s.letter: s for s in (attention.SPEC, retention.SPEC, mamba.SPEC)}
+SPECS: dict[str, MixerSpec] = {
+    s.letter: s for s in (attention.SPEC, retention.SPEC, mamba.SPEC, gla.SPEC, gated_delta.SPEC)}
 
 __all__ = ["SPECS", "MixerSpec"]

@@ -54,6 +54,13 @@ def chunk_pad(context: int, chunk_size: int) -> tuple[int, float, int]:
     return c, n * c / context, n
 
 
+def check_n_heads(m, n_heads, field: str) -> None:
+    """A head count that divides d_model (heads of d_model / n_heads)."""
+    check_int(field, n_heads)
+    if m.d_model % n_heads:
+        fail(field, n_heads, f"must divide model.d_model = {m.d_model}")
+
+
 def validate_heads(m, section, prefix: str, rope: bool | None = None) -> None:
     """n_heads divides d_model, n_kv_heads divides n_heads, and RoPE (``section.rope`` unless given) gets an even
     head_dim."""

@@ -18,7 +18,8 @@ TINY = [p for p in PRESETS if p.stem.endswith("_tiny")]
 
 # Small, fast variants of each mixer (chunk 8 so a 21-token prompt spans ragged chunks).
 SHRINK = ["model.d_model=64", "model.n_layers=2", "model.retention.chunk_size=8", "model.mamba.chunk_size=8",
-          "model.mamba.head_dim=16", "model.mamba.d_state=8"]
+          "model.mamba.head_dim=16", "model.mamba.d_state=8", "model.gla.chunk_size=8",
+          "model.gated_delta.chunk_size=8"]
 VARIANTS = {
     "attention": ["model.pattern='A'", "model.attention.n_heads=4", "model.attention.n_kv_heads=2"],
     "attention_window": ["model.pattern='A'", "model.attention.window=5"],
@@ -29,6 +30,8 @@ VARIANTS = {
                        "model.retention.n_kv_heads=4"],
     "mamba": ["model.pattern='M'", "model.mamba.n_groups=2"],
     "hybrid": ["model.pattern='MRA'", "model.n_layers=3", "model.retention.n_heads=8"],
+    "gla": ["model.pattern='G'", "model.gla.gate_rank=4"],
+    "gated_delta": ["model.pattern='D'", "model.gated_delta.n_heads=2"],
     "untied": ["model.pattern='RA'", "model.tie_embeddings=False", "model.retention.n_heads=8"],
 }
 

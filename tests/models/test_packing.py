@@ -35,7 +35,8 @@ FAST_COMPILE = ({"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitte
 # (test_a_leak_would_be_seen).
 BASE = ["model.d_model=32", "model.n_layers=2", "model.init_std=0.05", "model.retention.chunk_size=4",
         "model.mamba.chunk_size=4", "model.mamba.head_dim=8", "model.mamba.d_state=8",
-        "model.retention.n_heads=4", "model.retention.n_kv_heads=2"]
+        "model.retention.n_heads=4", "model.retention.n_kv_heads=2", "model.gla.chunk_size=4",
+        "model.gated_delta.chunk_size=4"]
 VARIANTS = {
     "A": ["model.pattern='A'", "model.attention.n_heads=4", "model.attention.n_kv_heads=2"],
     "A_window": ["model.pattern='A'", "model.attention.window=3", "model.n_layers=1"],
@@ -43,6 +44,8 @@ VARIANTS = {
     "R_conv": ["model.pattern='R'", "model.retention.conv=4", "model.n_layers=1"],
     "M": ["model.pattern='M'", "model.mamba.n_groups=2"],
     "hybrid_MRA": ["model.pattern='MRA'", "model.n_layers=3"],
+    "G": ["model.pattern='G'"],
+    "D": ["model.pattern='D'", "model.n_layers=1"],
 }
 
 
