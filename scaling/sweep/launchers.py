@@ -18,7 +18,8 @@ returns stale claims of dead launchers to pending, then claims runs one at a tim
 
 Only the launcher writes the database: when a run's worker ends it reads the workdir's ``status.json`` and
 ``metrics.jsonl`` and records them in one transaction. A run that fails goes back to pending until it has
-failed ``retries + 1`` times. Interrupting the launcher (Ctrl-C, or kill -9) loses nothing: running the same
+failed ``retries + 1`` times; running the sweep again gives each failed run another ``retries + 1`` tries
+(diverged runs are final). Interrupting the launcher (Ctrl-C, or kill -9) loses nothing: running the same
 command again skips finished runs, resumes half-trained ones from their checkpoints and runs the rest.
 """
 
@@ -204,6 +205,10 @@ def run_sweep(spec, sweep_dir=None, *, launcher: str = "local", workers: int | N
         stale = store.recover_stale()
         if stale:
             log(f"{len(stale)} run(s) of a launcher that died went back to pending: {', '.join(stale)}")
+        retried = store.retry_failed(ids)
+        if retried:
+            log(f"{len(retried)} failed run(s) go back to pending for another {retries + 1} tries: "
+                f"{', '.join(retried)}")
         result = SweepResult(str(sweep_dir), len(ids), store.counts(ids))
         if not result.counts["pending"]:
             result.wall_s = time.time() - t0

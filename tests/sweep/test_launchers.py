@@ -3,6 +3,7 @@ status and export, and the Ray and submitit (local executor) paths."""
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -147,6 +148,12 @@ def test_failed_runs_are_retried_then_marked_failed(tmp_path):
     assert res.counts["failed"] == 1 and res.failed_ids == [plan.run_id]
     (row,) = _rows(tmp_path / "sweep").values()
     assert row["attempts"] == 2 and row["failures"] == 2 and "d_model" in row["error"]
+    # the cause fixed (here: the bad workdir removed), running the sweep again retries the failed run
+    shutil.rmtree(wd)
+    said = []
+    res = run_sweep(spec, tmp_path / "sweep", retries=1, log=said.append)
+    assert res.counts["done"] == 1 and not res.failed_ids
+    assert any("1 failed run(s) go back to pending" in s for s in said)
 
 
 def test_workdir_lock_keeps_a_second_trainer_out(tmp_path):
