@@ -15,13 +15,14 @@ continuations. File format (``FORMAT``, a contract, see docs/architecture.md):
 
     __meta__          a 0-d unicode array holding JSON: {"format": "statescale.state/1", "pos": int,
                       "batch": int, "layers": ["KVCache" | "RetentionState" | "ConvRetentionState" |
-                      "MambaState" | "GLAState" | "GatedDeltaState", ...],
+                      "MambaState" | "GLAState" | "GatedDeltaState" |
+                      "BasedLayerState", ...],
                       "leaves": {name: [dtype, shape]}, "model_hash": str | null, "model": {pattern,
                       n_layers, d_model} | null, "has_logits": bool, "meta": {...}}
     pos               int32 [], tokens processed so far
     layers.<i>.<field>   each layer state's arrays (KVCache: k, v, pos; RetentionState: S, z;
                       ConvRetentionState: S, z, conv; MambaState: conv, ssm; GLAState: S;
-                      GatedDeltaState: S, conv), in their own dtypes
+                      GatedDeltaState: S, conv; BasedLayerState: S, z, k, v, pos), in their own dtypes
     logits            float32 [batch, vocab] (optional): the logits after the last token, so a
                       continuation can sample its next token without recomputing them
 """
@@ -44,6 +45,7 @@ import numpy as np
 from flax import nnx
 
 from scaling.data import tokenizer
+from scaling.models.based import BasedLayerState
 from scaling.models.gated_delta import GatedDeltaState
 from scaling.models.gla import GLAState
 from scaling.models.mamba import MambaState
@@ -53,7 +55,7 @@ from scaling.ops.power_retention import RetentionState
 
 FORMAT = "statescale.state/1"
 LAYER_STATES = {cls.__name__: cls for cls in (KVCache, RetentionState, ConvRetentionState, MambaState, GLAState,
-                                              GatedDeltaState)}
+                                              GatedDeltaState, BasedLayerState)}
 
 
 class StateError(ValueError):

@@ -23,6 +23,8 @@ VARIANTS = {  # small models that exercise each mixer's options
                      "model.mamba.head_dim=16"],
     "hybrid_untied": ["model.pattern='MRA'", "model.n_layers=3", "model.tie_embeddings=False"],
     "gla_heads2": ["model.pattern='G'", "model.gla.n_heads=2", "model.gla.chunk_size=32"],
+    "based_f8": ["model.pattern='B'", "model.based.feature_dim=8", "model.based.window=16",
+                 "model.based.chunk_size=32"],
     "gated_delta_conv2": ["model.pattern='D'", "model.gated_delta.n_heads=2", "model.gated_delta.conv=2",
                           "model.gated_delta.chunk_size=32"],
 }

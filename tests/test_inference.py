@@ -31,6 +31,7 @@ MIXERS = {
     "hybrid": ["model.pattern='MRA'", "model.n_layers=3"],
     "gla": ["model.pattern='G'", "model.gla.chunk_size=8"],
     "gated_delta": ["model.pattern='D'", "model.gated_delta.chunk_size=8"],
+    "based": ["model.pattern='B'", "model.based.chunk_size=8", "model.based.feature_dim=4", "model.based.window=6"],
 }
 PROMPT, MAX_LEN = 13, 24
 

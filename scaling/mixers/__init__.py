@@ -8,10 +8,10 @@ Adding a mixer (docs/architecture.md, "Adding a mixer"): an ops file (scaling/op
 
 from __future__ import annotations
 
-from scaling.mixers import attention, gated_delta, gla, mamba, retention
+from scaling.mixers import attention, based, gated_delta, gla, mamba, retention
 from scaling.mixers.base import MixerSpec
 
 SPECS: dict[str, MixerSpec] = {
-    s.letter: s for s in (attention.SPEC, retention.SPEC, mamba.SPEC, gla.SPEC, gated_delta.SPEC)}
+    s.letter: s for s in (attention.SPEC, retention.SPEC, mamba.SPEC, gla.SPEC, gated_delta.SPEC, based.SPEC)}
 
 __all__ = ["SPECS", "MixerSpec"]

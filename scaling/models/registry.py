@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from scaling.mixers import SPECS, MixerSpec
 from scaling.models.attention import Attention
+from scaling.models.based import Based
 from scaling.models.gated_delta import GatedDeltaNet
 from scaling.models.gla import GLA
 from scaling.models.mamba import Mamba2
@@ -32,6 +33,7 @@ MIXERS: dict[str, Mixer] = {
     "M": Mixer(SPECS["M"], Mamba2),
     "G": Mixer(SPECS["G"], GLA),
     "D": Mixer(SPECS["D"], GatedDeltaNet),
+    "B": Mixer(SPECS["B"], Based),
 }
 if set(MIXERS) != set(SPECS):  # pragma: no cover - a mixer added to one table and not the other
     raise ImportError(f"scaling.models.registry: mixers {sorted(set(SPECS) ^ set(MIXERS))} lack a spec or a module")

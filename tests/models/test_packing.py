@@ -46,6 +46,8 @@ VARIANTS = {
     "hybrid_MRA": ["model.pattern='MRA'", "model.n_layers=3"],
     "G": ["model.pattern='G'"],
     "D": ["model.pattern='D'", "model.n_layers=1"],
+    "B": ["model.pattern='B'", "model.n_layers=1", "model.based.feature_dim=4", "model.based.window=3",
+          "model.based.chunk_size=4"],
 }
 
 
