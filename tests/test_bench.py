@@ -156,7 +156,8 @@ def test_cli_rejects_bad_sub_commands_and_flags(tmp_path, capsys):
     assert "invalid choice: 'fast'" in capsys.readouterr().err
     for argv, msg in ((["ops", "--context", "0"], "--context = 0: must be an integer >= 1"),
                       (["peak", "--repeats", "0"], "--repeats = 0"),
-                      (["train", "--presets", "nope"], "unknown 'nope'; accepted: based_small, based_tiny, gated_delta_small"),
+                      (["train", "--presets", "nope"],
+                       "unknown 'nope'; accepted: based_small, based_tiny, gated_delta_small"),
                       (["decode", "--tokens", "-1"], "--tokens = -1"),
                       (["ops", "--max-gib", "0"], "--max-gib = 0.0: must be > 0")):
         assert main(["bench", *argv, "--out", str(tmp_path)]) == 2
