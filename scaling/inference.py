@@ -45,17 +45,12 @@ import numpy as np
 from flax import nnx
 
 from scaling.data import tokenizer
-from scaling.models.based import BasedLayerState
-from scaling.models.gated_delta import GatedDeltaState
-from scaling.models.gla import GLAState
-from scaling.models.mamba import MambaState
-from scaling.models.retention import ConvRetentionState
+from scaling.models.registry import MIXERS
 from scaling.ops.attention import KVCache
-from scaling.ops.power_retention import RetentionState
 
 FORMAT = "statescale.state/1"
-LAYER_STATES = {cls.__name__: cls for cls in (KVCache, RetentionState, ConvRetentionState, MambaState, GLAState,
-                                              GatedDeltaState, BasedLayerState)}
+# every mixer module's decode-state types, by name (a new mixer's states come with its module)
+LAYER_STATES = {cls.__name__: cls for mixer in MIXERS.values() for cls in mixer.module.state_types}
 
 
 class StateError(ValueError):

@@ -55,7 +55,9 @@ ADDED_FIELDS: dict[tuple[str, ...], Any] = {
     ("train", "min_lr"): None,
     ("train", "schedule"): "cosine",
     ("train", "blend_steps"): None,
-    # mixer sections added later (scaling/mixers/): left out of every run that keeps their defaults
+    # mixer sections added later (scaling/mixers/): left out of every run that keeps these values. Frozen copies of
+    # the defaults they were added with, not read from the specs: a later change of a default must not change the
+    # ids of runs that stored the old one
     ("model", "gla"): {"n_heads": 4, "chunk_size": 64, "gate_rank": 16, "gate_normalizer": 16.0},
     ("model", "gated_delta"): {"n_heads": 4, "chunk_size": 64, "conv": 4, "dt_min": 1e-3, "dt_max": 1e-1,
                                "a_init_range": (1.0, 16.0)},

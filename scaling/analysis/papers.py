@@ -99,9 +99,9 @@ def power_attention(data, out: Path) -> StudyFigure:
     colors = {"attention": "#1f77b4", "window": "#7fb3e0", "power": "#d62728"}
     ctx = {v: int(runs.loc[runs["variant"] == v, "context"].iloc[0]) for v in known}
     ev = eval_losses(data, runs)
-    has_long = bool(len(ev))
+    has_eval = bool(len(ev))
     runs = runs.assign(budget=runs["budget"].fillna(runs["flops"]))
-    if has_long:  # each run at the best of its evaluation contexts (a short-trained model is not made to extrapolate)
+    if has_eval:  # each run at the best of its evaluation contexts (a short-trained model is not made to extrapolate)
         runs = runs.assign(long_loss=runs["run_id"].map(ev.groupby("run_id")["eval_loss"].min()))
         metric = "loss at the best evaluation context"
     else:
@@ -120,7 +120,7 @@ def power_attention(data, out: Path) -> StudyFigure:
                       label=label if r["budget"] == sub["budget"].iloc[0] else None)
     _flops_axis(ax)
     ax.set_xlabel("training compute C (FLOPs)")
-    ax.set_ylabel(f"{metric} (nats/token)" if has_long else "validation loss (nats/token)")
+    ax.set_ylabel(f"{metric} (nats/token)" if has_eval else "validation loss (nats/token)")
     ax.set_title(f"{metric}; bars: +-1 SE over seeds", fontsize=9)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8)

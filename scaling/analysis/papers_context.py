@@ -39,16 +39,19 @@ def with_metric(data, runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
             "loss at the best evaluation context")
 
 
-def _optimum(context, loss) -> tuple[float, float, bool]:
-    """(optimal context, loss there, inside the contexts trained) of the parabola in log context, or NaNs."""
+def _optimum(context, loss):
+    """(optimal context, loss there, inside the contexts trained, the fit) of the parabola in log context, or
+    (NaN, NaN, False, None) when there is no U shape or fewer than three contexts."""
+    if len(set(context)) < 3:
+        return float("nan"), float("nan"), False, None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fit = _fits.fit_context_law(context, loss)
     except ValueError:
-        return float("nan"), float("nan"), False
+        return float("nan"), float("nan"), False, None
     return (float(fit.data["budget_context_opt"][0]), float(fit.data["budget_loss_opt"][0]),
-            not bool(fit.data["budget_extrapolated"][0]))
+            not bool(fit.data["budget_extrapolated"][0]), fit)
 
 
 def context_size(data, out: Path) -> StudyFigure:
@@ -75,19 +78,14 @@ def context_size(data, out: Path) -> StudyFigure:
             n = int(sub["non_embedding_params"].iloc[0])
             ax.errorbar(pts["context"], pts["mean"], yerr=pts["se"].fillna(0), fmt="o-", color=colors[v], lw=1.4,
                         ms=5, capsize=3, label=f"{v} ({n:,} non-emb. params, {int(pts['n'].max())} seed(s))")
-            t_opt, l_opt, inside = (_optimum(pts["context"], pts["mean"]) if len(pts) >= 3
-                                    else (float("nan"),) * 2 + (False,))
+            t_opt, l_opt, inside, fit = _optimum(list(pts["context"]), pts["mean"])
             per_seed = []
             for _, g in sub.groupby("seed"):
-                if g["context"].nunique() >= 3:
-                    t, _, ok = _optimum(g["context"], g["metric"])
-                    if ok:
-                        per_seed.append(t)
-            if np.isfinite(t_opt):
+                t, _, ok, _ = _optimum(list(g["context"]), g["metric"])
+                if ok:
+                    per_seed.append(t)
+            if fit is not None:
                 grid = np.geomspace(pts["context"].min() / 1.5, pts["context"].max() * 1.5, 100)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    fit = _fits.fit_context_law(pts["context"], pts["mean"])
                 ax.plot(grid, fit.loss_curve(0, grid), "--", color=colors[v], lw=1, alpha=0.8)
                 if inside:
                     ax.plot([t_opt], [l_opt], marker="*", ms=14, color=colors[v], mec="k", mew=0.6, zorder=4)

@@ -22,10 +22,10 @@ def by_point(runs: pd.DataFrame, keys: list[str], value: str = "final_val_loss")
     rows = []
     for vals, g in ok.groupby(keys, sort=True, dropna=False):
         x = g[value].to_numpy(float)
-        sd = float(np.std(x, ddof=1)) if len(x) > 1 else float("nan")
+        mean, se, n = summary(x)
         vals = vals if isinstance(vals, tuple) else (vals,)
-        rows.append({**dict(zip(keys, vals, strict=True)), "n": len(x), "mean": float(x.mean()), "std": sd,
-                     "se": sd / math.sqrt(len(x)), "lo": float(x.min()), "hi": float(x.max()),
+        rows.append({**dict(zip(keys, vals, strict=True)), "n": n, "mean": mean, "std": se * math.sqrt(n),
+                     "se": se, "lo": float(x.min()), "hi": float(x.max()),
                      "run_ids": list(g["run_id"]), "seeds": [int(s) if pd.notna(s) else 0 for s in g["seed"]]})
     return pd.DataFrame(rows, columns=[*keys, "n", "mean", "std", "se", "lo", "hi", "run_ids", "seeds"])
 

@@ -40,11 +40,12 @@ def mean_keys(context: int, window: int | None, causal: bool) -> float:
     return (w * (w + 1) / 2 + (context - w) * w) / context
 
 
-def recurrent_state(m, recurrent: int, conv: int) -> dict[str, int]:
-    """{dtype: elements} of a recurrent mixer: its float32 state plus a conv state kept in the compute dtype."""
-    if not conv or m.dtype == "float32":
-        return {"float32": recurrent + conv}
-    return {"float32": recurrent, m.dtype: conv}
+def recurrent_state(m, recurrent: int, in_dtype: int) -> dict[str, int]:
+    """{dtype: elements} of a mixer's state: its float32 recurrent state plus what it keeps in the compute dtype
+    (a short conv's last inputs, a window's KV cache)."""
+    if not in_dtype or m.dtype == "float32":
+        return {"float32": recurrent + in_dtype}
+    return {"float32": recurrent, m.dtype: in_dtype}
 
 
 def chunk_pad(context: int, chunk_size: int) -> tuple[int, float, int]:
@@ -64,10 +65,8 @@ def check_n_heads(m, n_heads, field: str) -> None:
 def validate_heads(m, section, prefix: str, rope: bool | None = None) -> None:
     """n_heads divides d_model, n_kv_heads divides n_heads, and RoPE (``section.rope`` unless given) gets an even
     head_dim."""
-    check_int(f"{prefix}.n_heads", section.n_heads)
+    check_n_heads(m, section.n_heads, f"{prefix}.n_heads")
     check_int(f"{prefix}.n_kv_heads", section.n_kv_heads)
-    if m.d_model % section.n_heads:
-        fail(f"{prefix}.n_heads", section.n_heads, f"must divide model.d_model = {m.d_model}")
     if section.n_heads % section.n_kv_heads:
         fail(f"{prefix}.n_kv_heads", section.n_kv_heads, f"must divide {prefix}.n_heads = {section.n_heads}")
     if (section.get("rope") if rope is None else rope) and (m.d_model // section.n_heads) % 2:

@@ -12,7 +12,7 @@ window's KV cache 2 x min(T, window) x heads x head_dim (compute dtype).
 from __future__ import annotations
 
 from scaling.fields import check_int, fail
-from scaling.mixers.base import MixerSpec, check_n_heads, chunk_pad, mean_keys
+from scaling.mixers.base import MixerSpec, check_n_heads, chunk_pad, mean_keys, recurrent_state
 from scaling.mixers.retention import sympow_dim
 
 
@@ -27,6 +27,13 @@ def validate(m, s, prefix: str) -> None:
     check_int(f"{prefix}.feature_dim", s.feature_dim)
     check_int(f"{prefix}.chunk_size", s.chunk_size)
     check_int(f"{prefix}.window", s.window)
+
+
+def window_keys(context: int, window: int) -> int:
+    """Keys each query's scores cover in the blocked window form (scaling/ops/window_attention.py):
+    w = min(window, T) when T fits in one block, else 2w (its own block and the one before)."""
+    w = min(window, context)
+    return w if context <= window else 2 * w
 
 
 def feature_dim(f: int) -> int:
@@ -55,27 +62,21 @@ def flops(m, context: int, causal: bool = False) -> dict[str, float]:
     h, hd, f = dims(m)
     weights = 2.0 * params(m)
     c, pad, _ = chunk_pad(context, m.based.chunk_size)
-    keys = (c + 1) / 2 if causal else c
+    keys = mean_keys(c, None, causal)
     D = feature_dim(f)
     linear = pad * 2.0 * h * (keys * (f + hd + 1) + 2 * D * (hd + 1) + 2 * D)
-    # the blocked window form computes 2w keys a query (w = min(window, T); w when T fits in one block), padded
-    # to whole blocks (scaling/ops/window_attention.py); ``causal``: the keys in view
+    # the blocked window form computes window_keys a query, padded to whole blocks; ``causal``: the keys in view
     if causal:
         window = 2.0 * 2 * mean_keys(context, m.based.window, True) * h * hd
     else:
-        w = min(m.based.window, context)
-        keys = w if context <= m.based.window else 2 * w
-        window = (-(-context // w) * w / context) * 2.0 * 2 * keys * h * hd
+        _, block_pad, _ = chunk_pad(context, m.based.window)
+        window = block_pad * 2.0 * 2 * window_keys(context, m.based.window) * h * hd
     return {"weights": weights, "state": linear + window}
 
 
 def state(m, context: int) -> dict[str, int]:
     h, hd, f = dims(m)
-    linear = h * feature_dim(f) * (hd + 1)
-    cache = 2 * min(context, m.based.window) * h * hd
-    if m.dtype == "float32":
-        return {"float32": linear + cache}
-    return {"float32": linear, m.dtype: cache}
+    return recurrent_state(m, h * feature_dim(f) * (hd + 1), 2 * min(context, m.based.window) * h * hd)
 
 
 SPEC = MixerSpec("B", "based", defaults, validate, params, flops, state,

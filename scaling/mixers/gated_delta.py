@@ -11,7 +11,7 @@ out-projection. State: n_heads * head_dim^2 float32 plus the conv's (conv - 1) *
 from __future__ import annotations
 
 from scaling.fields import check_int, fail
-from scaling.mixers.base import MixerSpec, check_n_heads, chunk_pad, recurrent_state
+from scaling.mixers.base import MixerSpec, check_n_heads, chunk_pad, mean_keys, recurrent_state
 
 
 def defaults() -> dict:
@@ -58,7 +58,7 @@ def flops(m, context: int, causal: bool = False) -> dict[str, float]:
     weights = 2.0 * (4 * m.d_model * inner + 2 * m.d_model * h + m.d_model * inner) \
         + 2.0 * m.gated_delta.conv * _conv_channels(m)
     c, pad, _ = chunk_pad(context, m.gated_delta.chunk_size)
-    keys = (c + 1) / 2 if causal else c
+    keys = mean_keys(c, None, causal)
     mac = keys * (2 * hd + hd) + c * (hd + hd) / 2 + 3 * hd * hd + hd * hd + hd * hd * hd / c
     return {"weights": weights, "state": pad * 2.0 * h * mac}
 

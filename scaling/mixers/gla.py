@@ -10,7 +10,7 @@ State: n_heads * head_dim * head_dim float32 per layer (S [dk, dv] per head), co
 from __future__ import annotations
 
 from scaling.fields import check_int, fail
-from scaling.mixers.base import MixerSpec, check_n_heads, chunk_pad
+from scaling.mixers.base import MixerSpec, check_n_heads, chunk_pad, mean_keys
 
 
 def defaults() -> dict:
@@ -45,7 +45,7 @@ def flops(m, context: int, causal: bool = False) -> dict[str, float]:
     r = m.gla.gate_rank
     weights = 2.0 * (4 * m.d_model * h * hd + m.d_model * r + r * h * hd + m.d_model * h * hd)
     c, pad, _ = chunk_pad(context, m.gla.chunk_size)
-    keys = (c + 1) / 2 if causal else c
+    keys = mean_keys(c, None, causal)
     state = h * (2.0 * keys * (hd + hd) + 2 * 2.0 * hd * hd + hd * hd / c)
     return {"weights": weights, "state": pad * state}
 

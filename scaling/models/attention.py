@@ -5,7 +5,7 @@ from __future__ import annotations
 from flax import nnx
 
 from scaling.models.layers import QKVO, dtypes
-from scaling.ops.attention import attention, init_kv_cache
+from scaling.ops.attention import KVCache, attention, init_kv_cache
 
 
 class Attention(nnx.Module):
@@ -16,6 +16,8 @@ class Attention(nnx.Module):
     flash-style form at long context and cuDNN on GPU; "parallel"; "blockwise"); head_dim = d_model / n_heads.
     Decode state: a KVCache (a ring of ``window`` slots when windowed).
     """
+
+    state_types = (KVCache,)  # the decode states it returns (scaling.inference saves them by name)
 
     def __init__(self, m, rngs: nnx.Rngs):
         a = m.attention

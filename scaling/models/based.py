@@ -31,6 +31,8 @@ class BasedLayerState(NamedTuple):
 class Based(nnx.Module):
     """Config: model.based.{n_heads, feature_dim, chunk_size, window, rope_theta}; head_dim = d_model / n_heads."""
 
+    state_types = (BasedLayerState,)  # the decode states it returns (scaling.inference saves them by name)
+
     def __init__(self, m, rngs: nnx.Rngs):
         s = m.based
         self.n_heads, self.head_dim, self.f = s.n_heads, m.d_model // s.n_heads, s.feature_dim

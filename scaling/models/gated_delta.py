@@ -10,14 +10,13 @@ then the out-projection.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scaling.models.layers import QKVO, causal_conv, conv_params, dense, dtypes, rms_norm
+from scaling.models.layers import QKVO, causal_conv, conv_params, decay_params, dense, dtypes, gated_head_norm
 from scaling.ops.gated_delta import gated_delta_rule
 
 
@@ -34,6 +33,8 @@ def _l2norm(x, eps: float = 1e-6):
 class GatedDeltaNet(nnx.Module):
     """Config: model.gated_delta.{n_heads, chunk_size, conv, dt_min, dt_max, a_init_range}."""
 
+    state_types = (GatedDeltaState,)  # the decode states it returns (scaling.inference saves them by name)
+
     def __init__(self, m, rngs: nnx.Rngs):
         s = m.gated_delta
         self.chunk_size, self.d_conv, self.eps = s.chunk_size, s.conv, m.norm_eps
@@ -45,12 +46,7 @@ class GatedDeltaNet(nnx.Module):
         self.out_gate = dense(m, m.d_model, h * hd, rngs)
         self.conv_w, self.conv_b = conv_params(s.conv, 3 * h * hd, rngs, param_dtype)
         self.norm_w = nnx.Param(jnp.ones((hd,), param_dtype))
-        u = jax.random.uniform(rngs.params(), (h,), jnp.float32)
-        dt = jnp.exp(u * (math.log(s.dt_max) - math.log(s.dt_min)) + math.log(s.dt_min))
-        self.dt_bias = nnx.Param((dt + jnp.log(-jnp.expm1(-dt))).astype(param_dtype))  # inverse softplus of dt
-        lo, hi = s.a_init_range
-        self.A_log = nnx.Param(jnp.log(jax.random.uniform(rngs.params(), (h,), jnp.float32, lo, hi)).astype(
-            param_dtype))
+        self.dt_bias, self.A_log = decay_params(h, s.dt_min, s.dt_max, s.a_init_range, rngs, param_dtype)
 
     def init_state(self, batch: int, max_len: int):
         del max_len
@@ -76,7 +72,5 @@ class GatedDeltaNet(nnx.Module):
                                chunk_size=self.chunk_size, initial_state=None if state is None else state.S,
                                return_state=state is not None, segment_ids=segment_ids)
         o, S = out if state is not None else (out, None)
-        o = rms_norm(o, self.eps) * self.norm_w[...].astype(jnp.float32)
-        o = (o * jax.nn.silu(self.out_gate(x).astype(jnp.float32)).reshape(b, t, h, hd)).astype(self.dtype)
-        y = self.proj.out(o)
+        y = self.proj.out(gated_head_norm(o, self.out_gate(x), self.norm_w[...], self.eps, self.dtype))
         return y if state is None else (y, GatedDeltaState(S=S, conv=new_conv))

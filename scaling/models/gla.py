@@ -2,7 +2,7 @@
 
 q, k, v, o projections as attention's (so `scaling convert` keeps a transformer's), no RoPE; a log gate per key
 channel, logsigmoid(x W_1 W_2 + b) / gate_normalizer through a rank-r bottleneck (the GLA paper's, normaliser 16
-so the gates start near 1); the output RMS-normalised per head, times swish(x W_r), then the out-projection.
+so the gates start near 1); the output RMS-normalised per head, times swish(x W_r) (= SiLU), then the out-projection.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scaling.models.layers import QKVO, dense, dtypes, rms_norm
+from scaling.models.layers import QKVO, dense, dtypes, gated_head_norm
 from scaling.ops.gla import gla
 
 
@@ -23,6 +23,8 @@ class GLAState(NamedTuple):
 
 class GLA(nnx.Module):
     """Config: model.gla.{n_heads, chunk_size, gate_rank, gate_normalizer}; head_dim = d_model / n_heads."""
+
+    state_types = (GLAState,)  # the decode states it returns (scaling.inference saves them by name)
 
     def __init__(self, m, rngs: nnx.Rngs):
         g = m.gla
@@ -50,7 +52,5 @@ class GLA(nnx.Module):
                   return_state=state is not None,
                   segment_ids=segment_ids)
         o, new_state = out if state is not None else (out, None)
-        o = rms_norm(o, self.eps) * self.norm_w[...].astype(jnp.float32)
-        o = (o * jax.nn.swish(self.out_gate(x).astype(jnp.float32)).reshape(b, t, h, hd)).astype(q.dtype)
-        y = self.proj.out(o)
+        y = self.proj.out(gated_head_norm(o, self.out_gate(x), self.norm_w[...], self.eps, q.dtype))
         return y if state is None else (y, GLAState(S=new_state))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-BACKENDS = ("xla", "pallas")
+from scaling.config import KERNELS as BACKENDS  # model.kernel's values
 
 # op name -> "module:function" of each backend. Kernels are imported on first use (Pallas pulls in more of JAX).
 XLA = {"power_retention": "scaling.ops.power_retention:power_retention", "ssd": "scaling.ops.ssd:ssd"}

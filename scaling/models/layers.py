@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -100,6 +102,27 @@ def causal_conv(x, conv_state, w, b, segment_ids=None):
     y = sum(jnp.where((run_full[:, i: i + t] == run)[..., None], full[:, i: i + t], 0) * w[i]
             for i in range(w.shape[0])) + b.astype(x.dtype)
     return y, jnp.where((run_full[:, t:] == run[:, -1:])[..., None], full[:, t:], 0)
+
+
+def decay_params(n_heads: int, dt_min: float, dt_max: float, a_init_range, rngs: nnx.Rngs,
+                 param_dtype) -> tuple[nnx.Param, nnx.Param]:
+    """(dt_bias, A_log) [n_heads] of Mamba-2's decay -exp(A_log) softplus(. + dt_bias): dt starts log-uniform in
+    [dt_min, dt_max] (dt_bias is its inverse softplus), A uniform in ``a_init_range``. Mamba-2 and Gated
+    DeltaNet use it."""
+    u = jax.random.uniform(rngs.params(), (n_heads,), jnp.float32)
+    dt = jnp.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt_bias = nnx.Param((dt + jnp.log(-jnp.expm1(-dt))).astype(param_dtype))
+    lo, hi = a_init_range
+    a = jax.random.uniform(rngs.params(), (n_heads,), jnp.float32, lo, hi)
+    return dt_bias, nnx.Param(jnp.log(a).astype(param_dtype))
+
+
+def gated_head_norm(o, gate, norm_w, eps: float, dtype):
+    """o [b, t, heads, head_dim] RMS-normalised per head, times norm_w [head_dim] and SiLU(gate) (gate
+    [b, t, heads * head_dim]), in ``dtype``: the output gate of GLA and Gated DeltaNet."""
+    b, t, h, hd = o.shape
+    o = rms_norm(o, eps) * norm_w.astype(jnp.float32)
+    return (o * jax.nn.silu(gate.astype(jnp.float32)).reshape(b, t, h, hd)).astype(dtype)
 
 
 def conv_params(d_conv: int, channels: int, rngs: nnx.Rngs, param_dtype) -> tuple[nnx.Param, nnx.Param]:

@@ -7,7 +7,6 @@ Decode state: the conv's last (d_conv - 1) inputs and the SSD state [heads, head
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
@@ -15,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from scaling.models.kernels import ssd
-from scaling.models.layers import causal_conv, conv_params, dense, dtypes, rms_norm
+from scaling.models.layers import causal_conv, conv_params, decay_params, dense, dtypes, rms_norm
 
 
 class MambaState(NamedTuple):
@@ -26,6 +25,8 @@ class MambaState(NamedTuple):
 class Mamba2(nnx.Module):
     """Config: model.mamba.{d_state, expand, head_dim, n_groups, d_conv, chunk_size, dt_min, dt_max,
     a_init_range}; d_inner = expand * d_model, heads = d_inner / head_dim."""
+
+    state_types = (MambaState,)  # the decode states it returns (scaling.inference saves them by name)
 
     def __init__(self, m, rngs: nnx.Rngs):
         s = m.mamba
@@ -42,13 +43,7 @@ class Mamba2(nnx.Module):
         self.in_proj = dense(m, m.d_model, self.d_inner + self.conv_dim + self.n_heads, rngs, out_float32=True)
         self.out_proj = dense(m, self.d_inner, m.d_model, rngs, std=out_std)
         self.conv_w, self.conv_b = conv_params(s.d_conv, self.conv_dim, rngs, param_dtype)
-        # dt starts log-uniform in [dt_min, dt_max]; dt_bias is its inverse softplus.
-        u = jax.random.uniform(rngs.params(), (self.n_heads,), jnp.float32)
-        dt = jnp.exp(u * (math.log(s.dt_max) - math.log(s.dt_min)) + math.log(s.dt_min))
-        self.dt_bias = nnx.Param((dt + jnp.log(-jnp.expm1(-dt))).astype(param_dtype))
-        lo, hi = s.a_init_range
-        a = jax.random.uniform(rngs.params(), (self.n_heads,), jnp.float32, lo, hi)
-        self.A_log = nnx.Param(jnp.log(a).astype(param_dtype))
+        self.dt_bias, self.A_log = decay_params(self.n_heads, s.dt_min, s.dt_max, s.a_init_range, rngs, param_dtype)
         self.D = nnx.Param(jnp.ones((self.n_heads,), param_dtype))
         self.norm_w = nnx.Param(jnp.ones((self.d_inner,), param_dtype))
 

@@ -39,6 +39,8 @@ class PowerRetention(nnx.Module):
     """Config: model.retention.{n_heads, n_kv_heads, p, chunk_size, rope, rope_theta, normalize, gate,
     gate_init, conv}; head_dim = d_model / n_heads."""
 
+    state_types = (RetentionState, ConvRetentionState)  # the decode states it returns (scaling.inference saves them)
+
     def __init__(self, m, rngs: nnx.Rngs):
         r = m.retention
         self.p, self.chunk_size, self.normalize = r.p, r.chunk_size, r.normalize

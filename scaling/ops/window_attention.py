@@ -2,11 +2,11 @@
 
 Each block of ``w = min(window, T)`` queries attends to the keys of its own block and of the block before
 (2w keys, masked to the window ``(i - window, i]``, to causality and to the query's document), so the work per
-query is 2w scores whatever T is (w when T fits in one block). It computes the same function as
-``scaling.ops.attention(q, k, v, window=window)`` (tests/ops/test_window_attention.py), whose parallel form
-computes the whole T x T block below 1,024 tokens and whose blockwise form loops over key blocks. Used by the Based
-layer's window branch (scaling/models/based.py); decode runs scaling.ops.attention's recurrent form over a ring
-KV cache of ``window`` slots.
+query is 2w scores whatever T is (w when T fits in one block; scaling.mixers.based.window_keys counts them).
+It computes the same function as ``scaling.ops.attention(q, k, v, window=window)``
+(tests/ops/test_window_attention.py), whose parallel form computes the whole T x T block below 1,024 tokens and
+whose blockwise form loops over key blocks. Used by the Based layer's window branch (scaling/models/based.py);
+decode runs scaling.ops.attention's recurrent form over a ring KV cache of ``window`` slots.
 """
 
 from __future__ import annotations
@@ -17,12 +17,6 @@ import jax.numpy as jnp
 from scaling.ops.segments import check_segment_ids, run_index
 
 _NEG = -1e30  # finite "minus infinity": a fully masked row stays NaN-free
-
-
-def window_keys(context: int, window: int) -> int:
-    """Keys each query's scores cover in :func:`sliding_window_attention`: w = min(window, T) in one block, else 2w."""
-    w = min(window, context)
-    return w if context <= window else 2 * w
 
 
 def sliding_window_attention(q, k, v, window: int, *, scale: float | None = None, segment_ids=None):

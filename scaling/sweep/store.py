@@ -261,9 +261,10 @@ class Store:
     def retry_failed(self, ids=None) -> list[str]:
         """Failed runs (among ``ids`` if given) go back to pending with a fresh count of failures: a new launcher
         invocation retries them (diverged runs stay final). Returns their ids."""
+        wanted = None if ids is None else set(ids)
         with self.tx() as db:
             rows = db.execute("SELECT id FROM runs WHERE status='failed'").fetchall()
-            chosen = [r["id"] for r in rows if ids is None or r["id"] in set(ids)]
+            chosen = [r["id"] for r in rows if wanted is None or r["id"] in wanted]
             for rid in chosen:
                 db.execute("UPDATE runs SET status='pending', failures=0, owner=NULL, job=NULL, updated=? "
                            "WHERE id=?", (time.time(), rid))

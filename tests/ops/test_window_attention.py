@@ -5,8 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scaling.mixers.based import window_keys
 from scaling.ops.attention import attention
-from scaling.ops.window_attention import sliding_window_attention, window_keys
+from scaling.ops.window_attention import sliding_window_attention
 from tests.helpers import rel_err
 
 
