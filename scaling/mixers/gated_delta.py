@@ -51,7 +51,8 @@ def params(m) -> int:
 def flops(m, context: int, causal: bool = False) -> dict[str, float]:
     """Per token: projections, beta, gate, output gate and the conv (weights); the chunked WY form (state), chunk
     c = min(chunk_size, T), per head (multiply-adds, scaling/ops/gated_delta.py): K K^T and Q K^T c*dk each, the
-    triangular solve c*(dk + dv)/2, the intra-chunk output c*dv, three dk*dv products (K_end^T U~, W S, Q S), the
+    block inverse of I + L n (n^2 - 1) / (3c) (n: c rounded up to a power of two) and its product with
+    both right-hand sides c*(dk + dv), the intra-chunk output c*dv, three dk*dv products (K_end^T U~, W S, Q S), the
     chunk's K_end^T W dk^2 and its product with S dk^2 dv / c. ``causal``: the c x c terms count (c + 1) / 2."""
     h, hd = dims(m)
     inner = h * hd
@@ -59,7 +60,8 @@ def flops(m, context: int, causal: bool = False) -> dict[str, float]:
         + 2.0 * m.gated_delta.conv * _conv_channels(m)
     c, pad, _ = chunk_pad(context, m.gated_delta.chunk_size)
     keys = mean_keys(c, None, causal)
-    mac = keys * (2 * hd + hd) + c * (hd + hd) / 2 + 3 * hd * hd + hd * hd + hd * hd * hd / c
+    n = 1 << max(c - 1, 0).bit_length()  # the block inverse pads the chunk to a power of two
+    mac = keys * (2 * hd + hd) + n * (n * n - 1) / (3 * c) + c * (hd + hd) + 3 * hd * hd + hd * hd + hd * hd * hd / c
     return {"weights": weights, "state": pad * 2.0 * h * mac}
 
 

@@ -19,8 +19,11 @@ q and k (the delta rule is then a contraction); the op does not. Forms, all thro
 
       (I + L) U = diag(beta) V - diag(beta gamma) K S_0,    L_tj = beta_t (k_t . k_j) Gam_tj  (j < t)
 
-  so ``U = U~ - W S_0`` with ``U~ = (I + L)^-1 diag(beta) V`` and ``W = (I + L)^-1 diag(beta gamma) K`` (one
-  triangular solve per chunk and head, jax.scipy.linalg.solve_triangular). Then::
+  so ``U = U~ - W S_0`` with ``U~ = (I + L)^-1 diag(beta) V`` and ``W = (I + L)^-1 diag(beta gamma) K``. The
+  inverse of the unit lower-triangular I + L is built by blocks (:func:`unit_lower_inverse`: matrix products
+  only, log2(c) levels), then applied to both right-hand sides by one product. (LAPACK's batched triangular solve,
+  jax.scipy.linalg.solve_triangular, computes the same, but its gradient inside this step deadlocked XLA's CPU
+  runtime in jax 0.10.2 from batch 16 on: the train step never returned.) Then::
 
       O     = scale * (diag(gamma) Q S_0 + (Q K^T o Gam) U)
       S_out = gamma_c S_0 + (K o Gam_{c,.})^T U  = gamma_c S_0 + K_end^T U~ - (K_end^T W) S_0
@@ -30,7 +33,8 @@ q and k (the delta rule is then a contraction); the op does not. Forms, all thro
 * ``"parallel"``: the same with one chunk spanning the whole call (a T x T solve): short sequences, checks.
 
 Cost of the chunked form per token and head (multiply-adds): ``c dk`` (K K^T) + ``c dk`` (Q K^T) +
-``c (dk + dv) / 2`` (the triangular solve) + ``c dv`` (intra output) + ``dk dv`` (U~ - W S, read-out Q S)
+``n (n^2 - 1) / (3 c)`` (the inverse, n = c rounded up to a power of two) + ``c (dk + dv)`` (applying it) +
+``c dv`` (intra output) + ``dk dv`` (U~ - W S, read-out Q S)
 twice + ``dk^2 (dk + dv) / c`` for the per-chunk ``K_end^T W`` and its product with S.
 
 Packed rows: with ``segment_ids [batch, time]`` (scaling.ops.segments) the state restarts from zero at each
@@ -47,7 +51,6 @@ import math
 
 import jax.numpy as jnp
 from jax import lax
-from jax.scipy.linalg import solve_triangular
 
 from scaling.ops.checks import check_form_and_chunk, check_qkv, check_scale, check_state_matrix
 from scaling.ops.segments import ChunkMasks, check_segment_ids, chunk_masks, resets
@@ -179,6 +182,33 @@ def _segsum(a):
     return jnp.cumsum(a_ij, axis=-2)
 
 
+def unit_lower_inverse(L):
+    """(I + L)^-1 for L [..., c, c] strictly lower triangular (entries on and above the diagonal are ignored).
+
+    By blocks, bottom up: the inverse of [[A, 0], [C, D]] is [[A^-1, 0], [-D^-1 C A^-1, D^-1]], so each level
+    doubles the diagonal blocks with two products per pair; c is padded to a power of two n with the identity.
+    n (n^2 - 1) / 3 multiply-adds per matrix, all batched matrix products (autodiff through them).
+    """
+    c = L.shape[-1]
+    n = 1 << max(c - 1, 0).bit_length()
+    M = jnp.tril(L, k=-1)
+    if n != c:
+        M = jnp.pad(M, [(0, 0)] * (M.ndim - 2) + [(0, n - c), (0, n - c)])
+    lead = M.shape[:-2]
+    inv = jnp.ones((*lead, n, 1, 1), M.dtype)  # the n diagonal 1 x 1 blocks
+    size = 1
+    while size < n:
+        pairs = n // (2 * size)
+        A, D = inv[..., 0::2, :, :], inv[..., 1::2, :, :]  # [..., pairs, size, size]
+        blocks = M.reshape(*lead, pairs, 2, size, pairs, 2, size)
+        C = jnp.moveaxis(jnp.diagonal(blocks, axis1=-6, axis2=-3), -1, -5)[..., 1, :, 0, :]  # [..., pairs, s, s]
+        low = -(D @ C) @ A
+        top = jnp.concatenate([A, jnp.zeros_like(A)], axis=-1)
+        inv = jnp.concatenate([top, jnp.concatenate([low, D], axis=-1)], axis=-2)
+        size *= 2
+    return inv[..., 0, :c, :c]
+
+
 def _chunked(q_bthd, k_bthd, v_bthe, beta_bth, g_bth, S0_bhde, *, chunk, masks: ChunkMasks | None = None):
     """WY / UT-transform form (module docstring); ``masks`` keep state from crossing a document start."""
     b, t, h, dk = q_bthd.shape
@@ -212,7 +242,7 @@ def _chunked(q_bthd, k_bthd, v_bthe, beta_bth, g_bth, S0_bhde, *, chunk, masks: 
     kk_bnhij = jnp.einsum("bnhid,bnhjd->bnhij", k_bnhjd, k_bnhjd)
     L_bnhij = jnp.where(strict_ij, beta_bnhc[..., :, None] * kk_bnhij * Gam_bnhij, 0.0)
     rhs = jnp.concatenate([beta_bnhc[..., None] * v_bnhje, (beta_bnhc * gamma_bnhc)[..., None] * k_bnhjd], axis=-1)
-    sol = solve_triangular(L_bnhij + jnp.eye(chunk, dtype=jnp.float32), rhs, lower=True, unit_diagonal=True)
+    sol = unit_lower_inverse(L_bnhij) @ rhs
     Ut_bnhje, W_bnhjd = sol[..., :dv], sol[..., dv:]
 
     # Chunk-to-chunk: S_out = decay S_in + K_end^T U~ - (K_end^T W) S_in.

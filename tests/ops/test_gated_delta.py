@@ -16,6 +16,7 @@ from scaling.ops.gated_delta import (
     gated_delta_rule_reference,
     gated_delta_state_shape,
     gated_delta_state_size,
+    unit_lower_inverse,
 )
 
 FORMS = ("parallel", "chunked", "recurrent")
@@ -254,3 +255,24 @@ def test_bad_arguments_raise_one_line(change, options, match):
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="segment_ids must be an integer"):
         gated_delta_rule(**_GOOD, segment_ids=np.ones((2, 4), np.int32))
+
+
+@pytest.mark.parametrize("c", [1, 2, 3, 7, 16, 48, 64])
+def test_unit_lower_inverse_is_the_triangular_inverse(c):
+    """(I + L)^-1 by blocks against numpy's float64 inverse, for chunk sizes that are and are not powers of two;
+    what lies on and above L's diagonal is ignored."""
+    L = np.random.default_rng(c).uniform(-0.9, 0.9, (3, c, c))
+    want = np.linalg.inv(np.tril(L, -1) + np.eye(c))
+    got = np.asarray(unit_lower_inverse(jnp.asarray(L, jnp.float32)), np.float64)
+    assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+    assert (np.triu(got, 1) == 0).all() and (np.diagonal(got, axis1=-2, axis2=-1) == 1).all()
+
+
+def test_chunked_gradient_has_no_lapack_triangular_solve():
+    """The chunked form's gradient is matrix products only: LAPACK's batched triangular solve in this step
+    deadlocked XLA's CPU runtime (jax 0.10.2, batch >= 16: the train step never returned)."""
+    x = jnp.ones((2, 8, 1, 4)) / 2
+    beta, log_g = jnp.full((2, 8, 1), 0.5), jnp.full((2, 8, 1), -0.1)
+    loss = lambda q, k, v: jnp.sum(gated_delta_rule(q, k, v, beta, log_g, chunk_size=4))
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(x, x, x))
+    assert "dot_general" in jaxpr and "triangular_solve" not in jaxpr
