@@ -58,10 +58,11 @@ ADDED_FIELDS: dict[tuple[str, ...], Any] = {
     # mixer sections added later (scaling/mixers/): left out of every run that keeps these values. Frozen copies of
     # the defaults they were added with, not read from the specs: a later change of a default must not change the
     # ids of runs that stored the old one
-    ("model", "gla"): {"n_heads": 4, "chunk_size": 64, "gate_rank": 16, "gate_normalizer": 16.0},
+    ("model", "gla"): {"n_heads": 4, "chunk_size": 64, "gate_rank": 16, "gate_normalizer": 16.0, "conv": 0},
     ("model", "gated_delta"): {"n_heads": 4, "chunk_size": 64, "conv": 4, "dt_min": 1e-3, "dt_max": 1e-1,
                                "a_init_range": (1.0, 16.0)},
-    ("model", "based"): {"n_heads": 4, "feature_dim": 16, "chunk_size": 64, "window": 64, "rope_theta": 10_000.0},
+    ("model", "based"): {"n_heads": 4, "feature_dim": 16, "chunk_size": 64, "window": 64, "rope_theta": 10_000.0,
+                         "conv": 0},
 }
 
 # How a run is laid out on the machine, not what it computes (the sharded run equals the one-device run, tests

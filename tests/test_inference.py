@@ -29,9 +29,10 @@ MIXERS = {
     "retention_conv": ["model.pattern='R'", "model.retention.n_kv_heads=2", "model.retention.conv=4"],
     "mamba": ["model.pattern='M'"],
     "hybrid": ["model.pattern='MRA'", "model.n_layers=3"],
-    "gla": ["model.pattern='G'", "model.gla.chunk_size=8"],
+    "gla": ["model.pattern='G'", "model.gla.chunk_size=8", "model.gla.conv=4"],
     "gated_delta": ["model.pattern='D'", "model.gated_delta.chunk_size=8"],
-    "based": ["model.pattern='B'", "model.based.chunk_size=8", "model.based.feature_dim=4", "model.based.window=6"],
+    "based": ["model.pattern='B'", "model.based.chunk_size=8", "model.based.feature_dim=4", "model.based.window=6",
+              "model.based.conv=3"],
 }
 PROMPT, MAX_LEN = 13, 24
 

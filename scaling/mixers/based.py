@@ -6,18 +6,20 @@ The layer: the linear branch projects q and k to ``feature_dim`` per head (the p
 phi(q.k) = 1 + s + s^2/2; the window branch is causal softmax attention over the last ``window`` tokens with its own
 q and k (RoPE) and the linear branch's v; the two outputs are summed before the out-projection.
 State per layer: the linear branch's heads x D x (head_dim + 1) float32, D = 1 + f + f (f + 1) / 2, plus the
-window's KV cache 2 x min(T, window) x heads x head_dim (compute dtype).
+window's KV cache 2 x min(T, window) x heads x head_dim (compute dtype), and the optional short conv's last
+(conv - 1) inputs (``conv`` taps over the linear branch's q, k and the shared v, as power retention's; 0 = none).
 """
 
 from __future__ import annotations
 
 from scaling.fields import check_int, fail
-from scaling.mixers.base import MixerSpec, check_n_heads, chunk_pad, mean_keys, recurrent_state
+from scaling.mixers.base import MixerSpec, check_conv, check_n_heads, chunk_pad, mean_keys, recurrent_state
 from scaling.mixers.retention import sympow_dim
 
 
 def defaults() -> dict:
-    return {"n_heads": 4, "feature_dim": 16, "chunk_size": 64, "window": 64, "rope_theta": 10_000.0}
+    return {"n_heads": 4, "feature_dim": 16, "chunk_size": 64, "window": 64, "rope_theta": 10_000.0,
+            "conv": 0}  # width of a short causal conv over the linear branch's q, k and the shared v (0 = none)
 
 
 def validate(m, s, prefix: str) -> None:
@@ -27,6 +29,7 @@ def validate(m, s, prefix: str) -> None:
     check_int(f"{prefix}.feature_dim", s.feature_dim)
     check_int(f"{prefix}.chunk_size", s.chunk_size)
     check_int(f"{prefix}.window", s.window)
+    check_conv(f"{prefix}.conv", s.conv)
 
 
 def window_keys(context: int, window: int) -> int:
@@ -47,10 +50,26 @@ def dims(m) -> tuple[int, int, int]:
     return s.n_heads, m.d_model // s.n_heads, s.feature_dim
 
 
+def conv_channels(m) -> int:
+    """Channels of the optional short conv over the linear branch's q, k and the shared v (0 without it)."""
+    h, hd, f = dims(m)
+    return h * (2 * f + hd) if m.based.conv else 0
+
+
 def params(m) -> int:
     h, hd, f = dims(m)
-    # q, k of the linear branch (f a head); q, k of the window (head_dim a head); the shared v; o
-    return 2 * m.d_model * h * f + 2 * m.d_model * h * hd + m.d_model * h * hd + h * hd * m.d_model
+    # q, k of the linear branch (f a head); q, k of the window (head_dim a head); the shared v; o; the conv
+    return 2 * m.d_model * h * f + 2 * m.d_model * h * hd + m.d_model * h * hd + h * hd * m.d_model \
+        + (m.based.conv + 1) * conv_channels(m)
+
+
+def linear_flops(m, context: int, causal: bool = False) -> float:
+    """Per token, the chunked linear branch alone (scaling.ops.based, as ``scaling bench ops`` times it)."""
+    h, hd, f = dims(m)
+    c, pad, _ = chunk_pad(context, m.based.chunk_size)
+    keys = mean_keys(c, None, causal)
+    D = feature_dim(f)
+    return pad * 2.0 * h * (keys * (f + hd + 1) + 2 * D * (hd + 1) + 2 * D)
 
 
 def flops(m, context: int, causal: bool = False) -> dict[str, float]:
@@ -59,12 +78,9 @@ def flops(m, context: int, causal: bool = False) -> dict[str, float]:
     features (multiply-adds, scaling/ops/based.py); the window's scores and values over the keys its blocked form
     computes (``causal``: the keys in view, :func:`scaling.mixers.base.mean_keys`; the intra block likewise
     halved)."""
-    h, hd, f = dims(m)
-    weights = 2.0 * params(m)
-    c, pad, _ = chunk_pad(context, m.based.chunk_size)
-    keys = mean_keys(c, None, causal)
-    D = feature_dim(f)
-    linear = pad * 2.0 * h * (keys * (f + hd + 1) + 2 * D * (hd + 1) + 2 * D)
+    h, hd, _ = dims(m)
+    weights = 2.0 * (params(m) - (m.based.conv + 1) * conv_channels(m)) + 2.0 * m.based.conv * conv_channels(m)
+    linear = linear_flops(m, context, causal)
     # the blocked window form computes window_keys a query, padded to whole blocks; ``causal``: the keys in view
     if causal:
         window = 2.0 * 2 * mean_keys(context, m.based.window, True) * h * hd
@@ -76,7 +92,8 @@ def flops(m, context: int, causal: bool = False) -> dict[str, float]:
 
 def state(m, context: int) -> dict[str, int]:
     h, hd, f = dims(m)
-    return recurrent_state(m, h * feature_dim(f) * (hd + 1), 2 * min(context, m.based.window) * h * hd)
+    window = 2 * min(context, m.based.window) * h * hd
+    return recurrent_state(m, h * feature_dim(f) * (hd + 1), window + max(m.based.conv - 1, 0) * conv_channels(m))
 
 
 SPEC = MixerSpec("B", "based", defaults, validate, params, flops, state,

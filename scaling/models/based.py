@@ -2,7 +2,8 @@
 
 Two branches on one input, summed before the out-projection: Based's Taylor linear attention, with q and k
 projected to ``feature_dim`` per head (no RoPE: the features see raw dot products), and a sliding-window causal
-softmax attention over the last ``window`` tokens with its own q and k (RoPE). Both read the same v. Decode state:
+softmax attention over the last ``window`` tokens with its own q and k (RoPE). Both read the same v. Optionally a
+short causal conv (based.conv) over the linear branch's q, k and the shared v. Decode state:
 the linear branch's BasedState and the window's ring KV cache, in one BasedLayerState.
 """
 
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from scaling.models.layers import dense, dtypes, rope
+from scaling.models.layers import conv_params, dense, dtypes, rope, short_conv
 from scaling.ops.attention import KVCache, attention, init_kv_cache
 from scaling.ops.based import BasedState, based, based_feature_dim
 from scaling.ops.window_attention import sliding_window_attention
@@ -26,10 +27,12 @@ class BasedLayerState(NamedTuple):
     k: jax.Array  # [batch, window, heads, head_dim]: the window's ring of keys
     v: jax.Array  # [batch, window, heads, head_dim]: and values
     pos: jax.Array  # int32 []: tokens written to the ring
+    conv: jax.Array  # [batch, max(conv - 1, 0), heads * (2 feature_dim + head_dim)]: the short conv's last inputs
 
 
 class Based(nnx.Module):
-    """Config: model.based.{n_heads, feature_dim, chunk_size, window, rope_theta}; head_dim = d_model / n_heads."""
+    """Config: model.based.{n_heads, feature_dim, chunk_size, window, rope_theta, conv}; head_dim = d_model /
+    n_heads."""
 
     state_types = (BasedLayerState,)  # the decode states it returns (scaling.inference saves them by name)
 
@@ -46,20 +49,31 @@ class Based(nnx.Module):
         self.k = dense(m, m.d_model, inner, rngs)
         self.v = dense(m, m.d_model, inner, rngs)
         self.o = dense(m, inner, m.d_model, rngs, std=out_std)
+        self.d_conv, self.conv_channels = s.conv, self.n_heads * (2 * self.f + self.head_dim)
+        if s.conv:  # a short causal conv over q_f, k_f and v (as power retention's retention.conv)
+            self.conv_w, self.conv_b = conv_params(s.conv, self.conv_channels, rngs, dtypes(m)[1])
 
     def init_state(self, batch: int, max_len: int):
         D = based_feature_dim(self.f)
         cache = init_kv_cache(batch, max_len, self.n_heads, self.head_dim, dtype=self.dtype, window=self.window)
         return BasedLayerState(S=jnp.zeros((batch, self.n_heads, D, self.head_dim), jnp.float32),
                                z=jnp.zeros((batch, self.n_heads, D), jnp.float32), k=cache.k, v=cache.v,
-                               pos=cache.pos)
+                               pos=cache.pos,
+                               conv=self._conv_zeros(batch))
+
+    def _conv_zeros(self, batch: int):
+        return jnp.zeros((batch, max(self.d_conv - 1, 0), self.conv_channels), self.dtype)
 
     def __call__(self, x, positions, state=None, *, decode: bool = False, segment_ids=None):
         """x [batch, time, d_model] -> y (and the new BasedLayerState if state is given)."""
         b, t, _ = x.shape
         h, hd = self.n_heads, self.head_dim
-        v = self.v(x).reshape(b, t, h, hd)
-        qf, kf = (p(x).reshape(b, t, h, self.f) for p in (self.q_f, self.k_f))
+        qf, kf, v = self.q_f(x), self.k_f(x), self.v(x)
+        new_conv = self._conv_zeros(b) if state is None else state.conv
+        if self.d_conv:
+            (qf, kf, v), new_conv = short_conv([qf, kf, v], new_conv, self.conv_w[...], self.conv_b[...],
+                                               segment_ids)
+        qf, kf, v = qf.reshape(b, t, h, self.f), kf.reshape(b, t, h, self.f), v.reshape(b, t, h, hd)
         out = based(qf, kf, v, form="recurrent" if decode else "chunked", chunk_size=self.chunk_size,
                     initial_state=None if state is None else BasedState(state.S, state.z),
                     return_state=state is not None, segment_ids=segment_ids)
@@ -74,4 +88,4 @@ class Based(nnx.Module):
         y = self.o((lin.astype(self.dtype) + win.astype(self.dtype)).reshape(b, t, h * hd))
         if state is None:
             return y
-        return y, BasedLayerState(S=lin_state.S, z=lin_state.z, k=cache.k, v=cache.v, pos=cache.pos)
+        return y, BasedLayerState(S=lin_state.S, z=lin_state.z, k=cache.k, v=cache.v, pos=cache.pos, conv=new_conv)

@@ -104,6 +104,14 @@ def causal_conv(x, conv_state, w, b, segment_ids=None):
     return y, jnp.where((run_full[:, t:] == run[:, -1:])[..., None], full[:, t:], 0)
 
 
+def short_conv(parts, conv_state, w, b, segment_ids=None):
+    """:func:`causal_conv` over the concatenation of projections ``parts`` (each [batch, time, c_i]), split back:
+    (the convolved parts, the new conv state)."""
+    h, new_state = causal_conv(jnp.concatenate(parts, axis=-1), conv_state, w, b, segment_ids)
+    edges = [sum(p.shape[-1] for p in parts[: i + 1]) for i in range(len(parts) - 1)]
+    return jnp.split(h, edges, axis=-1), new_state
+
+
 def decay_params(n_heads: int, dt_min: float, dt_max: float, a_init_range, rngs: nnx.Rngs,
                  param_dtype) -> tuple[nnx.Param, nnx.Param]:
     """(dt_bias, A_log) [n_heads] of Mamba-2's decay -exp(A_log) softplus(. + dt_bias): dt starts log-uniform in

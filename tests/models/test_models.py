@@ -30,7 +30,7 @@ VARIANTS = {
                        "model.retention.n_kv_heads=4"],
     "mamba": ["model.pattern='M'", "model.mamba.n_groups=2"],
     "hybrid": ["model.pattern='MRA'", "model.n_layers=3", "model.retention.n_heads=8"],
-    "gla": ["model.pattern='G'", "model.gla.gate_rank=4"],
+    "gla": ["model.pattern='G'", "model.gla.gate_rank=4", "model.gla.conv=4"],
     "based": ["model.pattern='B'", "model.based.feature_dim=4", "model.based.window=5", "model.based.chunk_size=8"],
     "gated_delta": ["model.pattern='D'", "model.gated_delta.n_heads=2"],
     "untied": ["model.pattern='RA'", "model.tie_embeddings=False", "model.retention.n_heads=8"],

@@ -44,10 +44,10 @@ VARIANTS = {
     "R_conv": ["model.pattern='R'", "model.retention.conv=4", "model.n_layers=1"],
     "M": ["model.pattern='M'", "model.mamba.n_groups=2"],
     "hybrid_MRA": ["model.pattern='MRA'", "model.n_layers=3"],
-    "G": ["model.pattern='G'"],
+    "G": ["model.pattern='G'", "model.gla.conv=3"],
     "D": ["model.pattern='D'", "model.n_layers=1"],
     "B": ["model.pattern='B'", "model.n_layers=1", "model.based.feature_dim=4", "model.based.window=3",
-          "model.based.chunk_size=4"],
+          "model.based.conv=4", "model.based.chunk_size=4"],
 }
 
 
