@@ -108,13 +108,22 @@ def _convert(args) -> int:
     from scaling.convert_run import convert_run
 
     cfg, step = convert_run(args.workdir, args.out, to=args.to, overrides=args.set)
-    r = cfg.model.retention
-    print(f"converted {args.workdir} (checkpoint step {step}) -> {args.out}: pattern {cfg.model.pattern} x "
-          f"{cfg.model.n_layers}, power retention p={r.p}, {r.n_heads} heads ({r.n_kv_heads} kv), gate started "
-          f"at {r.gate_init}; q/k/v/o and every other weight copied")
-    if cfg.model.attention.window:
-        print(f"note: the source attention had a window of {cfg.model.attention.window} tokens; power retention "
-              "has none (its gate decays instead)")
+    m = cfg.model
+    if args.to == "R":
+        r = m.retention
+        what = (f"power retention p={r.p}, {r.n_heads} heads ({r.n_kv_heads} kv), gate started at {r.gate_init}; "
+                "q/k/v/o and every other weight copied")
+    elif args.to == "G":
+        what = (f"GLA, {m.gla.n_heads} heads; q/k/v/o and every other weight copied, the gates and head norm "
+                "initialised (GLA has no RoPE)")
+    else:
+        what = (f"Based, {m.based.n_heads} heads, window {m.based.window}, feature_dim {m.based.feature_dim}; "
+                "q/k/v/o copied into the window branch, the Taylor branch's q and k initialised")
+    print(f"converted {args.workdir} (checkpoint step {step}) -> {args.out}: pattern {m.pattern} x {m.n_layers}, "
+          f"{what}")
+    if m.attention.window and args.to != "B":
+        print(f"note: the source attention had a window of {m.attention.window} tokens; the new mixer has none "
+              "(its gate decays instead)")
     print(f"retrain it: scaling train {args.out}   (add --set train.steps=N ... and --workdir for a new run)")
     return 0
 
@@ -272,13 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_generate)
 
     cv = sub.add_parser("convert", help="metamorphosis: turn a trained transformer's attention layers into power "
-                        "retention with the same weights, as a new run workdir to retrain",
+                        "retention, GLA or Based with the same weights, as a new run workdir to retrain",
                         description="Take WORKDIR's newest checkpoint, swap each attention layer (A) for power "
-                        "retention (R) with the same q/k/v/o weights and a gate started near 1, and write NEWDIR: "
-                        "config.json (train.init_from = WORKDIR) and a step-0 checkpoint. `scaling train NEWDIR` "
-                        "then retrains all weights.", epilog=EPILOG)
+                        "retention (R, gate started near 1), GLA (G) or Based (B, q/k/v/o become its window "
+                        "branch) with the same q/k/v/o weights, and write NEWDIR: config.json (train.init_from = "
+                        "WORKDIR) and a step-0 checkpoint. `scaling train NEWDIR` then retrains all weights.",
+                        epilog=EPILOG)
     cv.add_argument("workdir", help="a run directory written by `scaling train` (with a checkpoint)")
-    cv.add_argument("--to", required=True, help="the mixer letter to convert attention into: R")
+    cv.add_argument("--to", required=True, help="the mixer letter to convert attention into: R (power retention), "
+                    "G (GLA) or B (Based)")
     cv.add_argument("--out", required=True, help="the new run directory (must not exist, or be empty)")
     cv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a field of the converted config, e.g. model.retention.p=4, train.steps=500")

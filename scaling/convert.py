@@ -1,20 +1,28 @@
-"""Metamorphosis: a trained transformer's attention layers become power retention layers with the same weights.
+"""Metamorphosis: a trained transformer's attention layers become another mixer's layers with the same weights.
 
-Attention and power retention share their q/k/v/o projections (``scaling.models.layers.QKVO``: the same
-parameter names, shapes, RoPE and 1/sqrt(head_dim) score scale), so converting a layer keeps every weight
-and adds only the retention gate, initialised to a constant near 1 (kernel 0, bias logit(gate_init)), and
-the optional short conv (``retention.conv``) as the identity. With
-the gate at exactly 1 and p = 2, a converted layer computes power attention, softmax's exp(s) replaced by
-s^2 and normalised by the row sum, on the transformer's own q, k and v; retraining all weights then
-recovers the transformer's loss (Manifest AI's PowerCoder and Brumby "metamorphosis").
+Attention, power retention and GLA share their q/k/v/o projections (``scaling.models.layers.QKVO``: the same
+parameter names and shapes), and Based's sliding-window branch has attention's q/k/v/o under its own names, so
+converting a layer keeps every weight and adds only what the target has beside them (:data:`TARGETS`):
 
-- :func:`convert_config` maps a run config: pattern letters A -> R, the retention heads and RoPE copied
-  from the attention section, the rest of the retention section (p, chunk size, gate_init) as configured.
+- R, power retention: the gate, initialised to a constant near 1 (kernel 0, bias logit(gate_init)), and the
+  optional short conv (``retention.conv``) as the identity. With the gate at exactly 1 and p = 2, a converted
+  layer computes power attention, softmax's exp(s) replaced by s^2 and normalised by the row sum, on the
+  transformer's own q, k and v; retraining all weights then recovers the transformer's loss (Manifest AI's
+  PowerCoder and Brumby "metamorphosis").
+- G, GLA: the low-rank gate, the output gate and the head norm, from GLA's own initialisation; GLA has no RoPE,
+  so the kept q and k lose their rotation (the source needs n_kv_heads = n_heads).
+- B, Based: the Taylor branch's q and k (feature_dim a head), from Based's initialisation; attention's q/k/v/o
+  become the window branch's (RoPE kept; n_kv_heads = n_heads), so with the Taylor branch's output removed a
+  converted layer is attention restricted to the window.
+
+- :func:`convert_config` maps a run config: pattern letters A -> the target, the target's heads (and RoPE)
+  copied from the attention section, the rest of its section as configured.
 - :func:`convert_params` maps parameters by name: every parameter of the new model is the source's
-  parameter of the same name and shape, except the gates of converted layers; anything else is an error.
+  parameter of the same name (or the target's renamed one) and shape, except the target's own; anything
+  else is an error.
 - ``train.init_from`` converts at the start of a run (scaling.train.init_params_from, with
   :func:`resolve_init_from` and :func:`convert_params`).
-- ``scaling convert WORKDIR --to R --out NEWDIR`` (scaling.convert_run) writes a new run workdir: the
+- ``scaling convert WORKDIR --to R|G|B --out NEWDIR`` (scaling.convert_run) writes a new run workdir: the
   converted config (``train.init_from`` = the source) and a step-0 checkpoint, so ``scaling train NEWDIR``
   retrains it.
 
@@ -24,6 +32,7 @@ This module needs no training code (scaling.train imports it); what reads or wri
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -35,49 +44,98 @@ from flax import nnx
 
 from scaling import config as _config
 
-TARGETS = {"R": "power retention"}
 SOURCE = "A"  # the mixer whose weights a target takes
-_SHARED = ("n_heads", "n_kv_heads", "rope", "rope_theta")  # must agree for the q/k/v/o weights to fit
 _LAYER = re.compile(r"^\['blocks'\]\[(\d+)\]")
 RUN_PREFIX = "run:"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A mixer that takes attention's q/k/v/o weights.
+
+    ``copy``: (target field, attention field) pairs that must agree for the weights to fit, copied from the
+    source's attention section; ``require``: (attention field, value, why) the source must have; ``rename``:
+    (target parameter, attention parameter) under ``['mixer']`` where the names differ; every other parameter of
+    a converted layer that attention lacks starts from the target model's own initialisation (seed
+    ``train.seed``), except power retention's gate (:func:`_gate_init`) and a short conv (the identity,
+    :func:`_conv_identity`).
+    """
+
+    letter: str
+    section: str
+    name: str
+    copy: tuple[tuple[str, str], ...]
+    require: tuple[tuple[str, object, str], ...] = ()
+    rename: tuple[tuple[str, str], ...] = ()
+
+
+TARGETS = {t.letter: t for t in (
+    Target("R", "retention", "power retention",
+           copy=(("n_heads", "n_heads"), ("n_kv_heads", "n_kv_heads"), ("rope", "rope"), ("rope_theta", "rope_theta"))),
+    Target("G", "gla", "gated linear attention (no RoPE: the kept q and k lose their rotation)",
+           copy=(("n_heads", "n_heads"),),
+           require=(("n_kv_heads", "n_heads", "GLA has one k and v head per q head"),)),
+    Target("B", "based", "Based (attention's q/k/v/o become its sliding-window branch)",
+           copy=(("n_heads", "n_heads"), ("rope_theta", "rope_theta")),
+           require=(("n_kv_heads", "n_heads", "Based has one k and v head per q head"),
+                    ("rope", True, "Based's window branch uses RoPE")),
+           rename=(("['q']", "['proj']['q']"), ("['k']", "['proj']['k']"), ("['v']", "['proj']['v']"),
+                   ("['o']", "['proj']['o']"))),
+)}
 
 
 class ConversionError(_config.ConfigError):
     """A conversion cannot be done; the message names the field, parameter or path and why."""
 
 
-def convert_config(src_cfg, to: str = "R", overrides=()):
-    """The run config of ``src_cfg`` with every attention layer turned into ``to`` (only "R").
-
-    ``overrides`` (``"model.retention.p=4"`` strings or (key, value) pairs) apply after the conversion; they
-    may not change the retention heads or RoPE away from the attention's. Raises ConversionError.
-    """
+def _target(to: str) -> Target:
     if to not in TARGETS:
         raise ConversionError(f"--to {to!r}: must be one of {', '.join(TARGETS)} ("
-                              + ", ".join(f"{k}: {v}" for k, v in TARGETS.items())
+                              + ", ".join(f"{k}: {v.name.split(' (')[0]}" for k, v in TARGETS.items())
                               + "), the mixers that take attention's q/k/v/o weights")
+    return TARGETS[to]
+
+
+def _check_source(m, t: Target) -> None:
+    for key, want, why in t.require:
+        value = m.attention[want] if isinstance(want, str) and want in m.attention else want
+        if m.attention[key] != value:
+            shown = f"model.attention.{want} = {value!r}" if isinstance(want, str) else repr(want)
+            raise ConversionError(f"model.attention.{key} = {m.attention[key]!r}: must equal {shown} to convert "
+                                  f"to {t.letter} ({why})")
+
+
+def convert_config(src_cfg, to: str = "R", overrides=()):
+    """The run config of ``src_cfg`` with every attention layer turned into ``to`` (a letter of :data:`TARGETS`).
+
+    ``overrides`` (``"model.retention.p=4"`` strings or (key, value) pairs) apply after the conversion; they
+    may not change the target's heads or RoPE away from the attention's. Raises ConversionError.
+    """
+    t = _target(to)
     m = src_cfg.model
     pattern = _config.layer_pattern(m)
     if SOURCE not in pattern:
         raise ConversionError(f"model.pattern = {m.pattern!r}: the source has no attention layer (A) to convert")
+    _check_source(m, t)
+    sec = t.section
     if to in pattern:
-        for key in _SHARED:
-            if m.retention[key] != m.attention[key]:
+        for key, akey in t.copy:
+            if m[sec][key] != m.attention[akey]:
                 raise ConversionError(
-                    f"model.retention.{key} = {m.retention[key]!r}: the source's own {to} layers use it, but its "
-                    f"attention layers have model.attention.{key} = {m.attention[key]!r}; one retention section "
+                    f"model.{sec}.{key} = {m[sec][key]!r}: the source's own {to} layers use it, but its "
+                    f"attention layers have model.attention.{akey} = {m.attention[akey]!r}; one {sec} section "
                     "cannot serve both, so this model cannot be converted")
     cfg = copy.deepcopy(src_cfg)
     cfg.model.pattern = m.pattern.replace(SOURCE, to)
-    for key in _SHARED:
-        cfg.model.retention[key] = m.attention[key]
+    for key, akey in t.copy:
+        cfg.model[sec][key] = m.attention[akey]
     cfg.model.name = f"{m.name}-to-{to}"
     _config.apply_overrides(cfg, overrides)
-    for key in _SHARED:
-        if cfg.model.retention[key] != m.attention[key]:
+    for key, akey in t.copy:
+        if cfg.model[sec][key] != m.attention[akey]:
             raise ConversionError(
-                f"model.retention.{key} = {cfg.model.retention[key]!r}: must equal the source's "
-                f"model.attention.{key} = {m.attention[key]!r} for its q/k/v/o weights to fit")
+                f"model.{sec}.{key} = {cfg.model[sec][key]!r}: must equal the source's "
+                f"model.attention.{akey} = {m.attention[akey]!r} for its q/k/v/o weights to fit")
     if _config.layer_pattern(cfg.model) != _config.layer_pattern(m).replace(SOURCE, to):
         raise ConversionError(f"model.pattern / model.n_layers: overrides changed the layer pattern to "
                               f"{_config.layer_pattern(cfg.model)!r}; a conversion keeps the source's layers")
@@ -92,17 +150,28 @@ def _gate_init(path: str, like, gate_init: float):
 
 
 def _conv_identity(path: str, like):
-    """A converted layer's short conv (retention.conv > 0) starts as the identity: the last tap 1, bias 0."""
+    """A converted layer's short conv (retention.conv, gla.conv or based.conv > 0) starts as the identity: the last
+    tap 1, bias 0."""
     zeros = jnp.zeros(like.shape, like.dtype)
     return zeros.at[-1].set(1) if "['conv_w']" in path else zeros
+
+
+def _source_path(path: str, layer: str, t: Target) -> str:
+    """The attention parameter a converted layer's ``path`` takes (itself unless the target renames it)."""
+    mixer = f"{layer}['mixer']"
+    for dst, src in t.rename:
+        if path.startswith(mixer + dst + "["):
+            return mixer + src + path[len(mixer + dst):]
+    return path
 
 
 def convert_params(src_cfg, src_params, dst_cfg):
     """The parameters of ``dst_cfg``'s model from a source model's parameters (an ``nnx.State`` of Params).
 
-    Layers keep their mixer or turn from attention (A) into power retention (R). Raises ConversionError
-    naming the parameter when a shape or dtype differs, a parameter has no source, or a source parameter
-    would be dropped.
+    Layers keep their mixer or turn from attention (A) into a target of :data:`TARGETS`. A converted layer's
+    parameters that attention lacks start from the target's initialisation (power retention: gate near 1, conv
+    the identity). Raises ConversionError naming the parameter when a shape or dtype differs, a parameter of a
+    kept layer has no source, or a source parameter would be dropped.
     """
     from scaling.checkpoint import flat_tree, unflat_tree
     from scaling.models import build
@@ -111,31 +180,46 @@ def convert_params(src_cfg, src_params, dst_cfg):
     if len(src_pat) != len(dst_pat):
         raise ConversionError(f"model.n_layers = {dst_cfg.model.n_layers}: the source has {len(src_pat)} layers")
     for i, (a, b) in enumerate(zip(src_pat, dst_pat, strict=True)):
-        if a != b and (a, b) != (SOURCE, "R"):
+        if a != b and not (a == SOURCE and b in TARGETS):
             raise ConversionError(f"model.pattern: layer {i} is {a!r} in the source and {b!r} here; layers keep "
-                                  f"their mixer or turn from A (attention) into R (power retention)")
-    # Built abstractly: only the structure, shapes and dtypes of the target are needed.
+                                  f"their mixer or turn from A (attention) into one of {', '.join(TARGETS)}")
+    # Built abstractly: only the structure, shapes and dtypes of the target are needed, unless a converted layer
+    # has parameters of its own to initialise (and the source is concrete).
     dst_like = nnx.state(nnx.eval_shape(lambda: build(dst_cfg.model)), nnx.Param)
     src_flat, dst_flat = flat_tree(src_params), flat_tree(dst_like)
+    abstract = any(isinstance(a, jax.ShapeDtypeStruct) for a in src_flat.values())
+    fresh = None
     out, used = {}, set()
     for path, like in dst_flat.items():
         layer = _LAYER.match(path)
-        converted = layer is not None and src_pat[int(layer.group(1))] != dst_pat[int(layer.group(1))]
-        if converted and path.startswith(f"{layer.group(0)}['mixer']['gate']"):
-            out[path] = _gate_init(path, like, dst_cfg.model.retention.gate_init)
-            continue
-        if converted and path.startswith((f"{layer.group(0)}['mixer']['conv_w']",
-                                          f"{layer.group(0)}['mixer']['conv_b']")):
-            out[path] = _conv_identity(path, like)
-            continue
-        if path not in src_flat:
+        i = None if layer is None else int(layer.group(1))
+        if i is None or src_pat[i] == dst_pat[i]:
+            src_path = path
+        else:
+            t, mixer = TARGETS[dst_pat[i]], f"{layer.group(0)}['mixer']"
+            src_path = _source_path(path, layer.group(0), t)
+            if t.letter == "R" and path.startswith(f"{mixer}['gate']"):
+                out[path] = _gate_init(path, like, dst_cfg.model.retention.gate_init)
+                continue
+            if path.startswith((f"{mixer}['conv_w']", f"{mixer}['conv_b']")):  # any target's short conv
+                out[path] = _conv_identity(path, like)
+                continue
+            if src_path not in src_flat and path.startswith(mixer):  # the target's own: its initialisation
+                if abstract:
+                    out[path] = like
+                    continue
+                if fresh is None:
+                    fresh = flat_tree(nnx.state(build(dst_cfg.model, seed=int(dst_cfg.train.seed)), nnx.Param))
+                out[path] = jnp.asarray(fresh[path])
+                continue
+        if src_path not in src_flat:
             raise ConversionError(f"parameter {path} of the new model has no counterpart in the source model")
-        a = src_flat[path]
+        a = src_flat[src_path]
         if tuple(a.shape) != tuple(like.shape) or np.dtype(a.dtype) != np.dtype(like.dtype):
             raise ConversionError(f"parameter {path}: the source's is {np.dtype(a.dtype)}{list(a.shape)}, the new "
                                   f"model needs {np.dtype(like.dtype)}{list(like.shape)}")
         out[path] = a if isinstance(a, jax.ShapeDtypeStruct) else jnp.asarray(a)
-        used.add(path)
+        used.add(src_path)
     dropped = sorted(set(src_flat) - used)
     if dropped:
         raise ConversionError(f"the conversion would drop {len(dropped)} source parameter(s), e.g. {dropped[0]}")

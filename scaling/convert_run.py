@@ -1,4 +1,4 @@
-"""``scaling convert WORKDIR --to R --out NEWDIR``: a new run directory holding a trained run converted.
+"""``scaling convert WORKDIR --to R|G|B --out NEWDIR``: a new run directory holding a trained run converted.
 
 The conversion itself (configs, parameters) is scaling.convert; this writes its result as a run that
 ``scaling train NEWDIR`` continues: config.json (the converted config, ``train.init_from`` = the source), a step-0
@@ -14,7 +14,7 @@ from flax import nnx
 
 from scaling import config as _config
 from scaling import rundir
-from scaling.convert import ConversionError, convert_config, convert_params
+from scaling.convert import TARGETS, ConversionError, convert_config, convert_params
 
 
 def convert_run(workdir, out, to: str = "R", overrides=()) -> tuple:
@@ -50,5 +50,6 @@ def convert_run(workdir, out, to: str = "R", overrides=()) -> tuple:
     rundir.write_config(out, rundir.run_id(cfg), _config.to_dict(cfg))
     (out / "converted.json").write_text(json.dumps(
         {"source": str(workdir), "source_step": step, "source_pattern": src_cfg.model.pattern,
-         "pattern": cfg.model.pattern, "to": to, "gate_init": cfg.model.retention.gate_init}, indent=2))
+         "pattern": cfg.model.pattern, "to": to, TARGETS[to].section: cfg.model[TARGETS[to].section].to_dict()},
+        indent=2))
     return cfg, step

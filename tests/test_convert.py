@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -102,7 +103,7 @@ def test_conversion_with_a_short_conv_starts_it_as_the_identity():
 
 def test_conversion_errors_name_the_problem():
     src_cfg = config.load(None, SRC)
-    with pytest.raises(ConversionError, match="--to 'M': must be one of R"):
+    with pytest.raises(ConversionError, match="--to .M.: must be one of R, G, B"):
         convert_config(src_cfg, "M")
     with pytest.raises(ConversionError, match="model.retention.n_kv_heads = 4: must equal the source's "
                                               "model.attention.n_kv_heads = 2"):
@@ -160,3 +161,85 @@ def test_convert_run_then_train_continues(tmp_path):
     bad = config.load(None, SRC + TRAIN + ["model.pattern='R'", "train.init_from='/nonexistent/run'"])
     with pytest.raises(FileNotFoundError, match="train.init_from = '/nonexistent/run'"):
         train(bad, tmp_path / "bad", progress=False)
+
+
+MHA = [f for f in SRC if "n_kv_heads" not in f] + ["model.attention.n_kv_heads=4", "model.based.window=8",
+                                                    "model.based.chunk_size=8", "model.gla.chunk_size=8"]
+
+
+def _convert_to(to, seed=5):
+    src_cfg = config.load(None, MHA + ["train.seed=11"])
+    src = build(src_cfg.model, seed=seed)
+    dst_cfg = convert_config(src_cfg, to)
+    params = convert_params(src_cfg, nnx.state(src, nnx.Param), dst_cfg)
+    return src_cfg, src, dst_cfg, nnx.merge(nnx.graphdef(build(dst_cfg.model)), params)
+
+
+@pytest.mark.parametrize("to,renamed", [("G", {}), ("B", {f"['{p}']": f"['proj']['{p}']" for p in "qkvo"})])
+def test_gla_and_based_keep_every_attention_weight_and_initialise_their_own(to, renamed):
+    """Every source parameter lands unchanged (Based's window branch takes q/k/v/o under its own names); the
+    target's own parameters are exactly those of its model initialised from train.seed."""
+    src_cfg, src, dst_cfg, dst = _convert_to(to)
+    assert dst_cfg.model.pattern == to and dst_cfg.model[("gla" if to == "G" else "based")].n_heads == 4
+    s, d = flat_tree(nnx.state(src, nnx.Param)), flat_tree(nnx.state(dst, nnx.Param))
+    init = flat_tree(nnx.state(build(dst_cfg.model, seed=11), nnx.Param))
+    taken = set()
+    for key, value in d.items():
+        src_key = key
+        for new, old in renamed.items():
+            src_key = src_key.replace(f"['mixer']{new}", f"['mixer']{old}")
+        if src_key in s:
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(s[src_key]))
+            taken.add(src_key)
+        else:
+            assert "['mixer']" in key, key
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(init[key]))
+    assert taken == set(s)  # nothing dropped
+    own = {re.search(r"\['mixer'\]\['(\w+)'\]", k).group(1) for k in d
+           if "['mixer']" in k and k not in s and not any(f"['mixer']{n}" in k for n in renamed)}
+    assert own == ({"gate_down", "gate_up", "out_gate", "norm_w"} if to == "G" else {"q_f", "k_f"})
+
+
+def test_converted_based_is_windowed_attention_plus_its_taylor_branch():
+    """A converted Based layer = the source attention restricted to based.window (RoPE kept) plus the
+    out-projection of its new Taylor branch."""
+    from scaling.ops.based import based
+
+    src_cfg, src, dst_cfg, dst = _convert_to("B")
+    win_cfg = config.load(None, MHA + ["model.attention.window=8"])
+    windowed = nnx.merge(nnx.graphdef(build(win_cfg.model)), nnx.state(src, nnx.Param))
+    x = jax.random.normal(jax.random.key(2), (2, 29, 32))
+    pos = jnp.arange(29)
+    for w_blk, d_blk in zip(windowed.blocks, dst.blocks, strict=True):
+        mix = d_blk.mixer
+        qf, kf = (p(x).reshape(2, 29, 4, mix.f) for p in (mix.q_f, mix.k_f))
+        lin = based(qf, kf, mix.v(x).reshape(2, 29, 4, 8), form="parallel")
+        got = mix(x, pos) - mix.o(lin.reshape(2, 29, 32))
+        assert rel_err(got, w_blk.mixer(x, pos)) < 1e-5
+
+
+def test_converted_gla_computes_on_the_source_projections_without_rope():
+    src_cfg, src, _, dst = _convert_to("G")
+    x = jax.random.normal(jax.random.key(3), (1, 13, 32))
+    for s_blk, d_blk in zip(src.blocks, dst.blocks, strict=True):
+        q, k, v = d_blk.mixer.proj.qkv(x, jnp.arange(13))
+        for got, want in zip((q, k, v), s_blk.mixer.proj.project(x), strict=True):
+            np.testing.assert_array_equal(np.asarray(got.reshape(1, 13, 32)), np.asarray(want))
+    assert np.isfinite(np.asarray(dst(jnp.zeros((1, 13), jnp.int32)))).all()
+
+
+def test_gla_and_based_conversion_errors_name_the_field():
+    gqa = config.load(None, SRC)  # n_kv_heads = 2 < n_heads = 4
+    with pytest.raises(ConversionError, match=r"model.attention.n_kv_heads = 2: must equal "
+                                              r"model.attention.n_heads = 4 to convert to G \(GLA has one k"):
+        convert_config(gqa, "G")
+    with pytest.raises(ConversionError, match="to convert to B"):
+        convert_config(gqa, "B")
+    no_rope = config.load(None, MHA + ["model.attention.rope=False"])
+    with pytest.raises(ConversionError, match=r"model.attention.rope = False: must equal True to convert to B"):
+        convert_config(no_rope, "B")
+    ok = config.load(None, MHA)
+    with pytest.raises(ConversionError, match="model.based.n_heads = 2: must equal the source's"):
+        convert_config(ok, "B", ["model.based.n_heads=2"])
+    with pytest.raises(ConversionError, match="--to 'M': must be one of R, G, B"):
+        convert_config(ok, "M")
