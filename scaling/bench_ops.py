@@ -1,6 +1,7 @@
 """``scaling bench ops`` and ``scaling bench kernels``: the mixer ops side by side (see scaling.bench's doc).
 
-- ``ops``: power retention and Mamba-2 SSD, chunked against parallel, and causal softmax attention, blockwise
+- ``ops``: power retention, Mamba-2 SSD, GLA, Gated DeltaNet and Based's linear branch (feature_dim 16), chunked
+  against parallel, and causal softmax attention, blockwise
   (flash-style, scaling.ops.attention_blockwise) against parallel, at T = 1k..16k. Attention rows always carry
   forward+backward time and the compiled programs' temporary memory (XLA memory analysis); a parallel form whose
   [T, T] scores exceed ``max_gib`` is compiled (its memory reported) but not run.
@@ -26,7 +27,9 @@ from scaling.bench_util import (
 )
 from scaling.mixers import SPECS
 
-OPS = ("power_retention", "ssd", "attention")
+OPS = ("power_retention", "ssd", "attention", "gla", "gated_delta", "based")
+LETTERS = {"power_retention": "R", "ssd": "M", "attention": "A", "gla": "G", "gated_delta": "D", "based": "B"}
+BASED_FEATURE_DIM = 16  # Based's q and k per head (the paper's): the op's own shape, not head_dim
 OPS_CONTEXTS = (1024, 2048, 4096, 8192, 16384)
 
 # ---------------------------------------------------------------------------------------------------------
@@ -36,8 +39,11 @@ OPS_CONTEXTS = (1024, 2048, 4096, 8192, 16384)
 
 def _op_cfg(op: str, heads: int, head_dim: int, d_state: int, chunk: int, p: int):
     """A one-layer model config whose mixer has exactly the op's shape (for its FLOP count)."""
-    letter = {"power_retention": "R", "ssd": "M", "attention": "A"}[op]
+    letter = LETTERS[op]
     return config.load(None, [f"model.pattern='{letter}'", "model.n_layers=1", f"model.d_model={heads * head_dim}",
+                              *(f"model.{sec}.n_heads={heads}" for sec in ("gla", "gated_delta", "based")),
+                              *(f"model.{sec}.chunk_size={chunk}" for sec in ("gla", "gated_delta", "based")),
+                              f"model.based.feature_dim={BASED_FEATURE_DIM}",
                               f"model.retention.n_heads={heads}", f"model.retention.n_kv_heads={heads}",
                               f"model.retention.p={p}", f"model.retention.chunk_size={chunk}",
                               f"model.retention.normalize='{'sum' if p % 2 == 0 else 'rmsnorm'}'",
@@ -49,12 +55,31 @@ def _op_cfg(op: str, heads: int, head_dim: int, d_state: int, chunk: int, p: int
 def op_flops_per_token(op: str, context: int, **shape) -> float:
     """Forward FLOPs per token of the op alone: the mixer's state term in the accounting."""
     cfg = _op_cfg(op, **shape)
+    if op == "based":  # the linear branch alone: the layer's window attention is another op
+        from scaling.mixers.based import linear_flops
+
+        return linear_flops(cfg.model, context)
     return SPECS[cfg.model.pattern].flops(cfg.model, context)["state"]
 
 
 def _op_fn(op: str, backend: str, shape: dict, form: str = "chunked"):
     from scaling.models.kernels import power_retention, ssd
     from scaling.ops import attention
+    from scaling.ops.based import based
+    from scaling.ops.gated_delta import gated_delta_rule
+    from scaling.ops.gla import gla
+
+    c = shape["chunk"]
+    if op == "gla":  # a gate per key channel: log_g broadcast over the channels
+        return lambda q, k, v, lg, dt, A, B, C: gla(q, k, v, jnp.broadcast_to(lg[..., None], q.shape), form=form,
+                                                    chunk_size=c)
+    if op == "gated_delta":  # the layer's L2-normalised q and k; write strengths beta = exp(log_g) in (0, 1)
+        unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+        return lambda q, k, v, lg, dt, A, B, C: gated_delta_rule(unit(q), unit(k), v, jnp.exp(lg), lg, form=form,
+                                                                 chunk_size=c)
+    if op == "based":  # q and k at the layer's feature_dim
+        f = BASED_FEATURE_DIM
+        return lambda q, k, v, lg, dt, A, B, C: based(q[..., :f], k[..., :f], v, form=form, chunk_size=c)
 
     if op == "power_retention":
         return lambda q, k, v, lg, dt, A, B, C: power_retention(

@@ -20,7 +20,13 @@ MODELS = {  # mixer -> preset, overrides (heads divisible by tensor = 2, widths 
     "hybrid": ("hybrid_tiny", ["model.pattern='MRA'", "model.n_layers=3", "model.mamba.head_dim=16",
                                "model.attention.n_heads=2", "model.attention.n_kv_heads=2",
                                "model.retention.n_heads=2", "model.retention.n_kv_heads=2"]),
+    "gla": ("gla_tiny", ["model.gla.n_heads=2", "model.gla.conv=4", "model.gla.chunk_size=8"]),
+    "gated_delta": ("gated_delta_tiny", ["model.gated_delta.n_heads=2", "model.gated_delta.chunk_size=8"]),
+    "based": ("based_tiny", ["model.based.n_heads=2", "model.based.feature_dim=4", "model.based.window=4",
+                             "model.based.chunk_size=8", "model.based.conv=4"]),
 }
+FIRST = ("attention", "retention", "mamba", "hybrid")
+NEW = ("gla", "gated_delta", "based")  # their own parameter names (gate_up, out_gate, beta, a, norm_w, ...)
 COMMON = ["model.d_model=32", "model.n_layers=2", "train.batch_size=8", "train.context=16", "train.steps=5",
           "train.warmup_steps=1", "train.log_every=1", "train.eval_every=5", "train.checkpoint_every=2",
           "data.eval_tokens=64"]
@@ -78,11 +84,24 @@ def test_checkpoint_on_one_mesh_resumes_on_another(tmp_path):
     _check(tmp_path, ["hybrid"], ["2x2x2"], resume_on="fsdp8")
 
 
-@pytest.mark.parametrize("mixer", list(MODELS))
+@pytest.mark.parametrize("mixer", FIRST)
 def test_every_mixer_on_every_mesh_matches_one_device(tmp_path, mixer):
     """Attention, power retention, Mamba-2 and the MRA hybrid on data=8, fsdp=8 and 2x2x2: 5 steps and the evaluation
     within 1e-5 of one device (one checkpoint, at the end: the resume test checks the rest)."""
     _check(tmp_path, [mixer], list(MESHES), extra=["train.checkpoint_every=5"])
+
+
+def test_gla_gated_delta_and_based_on_the_3_axis_mesh_match_one_device(tmp_path):
+    """GLA (with its conv), Gated DeltaNet and Based (with its conv) on data=2 x fsdp=2 x tensor=2: the default
+    rules lay out their own parameters (gate_up, out_gate, beta, a, A_log, q_f, conv_w, ...) and the losses stay
+    within 1e-5 of one device. The other meshes: the slow test below."""
+    _check(tmp_path, NEW, ["2x2x2"], extra=["train.checkpoint_every=5"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mixer", NEW)
+def test_new_mixers_on_data_and_fsdp_meshes_match_one_device(tmp_path, mixer):
+    _check(tmp_path, [mixer], ["data8", "fsdp8"], extra=["train.checkpoint_every=5"])
 
 
 def test_layout_rules():
@@ -95,6 +114,9 @@ def test_layout_rules():
     assert spec(["blocks", "0", "norm1", "scale"], (32,)) == sharding.P(None)
     assert spec(["blocks", "0", "mixer", "in_proj", "kernel"], (32, 194)) == sharding.P("fsdp", "tensor")
     assert spec(["blocks", "0", "mixer", "in_proj", "kernel"], (32, 195)) == sharding.P("fsdp", None)
+    assert spec(["blocks", "0", "mixer", "out_gate", "kernel"], (32, 32)) == sharding.P("fsdp", "tensor")
+    assert spec(["blocks", "0", "mixer", "o", "kernel"], (32, 32)) == sharding.P("tensor", "fsdp")  # Based's o
+    assert spec(["blocks", "0", "mixer", "conv_w"], (4, 96)) == sharding.P(None, None)
 
 
 @pytest.mark.parametrize("mesh, match", [
