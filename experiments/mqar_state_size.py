@@ -1,7 +1,8 @@
-"""MQAR recall vs state size: attention, power retention (p = 1, 2, 4; several head dims) and Mamba-2 (d_state
-4, 16, 64), tiny models on multi-query associative recall (scaling/data/synthetic.py), ten runs
-(`scaling sweep experiments/mqar_state_size.py`, two local workers, about a quarter of an hour on two CPU
-cores; `scaling analyze sweeps/mqar_state_size` then draws recall_vs_state).
+"""MQAR recall vs state size: attention, power retention (p = 1, 2, 4; several head dims), Mamba-2 (d_state
+4, 16, 64), GLA and Gated DeltaNet (head dims 8, 16, 32) and Based (feature_dim 4, 8, 16), tiny models on
+multi-query associative recall (scaling/data/synthetic.py), nineteen runs (`scaling sweep
+experiments/mqar_state_size.py`, two local workers, about half an hour on two CPU cores; `scaling analyze
+sweeps/mqar_state_size` then draws recall_vs_state).
 
 Task: context 48, 12 key-value pairs over a vocabulary of 64 (keys from 1..31, values from 32..63), each key
 asked once after the pairs with power-law placement; the answer is a target only, never an input (as in
@@ -18,12 +19,21 @@ Choices, each measured on this task before it was fixed here (README "Recall ben
   flash-linear-attention layers do: recall needs a key that carries the token before it, which a linear
   attention cannot select sharply on its own. Without the conv, retention stayed at chance (0.13 at step 2,000
   on 8 pairs); with it, it was exact by step 250. Its conv state counts in the state size.
+- GLA, Gated DeltaNet and Based take Mamba-2's lr 3e-3 and init_std 0.1, and GLA and Based a short conv (4) as
+  power retention. Measured at 600 steps on 12 pairs (head dim 16 / feature_dim 8): GLA without the conv at lr 1e-3
+  0.03 (chance), with it 0.04 at lr 1e-3 and 0.62 at lr 3e-3 / init 0.1; Based with the conv 0.05 at lr 1e-3 and
+  1.00 at lr 3e-3 / init 0.1; Gated DeltaNet (its conv is part of the layer) at chance with lr 1e-3, 3e-3 (init
+  0.02 or 0.1) and 1e-2, so its setting here is the others', not a tuned one.
 - Attention has one head of 64: the KV cache is the same for any head split, and one head learned fastest.
 
 State sizes (elements per sequence at context 48, both layers, scaling.accounting.state_size):
   attention        the KV cache, 2 * 48 * 64 * 2 = 12,288
   power retention  p = 1 heads of 8 / 16, p = 2 heads of 8 / 16 / 32, p = 4 heads of 4 (with the conv state)
   Mamba-2          heads of 16, d_state 4 / 16 / 64 (with the conv state)
+  GLA              heads of 8 / 16 / 32: heads x head_dim^2 per layer (with the conv state)
+  Gated DeltaNet   heads of 8 / 16 / 32: the same, with its conv state
+  Based            4 heads, feature_dim 4 / 8 / 16: heads x D x (head_dim + 1), D = 1 + f + f(f+1)/2, plus the
+                   window's KV cache (window 8) and the conv state
 """
 
 from scaling.sweep import Sweep
@@ -31,6 +41,7 @@ from scaling.sweep import Sweep
 D_MODEL = 64
 ATTENTION_OPT = {"train.lr": 1e-3, "model.init_std": 0.02}
 MAMBA_OPT = {"train.lr": 3e-3, "model.init_std": 0.1}
+WINDOW = 8  # Based's sliding window: shorter than the 24 tokens of pairs, so recall must use its linear branch
 
 
 def _retention(p: int, head_dim: int) -> dict:
@@ -45,12 +56,30 @@ def _mamba(d_state: int) -> dict:
             "model.mamba.chunk_size": 16, **MAMBA_OPT}
 
 
+def _gla(head_dim: int) -> dict:
+    return {"model.pattern": "G", "model.gla.n_heads": D_MODEL // head_dim, "model.gla.chunk_size": 16,
+            "model.gla.conv": 4, **MAMBA_OPT}
+
+
+def _gated_delta(head_dim: int) -> dict:
+    return {"model.pattern": "D", "model.gated_delta.n_heads": D_MODEL // head_dim,
+            "model.gated_delta.chunk_size": 16, **MAMBA_OPT}
+
+
+def _based(feature_dim: int) -> dict:
+    return {"model.pattern": "B", "model.based.n_heads": 4, "model.based.feature_dim": feature_dim,
+            "model.based.window": WINDOW, "model.based.chunk_size": 16, "model.based.conv": 4, **MAMBA_OPT}
+
+
 def get_sweep():
     variants = {"attention": {"model.pattern": "A", "model.attention.n_heads": 1, "model.attention.n_kv_heads": 1,
                               **ATTENTION_OPT}}
     variants |= {f"retention-p{p}-hd{hd}": _retention(p, hd)
                  for p, hd in ((1, 8), (1, 16), (2, 8), (2, 16), (2, 32), (4, 4))}
     variants |= {f"mamba-d{n}": _mamba(n) for n in (4, 16, 64)}
+    variants |= {f"gla-hd{hd}": _gla(hd) for hd in (8, 16, 32)}
+    variants |= {f"gated_delta-hd{hd}": _gated_delta(hd) for hd in (8, 16, 32)}
+    variants |= {f"based-f{f}": _based(f) for f in (4, 8, 16)}
     for label, over in variants.items():
         over["model.name"] = label
     return Sweep(

@@ -16,7 +16,9 @@ run's context) within 5%. 10 variants x 3 depths x 3 contexts x 2 budgets = 180 
 minutes: d_model 16, 24 and 32 (2 layers, context 128, batch 16) x three state sizes per family (retention
 p = 2 with 1, 2 and 4 heads; Mamba-2 d_state 4, 16 and 64) x budgets 1e11 and 2e11, plus the d_model-24 models
 at 4e11 held out: `scaling analyze sweeps/state_size-cpu --holdout` fits on the first two budgets and predicts
-those runs (42 runs, 17 minutes with two workers on two cores).
+those runs (42 runs, 17 minutes with two workers on two cores). The other four families (attention, GLA and Gated
+DeltaNet with 1, 2, 4 heads, Based with feature_dim 4, 8, 16) train at d_model 24 and 2e11 beside them: all six
+families' loss against state size in one cell (10 more runs).
 """
 
 from scaling.sweep import Sweep
@@ -44,7 +46,17 @@ def _cpu_sweep():
                            "model.mamba.chunk_size": 32}
            for n in (4, 16, 64)}
     variants = ret | mam
-    for label, over in variants.items():
+    # the other four families at d_model 24 and one budget, state sizes across the same range (matched-state
+    # comparison; their runs join retention's and Mamba-2's of the same cell in loss_vs_state)
+    others = {"attention": {"model.pattern": "A", "model.attention.n_heads": 2, "model.attention.n_kv_heads": 2}}
+    others |= {f"gla-h{h}": {"model.pattern": "G", "model.gla.n_heads": h, "model.gla.chunk_size": 32,
+                             "model.gla.conv": 4} for h in (1, 2, 4)}
+    others |= {f"gated_delta-h{h}": {"model.pattern": "D", "model.gated_delta.n_heads": h,
+                                     "model.gated_delta.chunk_size": 32} for h in (1, 2, 4)}
+    others |= {f"based-f{f}": {"model.pattern": "B", "model.based.n_heads": 2, "model.based.feature_dim": f,
+                               "model.based.window": 16, "model.based.chunk_size": 32, "model.based.conv": 4}
+               for f in (4, 8, 16)}
+    for label, over in (variants | others).items():
         over["model.name"] = label
     sizes = {f"d{d}": {"model.d_model": d} for d in (16, 24, 32)}
     return Sweep(
@@ -55,7 +67,8 @@ def _cpu_sweep():
                    "train.warmup_steps": 10, "train.log_every": 10, "train.eval_every": 1000,
                    "train.checkpoint_every": 250, "data.eval_tokens": 65536, "data.packing": False},
         parts=[{"variants": variants, "sizes": sizes, "budgets": CPU_BUDGETS},
-               {"variants": variants, "sizes": {"d24": sizes["d24"]}, "budgets": [CPU_HOLDOUT]}],
+               {"variants": variants, "sizes": {"d24": sizes["d24"]}, "budgets": [CPU_HOLDOUT]},
+               {"variants": others, "sizes": {"d24": sizes["d24"]}, "budgets": [CPU_BUDGETS[1]]}],
     )
 
 

@@ -134,9 +134,10 @@ def test_batched_driver_matches_scipy_minimize(chinchilla):
     """The batched L-BFGS driver against scipy's L-BFGS-B (minimize() per start) from the same starts.
 
     Their line searches differ, so a start may end in another local optimum; what the fits use is the best end
-    point of each data set: the batched one is as good (lower, or equal to 1e-9, below the stopping rule's
-    ftol = 2.2e-9 on this ~1e-3 objective), and on the unweighted data the two land on the same optimum. Most
-    single starts end at the same objective too.
+    point of each data set: the batched one is as good (lower, or equal to 1e-8: both stop when a step gains less
+    than ftol = 2.2e-9 on this ~1e-3 objective, so each may stop a few ftol short of the optimum; measured 2.4e-9
+    apart on one install), and on the unweighted data the two land on the same optimum. Most single starts end at
+    the same objective too.
     """
     N, D, loss = chinchilla
     logX, logy = np.log(np.vstack([N, D])), np.log(loss)
@@ -154,9 +155,9 @@ def test_batched_driver_matches_scipy_minimize(chinchilla):
         for r in np.unique(ds):
             i = np.nanargmin(np.where(ds == r, f_got, np.inf))
             j = np.nanargmin(np.where(ds == r, f_want, np.inf))
-            assert f_got[i] <= f_want[j] + 1e-9
+            assert f_got[i] <= f_want[j] + 1e-8
             if fg.weights is None:
-                assert f_got[i] == pytest.approx(f_want[j], abs=1e-9)
+                assert f_got[i] == pytest.approx(f_want[j], abs=1e-8)
                 np.testing.assert_allclose(got[i], want[j], rtol=1e-3)
 
 
