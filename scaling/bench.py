@@ -59,7 +59,7 @@ from scaling.bench_util import (  # noqa: F401 (bench_peak and PEAK_SIZES re-exp
 ROOT = Path(__file__).resolve().parents[1]
 PRESET_DIR = ROOT / "configs" / "models"
 
-SUB_BENCHES = ("peak", "ops", "train", "decode", "all", "kernels")
+SUB_BENCHES = ("peak", "ops", "train", "decode", "all", "kernels", "sweep")
 
 # Defaults sized so that `scaling bench all` takes a few minutes on a 2-core CPU; every one is a flag.
 TRAIN_PRESETS = ("transformer_small", "power_retention_small", "mamba2_small", "hybrid_small")

@@ -188,6 +188,10 @@ def _sweep(args) -> int:
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items() if v)
     print(f"sweep {result.sweep_dir}: {result.runs} runs ({counts}); trained {result.trained}, "
           f"recorded {result.skipped} already finished; {result.wall_s:.0f} s")
+    if result.trained_flops:
+        from scaling.sweep.utilisation import summary_line
+
+        print(summary_line(result.trained_flops, result.train_s, result.mfu, result.peak_gflops, result.cores_used))
     if result.failed_ids:
         print(f"failed: {', '.join(result.failed_ids)} (see runs/<id>/worker.log; rerun to retry)", file=sys.stderr)
     if result.counts["running"]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-SUB_BENCHES = ("peak", "ops", "train", "decode", "all", "kernels")  # scaling.bench.SUB_BENCHES, without the import
+SUB_BENCHES = ("peak", "ops", "train", "decode", "all", "kernels", "sweep")  # scaling.bench.SUB_BENCHES, without the import
 
 
 def _bench(args) -> int:
@@ -56,6 +56,20 @@ def _bench(args) -> int:
         return 0
 
     progress = not args.no_progress and sys.stderr.isatty()
+    if args.what == "sweep":
+        from scaling.bench_sweep import bench_sweep, sweep_table
+
+        if args.workers is not None and args.workers < 1:
+            return err(f"--workers = {args.workers}: must be >= 1")
+        info = bench.machine_info()
+        print(f"{info['cpu']} ({info['cpu_count']} cores), jax {info['jax']}, {info['date']}; the fixed 6-run sweep "
+              "(scaling/bench_sweep.py) trained from scratch", flush=True)
+        result = bench_sweep(workers=args.workers, progress=progress)
+        print(sweep_table(result))
+        json_path = Path(args.json) if args.json else Path(args.out) / "bench_sweep.json"
+        bench.write_json(result, json_path)
+        print(f"wrote {json_path}")
+        return 0 if not result["failed"] else 1
     peak_kw = {"sizes": arg("sizes", list(bench.PEAK_SIZES)), "repeats": arg("repeats", 5)}
     ops_kw = {"contexts": arg("context", list(bench.OPS_CONTEXTS)), "batch": args.batch, "heads": args.heads,
               "head_dim": args.head_dim, "d_state": args.d_state, "chunk": args.chunk, "p": args.p,
@@ -102,7 +116,7 @@ def add_parser(sub, epilog: str) -> None:
                        "T = 1k..16k, with achieved FLOP/s and the log-log slope of time vs T. train: tokens/s and "
                        "MFU of the train step per preset. decode: per-token latency and peak memory at 1k, 4k, "
                        "16k of context. all: the four in one process, the targets checked (a few minutes on 2 "
-                       "cores). kernels: XLA vs Pallas chunked ops. Each writes JSON (machine, JAX version, date) "
+                       "cores). kernels: XLA vs Pallas chunked ops. sweep: the sweep MFU of a fixed 6-run sweep trained from scratch. Each writes JSON (machine, JAX version, date) "
                        "and a plot (PNG + SVG). Docs: docs/performance.md.", epilog=epilog)
     b.add_argument("what", choices=list(SUB_BENCHES), help="what to time")
     b.add_argument("--out", default="bench_results", help="directory for the JSON and the plots "
@@ -130,4 +144,5 @@ def add_parser(sub, epilog: str) -> None:
     b.add_argument("--tokens", type=int, default=16, help="decode: timed tokens per context (default 16)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="train, decode: override a config field of every preset")
+    b.add_argument("--workers", type=int, help="sweep: local workers (default: the sweep's default, one per core)")
     b.set_defaults(func=_bench)

@@ -6,7 +6,8 @@ level, without the CPU fusion emitters: the same HLO, the same results to fp32 r
 compile time (what tests/ops already did per jit as FAST_COMPILE). Measured, CPU seconds before/after on the same
 load: tests/ops/test_attention.py 320/92, tests/test_inference.py 113/36, tests/test_accounting.py 78/31,
 tests/test_steps.py with tests/test_bench.py 159/45. A test that sets XLA_FLAGS for a subprocess replaces them
-unless it appends to them. STATESCALE_TEST_XLA_FAST=0 keeps XLA's defaults. (A persistent compilation cache shared
+unless it appends to them. STATESCALE_TEST_XLA_FAST=0 keeps XLA's defaults. STATESCALE_PEAK_GFLOPS is set for the
+sweeps' MFU line (scaling.sweep.utilisation). (A persistent compilation cache shared
 by the run's processes was measured too: no gain once compiles are this quick.)
 """
 
@@ -22,6 +23,9 @@ def _has_gpu_plugin() -> bool:
 
 
 def pytest_configure(config):
+    # sweeps report their MFU against the machine's GEMM peak: a fixed figure here, so that no test measures the
+    # peak under the suite's load (tests/sweep/test_utilisation.py measures it into a temporary cache)
+    os.environ.setdefault("STATESCALE_PEAK_GFLOPS", "100")
     # before any test module imports jax: XLA reads XLA_FLAGS when its first backend starts
     if os.environ.get("STATESCALE_TEST_XLA_FAST") != "0" and not _has_gpu_plugin():
         flags = os.environ.get("XLA_FLAGS", "")

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -55,6 +56,11 @@ class SweepResult:
     skipped: int = 0  # runs found finished in their workdir and only recorded
     wall_s: float = 0.0
     failed_ids: list[str] = field(default_factory=list)
+    trained_flops: float = 0.0  # training FLOPs of the steps trained in this launch (scaling.sweep.utilisation)
+    train_s: float = 0.0  # wall seconds from the first run started to the last one finished
+    mfu: float | None = None  # sweep MFU (local launcher), over train_s
+    peak_gflops: float | None = None
+    cores_used: int | None = None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -220,6 +226,7 @@ def run_sweep(spec, sweep_dir=None, *, launcher: str = "local", workers: int | N
         # back exactly like Ctrl-C; only the main thread may set handlers
         on_main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if on_main else None
+        t_train = time.time()
         try:
             _drive(store, ids, backend, owner, retries, display, result, poll_s)
         finally:
@@ -227,12 +234,31 @@ def run_sweep(spec, sweep_dir=None, *, launcher: str = "local", workers: int | N
                 signal.signal(signal.SIGTERM, previous)
             display.close()
             backend.close()
+        result.train_s = time.time() - t_train
         result.counts = store.counts(ids)
         result.failed_ids = [r["id"] for r in store.runs(ids) if r["status"] == "failed"]
+        _utilisation(store, result, launcher, backend.slots, t_train)
         result.wall_s = time.time() - t0
         return result
     finally:
         store.close()
+
+
+def _utilisation(store: Store, result: SweepResult, launcher: str, workers: int, started: float) -> None:
+    """Sweep MFU of this launch (local launcher only: the peak is this machine's), kept in the ``launches`` table."""
+    from scaling.sweep import utilisation
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    row = {"started": started, "wall_s": result.train_s, "launcher": launcher, "workers": workers,
+           "trained": result.trained, "flops": result.trained_flops, "cpus": cpus, "host": socket.gethostname()}
+    if launcher == "local" and result.trained_flops > 0:
+        result.peak_gflops = utilisation.machine_peak()["peak_gflops_per_s"]
+        result.cores_used = utilisation.cores_used(workers, cpus)
+        result.mfu = utilisation.sweep_mfu(result.trained_flops, result.train_s, result.peak_gflops,
+                                           result.cores_used, cpus)
+        row.update(cores_used=result.cores_used, peak_gflops=result.peak_gflops, mfu=result.mfu)
+    if result.trained:
+        store.record_launch(**row)
 
 
 def _raise_interrupt(signum, frame):
@@ -277,6 +303,8 @@ def _drive(store: Store, ids, backend, owner, retries, display, result: SweepRes
 
 def _record(store, row, code, err, retries, owner, display, result, started) -> None:
     status, summary, metrics, error = collect(row, code)
+    if code is not None:  # trained here: the FLOPs of the steps this launch added
+        result.trained_flops += max((summary.get("flops") or 0.0) - (row["flops"] or 0.0), 0.0)
     if err:
         error = f"{err}; {error or ''}"
     stored = store.finish(row["id"], status, summary=summary, metrics=metrics, retries=retries, error=error,

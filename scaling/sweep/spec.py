@@ -7,7 +7,7 @@ its fields). Every config key below is a dotted run-config field (``"model.reten
     The sweep's name (the default sweep directory is ``sweeps/<name>``).
 ``base``
     A config file with ``get_config()``: a path relative to the repository root (or absolute), e.g.
-    ``"configs/models/power_retention_tiny.py"``. Missing sections come from the defaults.
+    ``"configs/models/power_retention_tiny.py"``. Missing sections come from the defaults; ``None``: the defaults.
 ``overrides``
     ``{key: value}`` applied to every run.
 ``variants``
@@ -85,7 +85,7 @@ class Sweep:
     """A sweep specification (see the module docstring for each field)."""
 
     name: str
-    base: str
+    base: str | None
     overrides: dict[str, Any] = field(default_factory=dict)
     variants: list[dict[str, Any]] | dict[str, dict[str, Any]] = field(default_factory=lambda: [{}])
     axes: dict[str, list] = field(default_factory=dict)
@@ -338,7 +338,7 @@ def expand(spec: Sweep | dict, *, check_data: bool = True) -> list[RunPlan]:
     if s.parts:
         return _expand_parts(s, check_data)
     _check_spec(s)
-    base = _config.load(resolve_base(s.base))
+    base = _config.load(resolve_base(s.base) if s.base is not None else None)
     _apply(base, s.overrides, "sweep.overrides")
     if s.seeds > 1:  # replicates: train.seed = base seed + 0..seeds-1, recorded in each point
         s = dataclasses.replace(s, axes={**s.axes, "train.seed": [int(base.train.seed) + k for k in range(s.seeds)]})

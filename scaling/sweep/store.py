@@ -60,6 +60,10 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT, workdir TEXT, extra TEXT, depends_on TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status, seq);
+CREATE TABLE IF NOT EXISTS launches (
+    started REAL NOT NULL, wall_s REAL, launcher TEXT, workers INTEGER, trained INTEGER, flops REAL,
+    cores_used INTEGER, cpus INTEGER, peak_gflops REAL, mfu REAL, host TEXT
+);
 CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL REFERENCES runs(id),
     step INTEGER NOT NULL,
@@ -335,6 +339,18 @@ class Store:
         for r in self.runs(ids):
             out[r["status"]] += 1
         return out
+
+    def record_launch(self, **row: Any) -> None:
+        """One row of ``launches``: what a launcher trained, in how long, and its sweep MFU
+        (scaling.sweep.utilisation)."""
+        cols = ("started", "wall_s", "launcher", "workers", "trained", "flops", "cores_used", "cpus", "peak_gflops",
+                "mfu", "host")
+        with self.tx() as db:
+            db.execute(f"INSERT INTO launches ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                       tuple(row.get(c) for c in cols))
+
+    def launches(self) -> list[sqlite3.Row]:
+        return list(self.db.execute("SELECT * FROM launches ORDER BY started"))
 
     def sweeps(self) -> list[sqlite3.Row]:
         return self.db.execute("SELECT * FROM sweeps ORDER BY created").fetchall()

@@ -133,6 +133,15 @@ def test_two_launchers_at_once_split_the_work(tmp_path):
     for rid, r in rows.items():
         log = (Path(r["workdir"]) / "worker.log").read_text()
         assert log.count(f"run {rid}") == 1
+    # each launcher's sweep MFU: its own runs' FLOPs over its wall time and the (test's fixed) peak of one core
+    with _db(sweep_dir) as db:
+        launches = [dict(r) for r in db.execute("SELECT * FROM launches")]
+    assert len(launches) == 2 and sum(x["trained"] for x in launches) == 4
+    assert sum(x["flops"] for x in launches) == pytest.approx(sum(r["flops"] for r in rows.values()))
+    for x in launches:
+        assert x["cores_used"] == x["cpus"] and x["peak_gflops"] == 100.0  # one worker: all cores (conftest)
+        assert x["mfu"] == pytest.approx(x["flops"] / (x["wall_s"] * 100e9))
+    assert all("sweep MFU" in out and "GFLOP/s fp32 GEMM peak" in out for out in outs)
 
 
 def test_failed_runs_are_retried_then_marked_failed(tmp_path):
@@ -154,6 +163,14 @@ def test_failed_runs_are_retried_then_marked_failed(tmp_path):
     res = run_sweep(spec, tmp_path / "sweep", retries=1, log=said.append)
     assert res.counts["done"] == 1 and not res.failed_ids
     assert any("1 failed run(s) go back to pending" in s for s in said)
+    # the launch's sweep MFU: the run's FLOPs over the launch's training time and the peak (conftest's 100 GFLOP/s)
+    (row,) = _rows(tmp_path / "sweep").values()
+    assert res.trained_flops == pytest.approx(row["flops"]) and res.peak_gflops == 100.0
+    assert res.mfu == pytest.approx(row["flops"] / (res.train_s * 100e9 * res.cores_used / os.cpu_count()))
+    with _db(tmp_path / "sweep") as db:
+        failed, launch = [dict(r) for r in db.execute("SELECT * FROM launches ORDER BY started")]
+    assert failed["trained"] == 2 and failed["flops"] == 0 and failed["mfu"] is None  # two failed attempts
+    assert launch["trained"] == 1 and launch["mfu"] == pytest.approx(res.mfu)
 
 
 def test_workdir_lock_keeps_a_second_trainer_out(tmp_path):
