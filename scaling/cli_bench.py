@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-SUB_BENCHES = ("peak", "ops", "train", "decode", "all", "kernels", "sweep")  # scaling.bench.SUB_BENCHES, without the import
+# scaling.bench.SUB_BENCHES, without the import
+SUB_BENCHES = ("peak", "ops", "train", "decode", "all", "kernels", "sweep")
 
 
 def _bench(args) -> int:
@@ -116,8 +117,9 @@ def add_parser(sub, epilog: str) -> None:
                        "T = 1k..16k, with achieved FLOP/s and the log-log slope of time vs T. train: tokens/s and "
                        "MFU of the train step per preset. decode: per-token latency and peak memory at 1k, 4k, "
                        "16k of context. all: the four in one process, the targets checked (a few minutes on 2 "
-                       "cores). kernels: XLA vs Pallas chunked ops. sweep: the sweep MFU of a fixed 6-run sweep trained from scratch. Each writes JSON (machine, JAX version, date) "
-                       "and a plot (PNG + SVG). Docs: docs/performance.md.", epilog=epilog)
+                       "cores). kernels: XLA vs Pallas chunked ops. sweep: the sweep MFU of a fixed 6-run sweep "
+                       "trained from scratch. Each writes JSON (machine, JAX version, date) and a plot (PNG + SVG). "
+                       "Docs: docs/performance.md.", epilog=epilog)
     b.add_argument("what", choices=list(SUB_BENCHES), help="what to time")
     b.add_argument("--out", default="bench_results", help="directory for the JSON and the plots "
                    "bench_<what>.png/.svg (default bench_results)")
