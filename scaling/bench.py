@@ -66,15 +66,6 @@ TRAIN_PRESETS = ("transformer_small", "power_retention_small", "mamba2_small", "
 DECODE_PRESETS = ("power_retention_small", "mamba2_small", "transformer_small")
 DECODE_CONTEXTS = (1024, 4096, 16384)
 
-# Targets of issue 8 (on the 2-core CPU), checked by `scaling bench all` and reported in its JSON.
-TARGETS = {
-    "retention_pct_peak": "chunked power retention (p=2, T=4096, 4 heads, head_dim 64, fp32) >= 50% of GEMM peak",
-    "chunked_slope": "time vs T log-log slope <= 1.15 from 1k to 16k for chunked power retention and SSD",
-    "decode_flat": "recurrent decode latency at 16k <= 1.2x that at 1k, peak memory flat",
-    "transformer_mfu": "transformer_small train step MFU >= 40% of GEMM peak",
-}
-
-
 # The ops and kernels benches live in scaling.bench_ops, the shared timing pieces in scaling.bench_util; both
 # are re-exported here (``scaling.bench`` is the one module the CLI and the tests use).
 __all__ = ["OPS", "OPS_CONTEXTS", "bench_kernels", "bench_ops", "kernels_table", "op_flops_per_token", "op_inputs",
@@ -233,48 +224,14 @@ def bench_decode(*, presets: Sequence[str] = DECODE_PRESETS, contexts: Sequence[
 
 
 # ---------------------------------------------------------------------------------------------------------
-# all: every sub-bench in one process, and the targets
+# all: every sub-bench in one process (benchmarks/targets.py judges the result)
 # ---------------------------------------------------------------------------------------------------------
-
-
-def check_targets(ops: dict | None, train: dict | None, decode: dict | None) -> dict:
-    """Each target of issue 8 that the results can judge: {name: {target, value, met}} (value None: not
-    measured at the target's shape)."""
-    out = {}
-    if ops is not None:
-        hit = [r for r in ops["rows"] if r["op"] == "power_retention" and r["form"] == "chunked" and r["T"] == 4096
-               and r["p"] == 2 and r["heads"] == 4 and r["head_dim"] == 64 and "pct_peak" in r]
-        val = hit[0]["pct_peak"] if hit else None
-        out["retention_pct_peak"] = {"target": TARGETS["retention_pct_peak"], "value": val,
-                                     "met": None if val is None else val >= 50.0}
-        sl = {k: v["slope"] for k, v in ops["slopes"].items() if k in ("power_retention/chunked", "ssd/chunked")
-              and v["T_min"] <= 1024 and v["T_max"] >= 16384}
-        out["chunked_slope"] = {"target": TARGETS["chunked_slope"], "value": sl or None,
-                                "met": (all(s <= 1.15 for s in sl.values()) if len(sl) == 2 else None)}
-    if decode is not None:
-        rec = [r for r in decode["ratios"] if "A" not in _pattern(decode, r["preset"])
-               and r["context_lo"] <= 1024 and r["context_hi"] >= 16384]
-        val = {r["preset"]: {"latency_ratio": r["latency_ratio"], "peak_bytes_ratio": r["peak_bytes_ratio"]}
-               for r in rec}
-        out["decode_flat"] = {"target": TARGETS["decode_flat"], "value": val or None,
-                              "met": (all(v["latency_ratio"] <= 1.2 and (v["peak_bytes_ratio"] or 1.0) <= 1.01
-                                          for v in val.values()) if val else None)}
-    if train is not None:
-        hit = [r for r in train["rows"] if r["preset"] == "transformer_small"]
-        val = 100 * hit[0]["mfu"] if hit else None
-        out["transformer_mfu"] = {"target": TARGETS["transformer_mfu"], "value": val,
-                                  "met": None if val is None else val >= 40.0}
-    return out
-
-
-def _pattern(decode: dict, preset: str) -> str:
-    return next(r["pattern"] for r in decode["rows"] if r["preset"] == preset)
 
 
 def bench_all(*, peak_kw: dict | None = None, ops_kw: dict | None = None, train_kw: dict | None = None,
               decode_kw: dict | None = None, progress: bool = False,
               log: Callable[[str], None] | None = None) -> dict:
-    """peak, ops, train and decode in one process (the peak shared by all), and the targets."""
+    """peak, ops, train and decode in one process (the peak shared by all); benchmarks/targets.py judges it."""
     log = log or (lambda s: None)
     peak = bench_peak(progress=progress, **(peak_kw or {}))
     log(peak_table(peak))
@@ -284,8 +241,7 @@ def bench_all(*, peak_kw: dict | None = None, ops_kw: dict | None = None, train_
     log(train_table(train))
     decode = bench_decode(progress=progress, **(decode_kw or {}))
     log(decode_table(decode))
-    return {"kind": "all", "machine": machine_info(), "peak": peak, "ops": ops, "train": train, "decode": decode,
-            "targets": check_targets(ops, train, decode)}
+    return {"kind": "all", "machine": machine_info(), "peak": peak, "ops": ops, "train": train, "decode": decode}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -328,23 +284,6 @@ def decode_table(result: dict) -> str:
         lines.append(f"| {r['preset']} ({r['context_hi']:,} / {r['context_lo']:,}) | {r['latency_ratio']:.2f} "
                      f"| {mem} |")
     return "\n".join(lines)
-
-
-def targets_table(targets: dict) -> str:
-    def fmt(v):
-        if v is None:
-            return "not measured"
-        if isinstance(v, dict):
-            return "; ".join(f"{k}: {fmt(x)}" for k, x in v.items())
-        return f"{v:.2f}"
-
-    lines = ["| target | measured | met |", "|---|---|---|"]
-    for t in targets.values():
-        met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
-        lines.append(f"| {t['target']} | {fmt(t['value'])} | {met} |")
-    return "\n".join(lines)
-
-
 
 
 def plot_peak(result: dict):

@@ -87,7 +87,8 @@ def _bench(args) -> int:
     if args.what == "all":
         result = bench.bench_all(peak_kw=peak_kw, ops_kw=ops_kw, train_kw=train_kw, decode_kw=decode_kw,
                                  progress=progress, log=lambda s: print(s + "\n", flush=True))
-        print(bench.targets_table(result["targets"]))
+        print("judge it against the targets: python benchmarks/targets.py "
+              f"{args.json or Path(args.out) / 'bench_all.json'}")
     else:
         peak = None
         if args.what == "peak":
