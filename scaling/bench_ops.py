@@ -229,17 +229,20 @@ def bench_ops(*, contexts: Sequence[int] = OPS_CONTEXTS, batch: int = 1, heads: 
 
 
 def bench_kernels(*, contexts=(1024, 4096), batch=1, heads=4, head_dim=64, d_state=64, chunk=64, p=2,
-                  repeats=5, ops=("power_retention", "ssd"), progress=None) -> dict:
-    """Time XLA and (on an accelerator) Pallas chunked ops side by side. Returns {"machine", "rows"}."""
+                  repeats=5, ops=("power_retention", "ssd"), dtype: str = "float32", progress=None) -> dict:
+    """Time XLA and (on an accelerator) Pallas chunked ops side by side. Returns {"machine", "rows"}.
+    ``dtype``: of q, k, v, B and C (the gates and dt stay float32, as the models keep them)."""
     on_accel = jax.devices()[0].platform in ("gpu", "tpu")
     shape = {"heads": heads, "head_dim": head_dim, "d_state": d_state, "chunk": chunk, "p": p}
     rows = []
     for t in contexts:
-        args = op_inputs(batch, t, heads, head_dim, d_state)
+        args = list(op_inputs(batch, t, heads, head_dim, d_state))
+        for i in (0, 1, 2, 6, 7):
+            args[i] = args[i].astype(dtype)
         for op in ops:
             flops = op_flops_per_token(op, t, **shape)
             for backend in ("xla", "pallas"):
-                row = {"op": op, "backend": backend, "T": t, "batch": batch, **shape,
+                row = {"op": op, "backend": backend, "T": t, "batch": batch, **shape, "dtype": dtype,
                        "fwd_flops_per_token": flops}
                 if backend == "pallas" and not on_accel:
                     row["skipped"] = "Pallas timings need a GPU or TPU (on CPU the kernels run in interpret mode)"

@@ -259,3 +259,18 @@ def test_bench_train_reports_mfu_against_the_datasheet_on_a_known_device(monkeyp
     assert row["hardware"] == "H100 SXM" and row["hardware_peak_flops"] == 67e12  # the preset is fp32
     assert math.isclose(row["hardware_mfu"], row["gflops_per_s"] * 1e9 / 67e12)
     assert "MFU (datasheet peak)" in bench.train_table(result) and "of H100 SXM float32" in bench.train_table(result)
+
+
+@pytest.mark.slow
+def test_accelerator_check_runs_its_xla_rows_on_cpu(tmp_path):
+    """benchmarks/accelerator_check.py end to end at a smoke shape: every part runs (Pallas rows skipped on CPU)
+    and the tables for docs/kernels.md are written."""
+    from benchmarks import accelerator_check
+
+    code = accelerator_check.main(["--out", str(tmp_path), "--contexts", "64", "--presets", "transformer_tiny",
+                                   "--repeats", "1"])
+    data = json.loads((tmp_path / "accelerator_check.json").read_text())
+    assert code == 0 and not any("error" in p for p in data.values() if isinstance(p, dict))
+    assert {r["backend"] for r in data["kernels"]["rows"]} == {"xla", "pallas"}
+    assert all(r["dtype"] == "bfloat16" for r in data["kernels"]["rows"])
+    assert "| transformer_tiny |" in (tmp_path / "accelerator_check.md").read_text()
