@@ -278,9 +278,12 @@ def _prediction_lines(pred, summary, held_budget, spread) -> list[str]:
                   "Points run over several seeds (train.seed: initialisation and data order). A difference "
                   "between variants smaller than about twice the combined standard error is within the seed "
                   "spread, not a finding. eval SE: the evaluation sample's own standard error.", ""]
-        lines += _table(["variant", "size", "budget", "seeds", "mean loss", "std", "SE of mean", "eval SE"],
-                        [(r.variant, r.size or "-", _plots.sci(r.budget), r.seeds, f"{r.mean:.4f}", f"{r.std:.4f}",
-                          f"{r.se:.4f}", f"{r.eval_se:.4f}") for r in spread.itertuples()])
+        ctx = "context" in spread and spread["context"].nunique() > 1  # else one context: no column
+        lines += _table(["variant", "size", *(["context"] if ctx else []), "budget", "seeds", "mean loss", "std",
+                         "SE of mean", "eval SE"],
+                        [(r.variant, r.size or "-", *([int(r.context)] if ctx else []), _plots.sci(r.budget), r.seeds,
+                          f"{r.mean:.4f}", f"{r.std:.4f}", f"{r.se:.4f}", f"{r.eval_se:.4f}")
+                         for r in spread.itertuples()])
         diffs = _holdout.variant_differences(spread)
         if len(diffs):
             lines += ["", "Differences between variants at the same point (b − a, seed means):", ""]

@@ -125,3 +125,17 @@ def test_cli_predict_prints_the_rung_and_names_what_it_cannot_write(held, capsys
     assert err.strip().startswith("error: ") and "\n" not in err.strip()
     assert cli.main(["predict", str(sweep), "--budget", "-1"]) == 2
     assert "--budget -1.0: must be a positive number" in capsys.readouterr().err
+
+
+def test_the_report_names_the_context_of_each_seed_spread_row_when_there_are_several():
+    from scaling.analysis.report import _prediction_lines
+
+    rows = [{"variant": "a", "family": "a", "size": "s", "budget": 1e12, "context": ctx, "seed": seed,
+             "final_val_loss": 2.0 + 0.01 * seed + (ctx == 512), "final_val_loss_se": 0.004}
+            for ctx in (128, 512) for seed in range(3)]
+    spread = holdout.seed_spread(pd.DataFrame(rows))
+    text = "\n".join(_prediction_lines(None, None, None, spread))
+    assert "| variant | size | context | budget |" in text
+    assert "| a | s | 128 |" in text and "| a | s | 512 |" in text
+    one = holdout.seed_spread(pd.DataFrame([r for r in rows if r["context"] == 128]))
+    assert "context" not in "\n".join(_prediction_lines(None, None, None, one)).split("## Seed-to-seed spread")[1]
