@@ -72,11 +72,19 @@ __all__ = ["OPS", "OPS_CONTEXTS", "bench_kernels", "bench_ops", "kernels_table",
            "ops_table", "plot_ops", "_check_positive", "_Progress", "_subtitle", "loglog_slope",
            "machine_info", "median_time"]
 
+def _preset_path(preset: str) -> Path:
+    """A preset's config file: a path to a config file (``.py``), or a name in the checkout's configs/models/ (an
+    installed package without the checkout takes paths)."""
+    return Path(preset) if preset.endswith(".py") else PRESET_DIR / f"{preset}.py"
+
+
 def _check_presets(presets: Sequence[str]) -> None:
     known = sorted(p.stem for p in PRESET_DIR.glob("*.py"))
-    bad = [p for p in presets if p not in known]
+    bad = [p for p in presets if not _preset_path(p).is_file()]
     if bad:
-        raise ValueError(f"presets: unknown {', '.join(map(repr, bad))}; accepted: {', '.join(known)}")
+        where = (f"accepted: {', '.join(known)}, or a config file's path" if known else
+                 f"no presets at {PRESET_DIR} (an installed package without its checkout): give config files' paths")
+        raise ValueError(f"presets: unknown {', '.join(map(repr, bad))}; {where}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -90,7 +98,7 @@ def _check_presets(presets: Sequence[str]) -> None:
 
 
 def _preset_cfg(preset: str, overrides: Sequence[str] = ()):
-    return config.load(PRESET_DIR / f"{preset}.py", list(overrides))
+    return config.load(_preset_path(preset), list(overrides))
 
 
 def bench_train(*, presets: Sequence[str] = TRAIN_PRESETS, batch: int = 8, context: int = 256, repeats: int = 3,

@@ -141,7 +141,8 @@ def add_parser(sub, epilog: str) -> None:
                    "exceed this many GiB (default 0.5)")
     b.add_argument("--backward", action="store_true", help="ops: also time forward+backward")
     b.add_argument("--presets", nargs="+", help="train: presets (default the *_small ones); decode: presets "
-                   "(default power_retention_small mamba2_small transformer_small)")
+                   "(default power_retention_small mamba2_small transformer_small); a name in configs/models/ "
+                   "or a config file's path")
     b.add_argument("--train-batch", type=int, help="train: batch size (default 8)")
     b.add_argument("--train-context", type=int, help="train: context (default 256)")
     b.add_argument("--tokens", type=int, default=16, help="decode: timed tokens per context (default 16)")

@@ -182,6 +182,11 @@ def test_cli_rejects_bad_sub_commands_and_flags(tmp_path, capsys):
         main(["bench", "ops", "--p", "5"])
     with pytest.raises(ValueError, match="ops: unknown"):
         bench.bench_ops(contexts=(16,), ops=("lstm",), peak={"peak_gflops_per_s": 1.0})
+    # a preset may be a config file's path (an installed package has no configs/ of its checkout)
+    bench._check_presets([str(bench.PRESET_DIR / "gla_tiny.py")])
+    assert bench._preset_cfg(str(bench.PRESET_DIR / "gla_tiny.py")).model.pattern == "G"
+    with pytest.raises(ValueError, match=r"unknown '/nowhere.py'; accepted: .*, or a config file's path"):
+        bench._check_presets(["/nowhere.py"])
 
 
 @pytest.mark.slow
