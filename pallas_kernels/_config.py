@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 
 import jax
 from jax import lax
+
+from scaling.fields import env_positive
 
 __all__ = ["BACKENDS", "Plan", "default_state_budget_bytes", "make_plan", "platform"]
 
@@ -67,14 +68,8 @@ def platform() -> str:
 def default_state_budget_bytes(backend: str) -> int:
     """Bytes of per-chunk states a call may hold at once: env STATESCALE_PALLAS_STATE_BUDGET_MB, else the
     backend's default (cpu 256 MiB, gpu/tpu 1 GiB)."""
-    env = os.environ.get("STATESCALE_PALLAS_STATE_BUDGET_MB")
-    if env is not None:
-        try:
-            mb = float(env)
-        except ValueError:
-            mb = -1.0
-        if not mb > 0:
-            raise ValueError(f"STATESCALE_PALLAS_STATE_BUDGET_MB = {env!r}: must be a number of MiB > 0")
+    mb = env_positive("STATESCALE_PALLAS_STATE_BUDGET_MB", "MiB")
+    if mb is not None:
         return int(mb * _MiB)
     return _RULES[backend].state_budget_bytes
 

@@ -20,3 +20,19 @@ def check_int(field: str, value, lo: int = 1) -> None:
 def check_choice(field: str, value, choices) -> None:
     if value not in choices:
         fail(field, value, f"must be one of {', '.join(map(str, choices))}")
+
+
+def env_positive(name: str, unit: str) -> float | None:
+    """The number > 0 in environment variable ``name`` (None if unset or empty); ValueError naming it otherwise."""
+    import os
+
+    given = os.environ.get(name)
+    if not given:
+        return None
+    try:
+        value = float(given)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{name} = {given!r}: must be a number of {unit} > 0")
+    return value

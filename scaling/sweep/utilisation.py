@@ -19,6 +19,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from scaling.fields import env_positive
+
 PEAK_ENV, CACHE_ENV = "STATESCALE_PEAK_GFLOPS", "STATESCALE_CACHE"
 
 
@@ -32,15 +34,9 @@ def _cache_path(machine: dict) -> Path:
 def machine_peak() -> dict:
     """{"peak_gflops_per_s", "source"} of this machine (all its cores): the environment's, the cached
     measurement, or a fresh ``bench_peak`` (written to the cache atomically)."""
-    given = os.environ.get(PEAK_ENV)
-    if given:
-        try:
-            value = float(given)
-        except ValueError:
-            value = -1.0
-        if not value > 0:
-            raise ValueError(f"{PEAK_ENV} = {given!r}: must be a number of GFLOP/s > 0")
-        return {"peak_gflops_per_s": value, "source": PEAK_ENV}
+    given = env_positive(PEAK_ENV, "GFLOP/s")
+    if given is not None:
+        return {"peak_gflops_per_s": given, "source": PEAK_ENV}
     from scaling.bench_util import bench_peak, machine_info
 
     path = _cache_path(machine_info())
