@@ -44,8 +44,9 @@ FAMILY_STYLE: dict[str, dict[str, str]] = {
     "hybrid": {"color": "#9467bd", "marker": "D"},
     "gla": {"color": "#ff7f0e", "marker": "v"},
     "gated_delta": {"color": "#8c564b", "marker": "P"},
+    "based": {"color": "#e377c2", "marker": "X"},
 }
-_OTHER_STYLE = {"color": "#7f7f7f", "marker": "x"}
+_OTHER_STYLE = {"color": "#7f7f7f", "marker": "h"}  # filled markers only: figures draw dominated points hollow
 _STATE_CMAP = "viridis"
 _PANELS_PER_PAGE = 12
 
