@@ -151,10 +151,10 @@ def bench_ops(*, contexts: Sequence[int] = OPS_CONTEXTS, batch: int = 1, heads: 
               progress: bool = False) -> dict:
     """Chunked against parallel forms of each mixer op, and attention, at each context (see module doc).
 
-    A parallel form is not run where its [T, T] score matrix, 4 * batch * heads * T^2 bytes, would exceed
-    ``max_gib`` GiB (attention's is still compiled, for its memory). Attention rows (blockwise with
-    ``attention_block``-token blocks, and parallel) always carry forward+backward times and XLA's memory
-    analysis of both compiled programs (``fwd_temp_bytes``, ``fwd_bwd_temp_bytes``, ``*_peak_bytes``).
+    A parallel form is not run where its [T, T] score matrix, 4 * batch * heads * T^2 bytes (GLA's: times
+    head_dim, a decay per key channel), would exceed ``max_gib`` GiB (attention's is still compiled, for its
+    memory). Attention rows (blockwise with ``attention_block``-token blocks, and parallel) always carry
+    forward+backward times and XLA's memory analysis of both compiled programs (``fwd_temp_bytes``, ``fwd_bwd_temp_bytes``, ``*_peak_bytes``).
     ``peak``: a ``bench_peak`` result for the utilisation column (measured
     here when None). ``backward`` adds forward+backward timings (gradient w.r.t. every input; 3x FLOPs).
     """
@@ -185,11 +185,13 @@ def bench_ops(*, contexts: Sequence[int] = OPS_CONTEXTS, batch: int = 1, heads: 
                 row = {"op": op, "form": form, "T": t, "batch": batch, **shape, "flops": flops}
                 if op == "attention":
                     row["block"] = attention_block
-                score_gib = 4 * batch * heads * t * t / 2**30
+                # GLA's parallel form keeps a [T, T] decay per key channel: head_dim times the scores
+                score_gib = 4 * batch * heads * t * t * (head_dim if op == "gla" else 1) / 2**30
                 fn = _op_fn(op, "xla", {**shape, "block": attention_block}, form)
                 too_big = form == "parallel" and score_gib > max_gib
                 if too_big:
-                    row["skipped"] = f"[T, T] scores {score_gib:.2f} GiB > max_gib {max_gib}" + (
+                    what = "[T, T, head_dim] decays" if op == "gla" else "[T, T] scores"
+                    row["skipped"] = f"{what} {score_gib:.2f} GiB > max_gib {max_gib}" + (
                         ": not run, memory from compilation alone" if op == "attention" else "")
                 if op == "attention":
                     _attention_row(row, fn, args, not too_big, repeats)
@@ -324,7 +326,8 @@ def attention_table(result: dict) -> str:
 
 
 
-_OP_COLOR = {"power_retention": "#d62728", "ssd": "#2ca02c", "attention": "#1f77b4"}
+_OP_COLOR = {"power_retention": "#d62728", "ssd": "#2ca02c", "attention": "#1f77b4", "gla": "#ff7f0e",
+             "gated_delta": "#8c564b", "based": "#e377c2"}  # as the analysis' family colours
 
 
 def plot_ops(result: dict):

@@ -1,7 +1,7 @@
 """``scaling bench sweep``: the sweep MFU of a fixed small sweep, trained from scratch in a temporary directory.
 
 Six runs, the quickstart's kind (scaling/sweep/utilisation.py defines the MFU): attention, power retention and
-Mamba-2 at d_model 16 and 24, 2 layers, context 128, batch 16, 3e10 training FLOPs each, on the embedded corpus.
+Mamba-2 at d_model 16 and 24, 2 layers, context 128, batch 16, 1e11 training FLOPs each, on the embedded corpus.
 The spec is built here from the config defaults (no file of the checkout), so the bench runs from an installed
 package. The launcher is the local one with ``workers`` (default: the sweep's own default).
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from scaling.bench_util import machine_info
 
-BUDGET = 3e10
+BUDGET = 1e11
 
 
 def bench_spec() -> dict:

@@ -190,8 +190,48 @@ def _parallel(q_bthd, k_bthd, v_bthe, g_bthd, S0_bhde, segment_ids):
     return o, S
 
 
+# Above this many chunks (and without segments) the chunked form runs as one scan over the chunks; at or below it
+# as one batched pass, whose few large ops beat a scan's per-step cost (measured, 4 heads of 64 on 2 cores: 1,024
+# tokens 5.3 ms batched vs 11.4 ms scanned; 16,384 tokens 140 vs 144 ms, but the batched form's time grows 6.5x
+# from 4k to 16k against the scan's 3.9x).
+SCAN_ABOVE_CHUNKS = 4
+
+
+def _chunked_scan(q_bthd, k_bthd, v_bthe, g_bthd, S0_bhde, *, chunk):
+    """Chunked GLA without segments as one scan over the chunks: each step does one chunk's intra-chunk block, its
+    read-out of the entering state and its state update, so the working set is one chunk whatever T (the batched
+    form below streams [n, ...] arrays through memory: time grew 6.5x from 4k to 16k tokens on a 2-core CPU)."""
+    b, t, h, dk = q_bthd.shape
+    nc = -(-t // chunk)
+    pad = nc * chunk - t
+
+    def split(x):  # [b, t, ...] -> [n, b, c, ...], padding with zeros (gk = 0: no decay; k = v = 0: no input)
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)) if pad else x
+        return jnp.moveaxis(x.reshape(b, nc, chunk, *x.shape[2:]), 1, 0)
+
+    keep_ij = jnp.tril(jnp.ones((chunk, chunk), dtype=bool))
+
+    def step(S_bhde, xs):
+        q_bihd, k_bjhd, v_bjhe, g_bchd = xs
+        bcum = jnp.cumsum(g_bchd, axis=1)
+        total_bhd = bcum[:, -1]
+        mid = 0.5 * total_bhd[:, None]
+        A_bhij = jnp.einsum("bihd,bjhd->bhij", q_bihd * jnp.exp(bcum - mid), k_bjhd * jnp.exp(mid - bcum))
+        A_bhij = jnp.where(keep_ij, A_bhij, 0.0)
+        o = jnp.einsum("bhij,bjhe->bihe", A_bhij, v_bjhe)
+        o = o + jnp.einsum("bihd,bhde->bihe", q_bihd * jnp.exp(bcum), S_bhde)
+        k_end = k_bjhd * jnp.exp(total_bhd[:, None] - bcum)
+        S_out = jnp.exp(total_bhd)[..., None] * S_bhde + jnp.einsum("bjhd,bjhe->bhde", k_end, v_bjhe)
+        return S_out, o
+
+    S, o_nbihe = lax.scan(step, S0_bhde, tuple(map(split, (q_bthd, k_bthd, v_bthe, g_bthd))))
+    return jnp.moveaxis(o_nbihe, 0, 1).reshape(b, nc * chunk, h, -1)[:, :t], S
+
+
 def _chunked(q_bthd, k_bthd, v_bthe, g_bthd, S0_bhde, *, chunk, masks: ChunkMasks | None = None):
     """Chunked GLA (module docstring); ``masks`` zero the decay factors that cross a document start."""
+    if masks is None and -(-q_bthd.shape[1] // chunk) > SCAN_ABOVE_CHUNKS:
+        return _chunked_scan(q_bthd, k_bthd, v_bthe, g_bthd, S0_bhde, chunk=chunk)
     b, t, h, dk = q_bthd.shape
     nc = -(-t // chunk)
     pad = nc * chunk - t

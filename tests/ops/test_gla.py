@@ -241,3 +241,22 @@ def test_bad_arguments_raise_one_line(change, options, match):
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="segment_ids must be an integer"):
         gla(**_GOOD, segment_ids=np.ones((2, 4), np.int32))
+
+
+def test_the_scanned_chunked_form_equals_the_batched_one():
+    """Long calls without segments run the chunks as one scan (gla.SCAN_ABOVE_CHUNKS): the same function as the
+    batched chunked form, values and final state, fp32, with a ragged last chunk."""
+    import importlib
+
+    gla_mod = importlib.import_module("scaling.ops.gla")  # the module (scaling.ops.gla is also the op's name)
+
+    ks = jax.random.split(jax.random.key(7), 5)
+    q, k, v = (jax.random.normal(ks[i], (2, 45, 3, 8)) for i in range(3))
+    g = -jax.nn.softplus(jax.random.normal(ks[3], (2, 45, 3, 8)))
+    S0 = jax.random.normal(ks[4], (2, 3, 8, 8))
+    o1, S1 = gla_mod._chunked_scan(q, k, v, g, S0, chunk=4)
+    one_document = gla_mod.chunk_masks(jnp.ones((2, 45), jnp.int32), 12, 4)  # masks: the batched path
+    o2, S2 = gla_mod._chunked(q, k, v, g, S0, chunk=4, masks=one_document)
+    np.testing.assert_allclose(np.asarray(o1), np.asarray(o2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(S1), np.asarray(S2), rtol=1e-5, atol=1e-5)
+    assert -(-45 // 4) > gla_mod.SCAN_ABOVE_CHUNKS  # a 45-token call at chunk 4 takes the scan in gla()
