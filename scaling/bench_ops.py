@@ -154,7 +154,8 @@ def bench_ops(*, contexts: Sequence[int] = OPS_CONTEXTS, batch: int = 1, heads: 
     A parallel form is not run where its [T, T] score matrix, 4 * batch * heads * T^2 bytes (GLA's: times
     head_dim, a decay per key channel), would exceed ``max_gib`` GiB (attention's is still compiled, for its
     memory). Attention rows (blockwise with ``attention_block``-token blocks, and parallel) always carry
-    forward+backward times and XLA's memory analysis of both compiled programs (``fwd_temp_bytes``, ``fwd_bwd_temp_bytes``, ``*_peak_bytes``).
+    forward+backward times and XLA's memory analysis of both compiled programs (``fwd_temp_bytes``,
+    ``fwd_bwd_temp_bytes``, ``*_peak_bytes``).
     ``peak``: a ``bench_peak`` result for the utilisation column (measured
     here when None). ``backward`` adds forward+backward timings (gradient w.r.t. every input; 3x FLOPs).
     """
