@@ -216,7 +216,47 @@ def _parallel(q_bthd, k_bthd, v_bthe, S0_bhfe, z0_bhf, segment_ids):
     return num, den, S, z
 
 
+# Above this many chunks (and without segments) the chunked form runs as one scan over the chunks, one chunk's
+# working set at a time; at or below it as one batched pass (few large ops beat a scan's per-step cost).
+SCAN_ABOVE_CHUNKS = 4
+
+
+def _chunked_scan(q_bthd, k_bthd, v_bthe, S0_bhfe, z0_bhf, *, chunk):
+    """The chunked form without segments as one scan over the chunks: each step does one chunk's intra block,
+    its read-out of the entering moments and their update."""
+    b, t, h, _ = q_bthd.shape
+    nc = -(-t // chunk)
+    pad = nc * chunk - t
+
+    def split(x):  # [b, t, ...] -> [n, b, c, ...], zero-padded
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)) if pad else x
+        return jnp.moveaxis(x.reshape(b, nc, chunk, *x.shape[2:]), 1, 0)
+
+    keep_ij = jnp.tril(jnp.ones((chunk, chunk), dtype=bool))
+    real_nc = jnp.asarray((np.arange(nc * chunk) < t).reshape(nc, chunk))  # padded keys must not count in z
+
+    def step(state, xs):
+        S, z = state
+        q, k, v, real_c = xs
+        s = jnp.einsum("bihd,bjhd->bhij", q, k)
+        phi = jnp.where(keep_ij, 1.0 + s + 0.5 * s * s, 0.0)
+        fq = based_features(q)
+        fk = jnp.where(real_c[None, :, None, None], based_features(k), 0.0)
+        num = jnp.einsum("bhij,bjhe->bihe", phi, v) + jnp.einsum("bihf,bhfe->bihe", fq, S)
+        den = jnp.einsum("bhij->bih", phi) + jnp.einsum("bihf,bhf->bih", fq, z)
+        S_out = S + jnp.einsum("bjhf,bjhe->bhfe", fk, v)
+        return (S_out, z + jnp.einsum("bjhf->bhf", fk)), (num, den)
+
+    xs = (*map(split, (q_bthd, k_bthd, v_bthe)), real_nc)
+    (S, z), (num, den) = lax.scan(step, (S0_bhfe, z0_bhf), xs)
+    dv = v_bthe.shape[-1]
+    num = jnp.moveaxis(num, 0, 1).reshape(b, nc * chunk, h, dv)[:, :t]
+    return num, jnp.moveaxis(den, 0, 1).reshape(b, nc * chunk, h)[:, :t], S, z
+
+
 def _chunked(q_bthd, k_bthd, v_bthe, S0_bhfe, z0_bhf, *, chunk, masks: ChunkMasks | None = None):
+    if masks is None and -(-q_bthd.shape[1] // chunk) > SCAN_ABOVE_CHUNKS:
+        return _chunked_scan(q_bthd, k_bthd, v_bthe, S0_bhfe, z0_bhf, chunk=chunk)
     b, t, h, _ = q_bthd.shape
     nc = -(-t // chunk)
     pad = nc * chunk - t

@@ -209,8 +209,49 @@ def unit_lower_inverse(L):
     return inv[..., 0, :c, :c]
 
 
+# Above this many chunks (and without segments) the chunked form runs as one scan over the chunks, one chunk's
+# working set at a time; at or below it as one batched pass (few large ops beat a scan's per-step cost).
+SCAN_ABOVE_CHUNKS = 4
+
+
+def _chunked_scan(q_bthd, k_bthd, v_bthe, beta_bth, g_bth, S0_bhde, *, chunk):
+    """The WY / UT form without segments as one scan over the chunks: each step solves its chunk, reads the
+    entering state out and updates it (S_out = gamma_c S + K_end^T U, U = U~ - W S)."""
+    b, t, h, dk = q_bthd.shape
+    nc = -(-t // chunk)
+    pad = nc * chunk - t
+
+    def split(x):  # [b, t, h(, dim)] -> [n, b, h, c(, dim)], padded with zeros (beta = 0, g = 0: no update)
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)) if pad else x
+        x = x.reshape(b, nc, chunk, *x.shape[2:])
+        return jnp.moveaxis(jnp.moveaxis(x, 2, 3) if x.ndim == 5 else jnp.moveaxis(x, 2, -1), 1, 0)
+
+    lower_ij = jnp.tril(jnp.ones((chunk, chunk), dtype=bool))
+    strict_ij = jnp.tril(jnp.ones((chunk, chunk), dtype=bool), k=-1)
+
+    def step(S_bhde, xs):
+        q, k, v, beta, g = xs  # [b, h, c, d] / [b, h, c]
+        Gam = jnp.where(lower_ij, jnp.exp(_segsum(g)), 0.0)
+        gamma = jnp.exp(jnp.cumsum(g, axis=-1))
+        kk = jnp.einsum("bhid,bhjd->bhij", k, k)
+        L = jnp.where(strict_ij, beta[..., :, None] * kk * Gam, 0.0)
+        rhs = jnp.concatenate([beta[..., None] * v, (beta * gamma)[..., None] * k], axis=-1)
+        sol = unit_lower_inverse(L) @ rhs
+        U = sol[..., : v.shape[-1]] - sol[..., v.shape[-1]:] @ S_bhde
+        P = jnp.einsum("bhid,bhjd->bhij", q, k) * Gam
+        o = gamma[..., None] * (q @ S_bhde) + P @ U
+        k_end = k * Gam[..., -1, :, None]
+        S_out = gamma[..., -1, None, None] * S_bhde + jnp.einsum("bhjd,bhje->bhde", k_end, U)
+        return S_out, o
+
+    S, o_nbhce = lax.scan(step, S0_bhde, tuple(map(split, (q_bthd, k_bthd, v_bthe, beta_bth, g_bth))))
+    return jnp.moveaxis(jnp.moveaxis(o_nbhce, 0, 1), 3, 2).reshape(b, nc * chunk, h, -1)[:, :t], S
+
+
 def _chunked(q_bthd, k_bthd, v_bthe, beta_bth, g_bth, S0_bhde, *, chunk, masks: ChunkMasks | None = None):
     """WY / UT-transform form (module docstring); ``masks`` keep state from crossing a document start."""
+    if masks is None and -(-q_bthd.shape[1] // chunk) > SCAN_ABOVE_CHUNKS:
+        return _chunked_scan(q_bthd, k_bthd, v_bthe, beta_bth, g_bth, S0_bhde, chunk=chunk)
     b, t, h, dk = q_bthd.shape
     dv = v_bthe.shape[-1]
     nc = -(-t // chunk)

@@ -285,3 +285,24 @@ def test_bad_arguments_raise_one_line(change, options, match):
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="segment_ids must be an integer"):
         based(**_QKV, segment_ids=np.ones((2, 4), np.int32))
+
+
+def test_the_scanned_chunked_form_equals_the_batched_one():
+    """Long calls without segments run the chunks as one scan (SCAN_ABOVE_CHUNKS): the same function as the
+    batched chunked form (numerators, denominators, moments), fp32, with a ragged last chunk."""
+    import importlib
+
+    mod = importlib.import_module("scaling.ops.based")
+    from scaling.ops.segments import chunk_masks
+
+    ks = jax.random.split(jax.random.key(9), 5)
+    q, k = (jax.random.normal(ks[i], (2, 45, 3, 4)) / 2 for i in range(2))
+    v = jax.random.normal(ks[2], (2, 45, 3, 8))
+    D = mod.based_feature_dim(4)
+    S0, z0 = jax.random.normal(ks[3], (2, 3, D, 8)), jnp.abs(jax.random.normal(ks[4], (2, 3, D)))
+    got = mod._chunked_scan(q, k, v, S0, z0, chunk=4)
+    one_document = chunk_masks(jnp.ones((2, 45), jnp.int32), 12, 4)  # masks: the batched path
+    want = mod._chunked(q, k, v, S0, z0, chunk=4, masks=one_document)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    assert -(-45 // 4) > mod.SCAN_ABOVE_CHUNKS

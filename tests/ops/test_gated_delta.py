@@ -276,3 +276,25 @@ def test_chunked_gradient_has_no_lapack_triangular_solve():
     loss = lambda q, k, v: jnp.sum(gated_delta_rule(q, k, v, beta, log_g, chunk_size=4))
     jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(x, x, x))
     assert "dot_general" in jaxpr and "triangular_solve" not in jaxpr
+
+
+def test_the_scanned_chunked_form_equals_the_batched_one():
+    """Long calls without segments run the chunks as one scan (SCAN_ABOVE_CHUNKS): the same function as the
+    batched chunked form, values and final state, fp32, with a ragged last chunk."""
+    import importlib
+
+    mod = importlib.import_module("scaling.ops.gated_delta")
+    from scaling.ops.segments import chunk_masks
+
+    ks = jax.random.split(jax.random.key(8), 6)
+    q, k, v = (jax.random.normal(ks[i], (2, 45, 3, 8)) for i in range(3))
+    q, k = (x / jnp.linalg.norm(x, axis=-1, keepdims=True) for x in (q, k))
+    beta = jax.nn.sigmoid(jax.random.normal(ks[3], (2, 45, 3)))
+    g = -jax.nn.softplus(jax.random.normal(ks[4], (2, 45, 3)))
+    S0 = jax.random.normal(ks[5], (2, 3, 8, 8))
+    o1, S1 = mod._chunked_scan(q, k, v, beta, g, S0, chunk=4)
+    one_document = chunk_masks(jnp.ones((2, 45), jnp.int32), 12, 4)  # masks: the batched path
+    o2, S2 = mod._chunked(q, k, v, beta, g, S0, chunk=4, masks=one_document)
+    np.testing.assert_allclose(np.asarray(o1), np.asarray(o2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(S1), np.asarray(S2), rtol=1e-5, atol=1e-5)
+    assert -(-45 // 4) > mod.SCAN_ABOVE_CHUNKS
