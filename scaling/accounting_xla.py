@@ -1,10 +1,10 @@
 """The accounting's FLOPs against XLA's cost analysis of the compiled forward pass (``scaling flops --xla``).
 
-:func:`xla_flops_per_token` compiles the model's forward on zeros and reads ``compiled.cost_analysis()["flops"]``
-per token. XLA counts a while-loop body once, so the chunked retention's scan is unrolled while compiling
-(``scaling.ops.power_retention.SCAN_UNROLL``: same math, no loop), and attention runs its parallel form (the
-blockwise form skips fully masked key blocks in a loop XLA does not unroll): both count every FLOP the math does,
-as the accounting's "full" convention does. Nothing runs; compiling a large model at a long context takes a while.
+:func:`xla_flops_per_token` compiles the model's forward on zeros and reads ``compiled.cost_analysis()["flops"]`` per
+token. XLA counts a while-loop body once, so the chunked forms' scans over chunks are unrolled while compiling
+(``SCAN_UNROLL`` of power retention, GLA, Gated DeltaNet and Based: same math, no loop), and attention runs its parallel
+form (the blockwise form skips fully masked key blocks in a loop XLA does not unroll): both count every FLOP the math
+does, as the accounting's "full" convention does. Nothing runs; compiling a large model at a long context takes a while.
 """
 
 from __future__ import annotations
@@ -19,16 +19,21 @@ from flax import nnx
 from scaling import accounting, config
 from scaling.models import build
 
+SCANNED_OPS = ("power_retention", "gla", "gated_delta", "based")  # ops whose chunked form scans over chunks
+
 
 @contextlib.contextmanager
 def unrolled_chunk_loops():
-    """Unroll the chunked retention's scan while compiling, so every chunk's FLOPs are in XLA's count."""
-    module = importlib.import_module("scaling.ops.power_retention")
-    old, module.SCAN_UNROLL = module.SCAN_UNROLL, True
+    """Unroll the chunked forms' scans over chunks while compiling, so every chunk's FLOPs are in XLA's count."""
+    modules = [importlib.import_module(f"scaling.ops.{name}") for name in SCANNED_OPS]
+    old = [m.SCAN_UNROLL for m in modules]
+    for m in modules:
+        m.SCAN_UNROLL = True
     try:
         yield
     finally:
-        module.SCAN_UNROLL = old
+        for m, value in zip(modules, old, strict=True):
+            m.SCAN_UNROLL = value
 
 
 def xla_flops_per_token(cfg, context: int, batch: int = 2) -> float:

@@ -219,6 +219,7 @@ def _parallel(q_bthd, k_bthd, v_bthe, S0_bhfe, z0_bhf, segment_ids):
 # Above this many chunks (and without segments) the chunked form runs as one scan over the chunks, one chunk's
 # working set at a time; at or below it as one batched pass (few large ops beat a scan's per-step cost).
 SCAN_ABOVE_CHUNKS = 4
+SCAN_UNROLL = 1  # the chunk scan's unroll; scaling.accounting_xla sets True (XLA counts a loop body once)
 
 
 def _chunked_scan(q_bthd, k_bthd, v_bthe, S0_bhfe, z0_bhf, *, chunk):
@@ -248,7 +249,7 @@ def _chunked_scan(q_bthd, k_bthd, v_bthe, S0_bhfe, z0_bhf, *, chunk):
         return (S_out, z + jnp.einsum("bjhf->bhf", fk)), (num, den)
 
     xs = (*map(split, (q_bthd, k_bthd, v_bthe)), real_nc)
-    (S, z), (num, den) = lax.scan(step, (S0_bhfe, z0_bhf), xs)
+    (S, z), (num, den) = lax.scan(step, (S0_bhfe, z0_bhf), xs, unroll=SCAN_UNROLL)
     dv = v_bthe.shape[-1]
     num = jnp.moveaxis(num, 0, 1).reshape(b, nc * chunk, h, dv)[:, :t]
     return num, jnp.moveaxis(den, 0, 1).reshape(b, nc * chunk, h)[:, :t], S, z

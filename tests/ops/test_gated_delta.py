@@ -297,4 +297,3 @@ def test_the_scanned_chunked_form_equals_the_batched_one():
     o2, S2 = mod._chunked(q, k, v, beta, g, S0, chunk=4, masks=one_document)
     np.testing.assert_allclose(np.asarray(o1), np.asarray(o2), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(S1), np.asarray(S2), rtol=1e-5, atol=1e-5)
-    assert -(-45 // 4) > mod.SCAN_ABOVE_CHUNKS
