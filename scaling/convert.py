@@ -54,31 +54,31 @@ class Target:
     """A mixer that takes attention's q/k/v/o weights.
 
     ``copy``: (target field, attention field) pairs that must agree for the weights to fit, copied from the
-    source's attention section; ``require``: (attention field, value, why) the source must have; ``rename``:
-    (target parameter, attention parameter) under ``['mixer']`` where the names differ; every other parameter of
-    a converted layer that attention lacks starts from the target model's own initialisation (seed
-    ``train.seed``), except power retention's gate (:func:`_gate_init`) and a short conv (the identity,
-    :func:`_conv_identity`).
+    source's attention section; ``same``: (attention field, attention field, why) pairs that must be equal in the
+    source; ``value``: (attention field, value, why) the source must have; ``rename``: (target parameter, attention
+    parameter) under ``['mixer']`` where the names differ; every other parameter of a converted layer that attention
+    lacks starts from the target model's own initialisation (seed ``train.seed``), except power retention's gate
+    (:func:`_gate_init`) and a short conv (the identity, :func:`_conv_identity`).
     """
 
     letter: str
     section: str
     name: str
     copy: tuple[tuple[str, str], ...]
-    require: tuple[tuple[str, object, str], ...] = ()
+    same: tuple[tuple[str, str, str], ...] = ()
+    value: tuple[tuple[str, object, str], ...] = ()
     rename: tuple[tuple[str, str], ...] = ()
 
 
+# GLA has no RoPE (the kept q and k lose their rotation); Based's window branch takes attention's q/k/v/o.
 TARGETS = {t.letter: t for t in (
     Target("R", "retention", "power retention",
            copy=(("n_heads", "n_heads"), ("n_kv_heads", "n_kv_heads"), ("rope", "rope"), ("rope_theta", "rope_theta"))),
-    Target("G", "gla", "gated linear attention (no RoPE: the kept q and k lose their rotation)",
-           copy=(("n_heads", "n_heads"),),
-           require=(("n_kv_heads", "n_heads", "GLA has one k and v head per q head"),)),
-    Target("B", "based", "Based (attention's q/k/v/o become its sliding-window branch)",
-           copy=(("n_heads", "n_heads"), ("rope_theta", "rope_theta")),
-           require=(("n_kv_heads", "n_heads", "Based has one k and v head per q head"),
-                    ("rope", True, "Based's window branch uses RoPE")),
+    Target("G", "gla", "gated linear attention", copy=(("n_heads", "n_heads"),),
+           same=(("n_kv_heads", "n_heads", "GLA has one k and v head per q head"),)),
+    Target("B", "based", "Based", copy=(("n_heads", "n_heads"), ("rope_theta", "rope_theta")),
+           same=(("n_kv_heads", "n_heads", "Based has one k and v head per q head"),),
+           value=(("rope", True, "Based's window branch uses RoPE"),),
            rename=(("['q']", "['proj']['q']"), ("['k']", "['proj']['k']"), ("['v']", "['proj']['v']"),
                    ("['o']", "['proj']['o']"))),
 )}
@@ -91,18 +91,21 @@ class ConversionError(_config.ConfigError):
 def _target(to: str) -> Target:
     if to not in TARGETS:
         raise ConversionError(f"--to {to!r}: must be one of {', '.join(TARGETS)} ("
-                              + ", ".join(f"{k}: {v.name.split(' (')[0]}" for k, v in TARGETS.items())
+                              + ", ".join(f"{k}: {v.name}" for k, v in TARGETS.items())
                               + "), the mixers that take attention's q/k/v/o weights")
     return TARGETS[to]
 
 
 def _check_source(m, t: Target) -> None:
-    for key, want, why in t.require:
-        value = m.attention[want] if isinstance(want, str) and want in m.attention else want
-        if m.attention[key] != value:
-            shown = f"model.attention.{want} = {value!r}" if isinstance(want, str) else repr(want)
-            raise ConversionError(f"model.attention.{key} = {m.attention[key]!r}: must equal {shown} to convert "
-                                  f"to {t.letter} ({why})")
+    a = m.attention
+    for key, other, why in t.same:
+        if a[key] != a[other]:
+            raise ConversionError(f"model.attention.{key} = {a[key]!r}: must equal model.attention.{other} = "
+                                  f"{a[other]!r} to convert to {t.letter} ({why})")
+    for key, want, why in t.value:
+        if a[key] != want:
+            raise ConversionError(f"model.attention.{key} = {a[key]!r}: must equal {want!r} to convert to "
+                                  f"{t.letter} ({why})")
 
 
 def convert_config(src_cfg, to: str = "R", overrides=()):
