@@ -56,11 +56,15 @@ def conv_channels(m) -> int:
     return h * (2 * f + hd) if m.based.conv else 0
 
 
-def params(m) -> int:
+def _projections(m) -> int:
+    """Weights of the projections: q, k of the linear branch (f a head); q, k of the window (head_dim a head);
+    the shared v; o."""
     h, hd, f = dims(m)
-    # q, k of the linear branch (f a head); q, k of the window (head_dim a head); the shared v; o; the conv
-    return 2 * m.d_model * h * f + 2 * m.d_model * h * hd + m.d_model * h * hd + h * hd * m.d_model \
-        + (m.based.conv + 1) * conv_channels(m)
+    return 2 * m.d_model * h * f + 2 * m.d_model * h * hd + m.d_model * h * hd + h * hd * m.d_model
+
+
+def params(m) -> int:
+    return _projections(m) + (m.based.conv + 1) * conv_channels(m)  # and the conv's taps and bias
 
 
 def linear_flops(m, context: int, causal: bool = False) -> float:
@@ -79,7 +83,7 @@ def flops(m, context: int, causal: bool = False) -> dict[str, float]:
     computes (``causal``: the keys in view, :func:`scaling.mixers.base.mean_keys`; the intra block likewise
     halved)."""
     h, hd, _ = dims(m)
-    weights = 2.0 * (params(m) - (m.based.conv + 1) * conv_channels(m)) + 2.0 * m.based.conv * conv_channels(m)
+    weights = 2.0 * _projections(m) + 2.0 * m.based.conv * conv_channels(m)
     linear = linear_flops(m, context, causal)
     # the blocked window form computes window_keys a query, padded to whole blocks; ``causal``: the keys in view
     if causal:

@@ -45,13 +45,15 @@ class GLA(nnx.Module):
     def init_state(self, batch: int, max_len: int):
         del max_len
         h, hd = self.proj.n_heads, self.proj.head_dim
-        return GLAState(S=jnp.zeros((batch, h, hd, hd), jnp.float32),
-                        conv=jnp.zeros((batch, max(self.d_conv - 1, 0), 3 * h * hd), self.dtype))
+        return GLAState(S=jnp.zeros((batch, h, hd, hd), jnp.float32), conv=self._conv_zeros(batch))
+
+    def _conv_zeros(self, batch: int):
+        return jnp.zeros((batch, max(self.d_conv - 1, 0), 3 * self.proj.n_heads * self.proj.head_dim), self.dtype)
 
     def __call__(self, x, positions, state=None, *, decode: bool = False, segment_ids=None):
         """x [batch, time, d_model] -> y (and the new GLAState if state is given)."""
         q, k, v = self.proj.project(x)
-        new_conv = self.init_state(x.shape[0], 0).conv if state is None else state.conv
+        new_conv = self._conv_zeros(x.shape[0]) if state is None else state.conv
         if self.d_conv:
             (q, k, v), new_conv = short_conv([q, k, v], new_conv, self.conv_w[...], self.conv_b[...], segment_ids)
         q, k, v = self.proj.heads(q, k, v, positions)

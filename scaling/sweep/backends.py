@@ -215,13 +215,18 @@ class SlurmBackend:
         pass
 
 
+def usable_cpus() -> int:
+    """Cores this process may run on (its affinity where the OS has one, else the machine's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_local_workers() -> int:
     """Workers of the local launcher when not given: one per CPU core this process may use, at most 8 and one
     per 2 GiB of available memory (a worker holds JAX, the model and the corpus); 1 when a GPU or TPU is
     visible, since every worker would share it."""
     if any(Path("/dev").glob("nvidia[0-9]*")) or any(Path("/dev").glob("accel[0-9]*")):
         return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = usable_cpus()
     try:
         meminfo = Path("/proc/meminfo").read_text()
         kib = int(next(line.split()[1] for line in meminfo.splitlines() if line.startswith("MemAvailable:")))

@@ -41,7 +41,7 @@ from scaling import rundir
 from scaling.rundir import read_progress
 from scaling.sweep import spec as _spec
 from scaling.sweep import worker as _worker
-from scaling.sweep.backends import LAUNCHERS, make_backend  # noqa: F401 (LAUNCHERS: part of the API)
+from scaling.sweep.backends import LAUNCHERS, make_backend, usable_cpus  # noqa: F401 (LAUNCHERS: part of the API)
 from scaling.sweep.store import FINISHED, Store, owner_token
 
 
@@ -248,7 +248,7 @@ def _utilisation(store: Store, result: SweepResult, launcher: str, workers: int,
     """Sweep MFU of this launch (local launcher only: the peak is this machine's), kept in the ``launches`` table."""
     from scaling.sweep import utilisation
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = usable_cpus()
     row = {"started": started, "wall_s": result.train_s, "launcher": launcher, "workers": workers,
            "trained": result.trained, "flops": result.trained_flops, "cpus": cpus, "host": socket.gethostname()}
     if launcher == "local" and result.trained_flops > 0:

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from scaling.sweep import run_sweep
+from scaling.sweep.backends import usable_cpus
 from scaling.sweep.worker import EXIT_LOCKED, lock_workdir
 from tests.sweep.tiny import ROOT, spec_dict, write_spec
 
@@ -166,7 +167,7 @@ def test_failed_runs_are_retried_then_marked_failed(tmp_path):
     # the launch's sweep MFU: the run's FLOPs over the launch's training time and the peak (conftest's 100 GFLOP/s)
     (row,) = _rows(tmp_path / "sweep").values()
     assert res.trained_flops == pytest.approx(row["flops"]) and res.peak_gflops == 100.0
-    assert res.mfu == pytest.approx(row["flops"] / (res.train_s * 100e9 * res.cores_used / os.cpu_count()))
+    assert res.mfu == pytest.approx(row["flops"] / (res.train_s * 100e9 * res.cores_used / usable_cpus()))
     with _db(tmp_path / "sweep") as db:
         failed, launch = [dict(r) for r in db.execute("SELECT * FROM launches ORDER BY started")]
     assert failed["trained"] == 2 and failed["flops"] == 0 and failed["mfu"] is None  # two failed attempts
