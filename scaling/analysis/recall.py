@@ -16,7 +16,6 @@ import json
 import math
 from pathlib import Path
 
-import matplotlib.markers
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
@@ -72,12 +71,9 @@ def recall_vs_state(data, out: Path) -> StudyFigure:
         f = t[t["frontier"]]
         ax.plot(f["state_size"], f["accuracy"], color=style["color"], marker=style["marker"], label=family, lw=1.6)
         d = t[~t["frontier"]]
-        if matplotlib.markers.MarkerStyle(style["marker"]).is_filled():  # hollow: dominated
-            ax.scatter(d["state_size"], d["accuracy"], marker=style["marker"], facecolors="none",
-                       edgecolors=style["color"], zorder=3)
-        else:  # a line marker (x, +) has no face to leave hollow: thinner and paler instead
-            ax.scatter(d["state_size"], d["accuracy"], marker=style["marker"], color=style["color"], alpha=0.5,
-                       linewidths=0.8, zorder=3)
+        # hollow: dominated (every family style is a filled marker, scaling.analysis.plots.FAMILY_STYLE)
+        ax.scatter(d["state_size"], d["accuracy"], marker=style["marker"], facecolors="none",
+                   edgecolors=style["color"], zorder=3)
     # labels (family prefix off) alternate below / above the points in order of state size, so neighbours part
     rank = {i: k for k, i in enumerate(table.sort_values("state_size", kind="stable").index)}
     for i, r in table.iterrows():

@@ -81,3 +81,14 @@ def test_loss_vs_position_reads_each_runs_eval_contexts(tmp_path):
     assert "| mamba-d64 | 0.750 | 0.500 |" in fig.lines  # task run: accuracy per context
     with pytest.raises(figures.FigureSkipped, match="eval_contexts"):
         recall.loss_vs_position(SimpleNamespace(runs=runs.iloc[2:], path=tmp_path), tmp_path)
+
+
+def test_every_family_marker_is_filled():
+    """The figures draw dominated points hollow, which a line marker (x, +) cannot show."""
+    import matplotlib.markers
+
+    from scaling.analysis import plots
+    from scaling.analysis.load import FAMILIES
+
+    for family in [*FAMILIES.values(), "hybrid", "something else"]:
+        assert matplotlib.markers.MarkerStyle(plots.family_style(family)["marker"]).is_filled(), family
