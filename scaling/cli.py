@@ -184,7 +184,8 @@ def _sweep(args) -> int:
     result = launchers.run_sweep(
         args.spec, args.sweep_dir, launcher=args.launcher, workers=args.workers, retries=args.retries,
         progress=not args.no_progress and sys.stdout.isatty(), ray_address=args.ray_address,
-        slurm_cluster=args.slurm_cluster, slurm_params=params, scale=args.scale, overrides=overrides)
+        slurm_cluster=args.slurm_cluster, slurm_params=params, scale=args.scale, overrides=overrides,
+        pack=args.pack)
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items() if v)
     print(f"sweep {result.sweep_dir}: {result.runs} runs ({counts}); trained {result.trained}, "
           f"recorded {result.skipped} already finished; {result.wall_s:.0f} s")
@@ -331,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="runs at once (local: default one per CPU core, at most 8, 1 with a GPU; "
                     "ray: the cluster's CPUs; slurm: all)")
     sw.add_argument("--retries", type=int, default=1, help="retry a failed run up to M times (default 1)")
+    sw.add_argument("--pack", type=int, default=1, metavar="K",
+                    help="local launcher: train up to K runs of one shape (differing only in seed, schedule or "
+                    "length) together in one program a step, each bit-for-bit the run alone (default 1; "
+                    "docs/performance.md has when it pays)")
     sw.add_argument("--launcher", choices=("local", "ray", "slurm"), default="local",
                     help="local processes (default), Ray tasks, or Slurm jobs via submitit")
     sw.add_argument("--dry-run", action="store_true",

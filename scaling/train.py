@@ -228,162 +228,210 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
 
     Returns a TrainResult with status "done" or "diverged".
     """
-    _config.validate(cfg)
-    blend_steps, total = cfg.train.get("blend_steps"), _config.total_steps(cfg.train)
-    if blend_steps and blend_steps > total:  # before anything is written
-        raise _config.ConfigError(f"train.blend_steps = {blend_steps}: must be at most the run's {total} steps "
-                                  "(the model must end as power retention alone)")
-    sharding.initialize_hosts()  # a multi-host job from the environment (no-op when one process, or joined)
-    primary = sharding.is_primary()  # process 0 writes the run directory; every process its checkpoint shards
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    rid = run_id(cfg)
-    if primary:
-        held = rundir.write_config(workdir, rid, _config.to_dict(cfg))
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("statescale config.json")
-        held = rundir.read_config(workdir)["run_id"]
-    if held != rid:
-        raise _config.ConfigError(
-            f"workdir {str(workdir)!r} holds run {held} with a different config; "
-            "use a new --workdir (or delete it) to start a different run")
-
-    m, t = cfg.model, cfg.train
-    n_proc = jax.process_count()
-    if t.batch_size % n_proc:
-        raise _config.ConfigError(f"train.batch_size = {t.batch_size}: must be a multiple of the "
-                                  f"{n_proc} processes that each read an equal slice of it")
+    run = Run(cfg, workdir, progress=progress)
     try:
-        mesh = sharding.make_mesh(t.get("mesh"))
-    except sharding.MeshError as e:
-        raise _config.ConfigError(str(e)) from None
-    split = sharding.batch_divisor(mesh)
-    if t.batch_size % split:
-        raise _config.ConfigError(f"train.batch_size = {t.batch_size}: must be a multiple of the {split} ways the "
-                                  f"batch is split (mesh axes data x fsdp of {dict(mesh.shape)})")
-    microbatches = t.get("microbatches") or 1
-    if t.batch_size % (microbatches * split):
-        raise _config.ConfigError(f"train.microbatches = {microbatches}: train.batch_size = {t.batch_size} must be "
-                                  f"a multiple of microbatches x {split} batch shards = {microbatches * split}")
-    data_sharding = NamedSharding(mesh, sharding.batch_spec())
-
-    # Packed rows hold several documents: their segment ids and positions go to the model, which keeps the
-    # documents apart. An unpacked row is one document (padding after it), which sees nothing else anyway: the
-    # model gets the tokens alone, so the train step stays the plain (and Pallas-capable) program.
-    data = validate_data_config(cfg.data)
-    drop = () if data["packing"] else ("segment_ids", "positions")
-
-    def shard(batch):  # this process's rows of the global batch -> global arrays (one process: device_put)
-        return {k: jax.make_array_from_process_local_data(data_sharding, np.asarray(v))
-                for k, v in batch.items() if k not in drop}
-
-    graphdef, train_state, tx, schedule = init_train_state(cfg)
-    layout = sharding.state_shardings(train_state, mesh)
-    train_state = jax.device_put(train_state, layout)
-
-    data_iter = make_train_iterator(cfg.data, batch_size=t.batch_size, context=t.context, seed=t.seed)
-    eval_batches = eval_set(cfg, t.context)
-
-    ckpt = Checkpointer(workdir / rundir.CHECKPOINTS, keep=t.keep_checkpoints)
-    step = 0
-    if ckpt.latest_step() is not None:
-        restored = ckpt.restore(flat_tree(train_state))
-        train_state = jax.device_put(unflat_tree(restored.state, train_state), layout)  # any saved mesh
-        data_iter.set_state(restored.data_state)
-        step = restored.step
-        log.info("resumed %s from step %d", workdir, step)
-    elif t.get("init_from"):
-        params, src, src_step = init_params_from(cfg, workdir)
-        train_state = jax.device_put({"params": params, "opt": tx.init(params)}, layout)
-        log.info("initialised %s from %s (step %d)", workdir, src, src_step)
-
-    counts = accounting.params(cfg)
-    tokens_per_step = t.batch_size * t.context
-    flops_per_token = accounting.train_flops_per_token(cfg, t.context)  # 3 x forward, mixer-aware
-    blend_flops = accounting.blend_flops_per_token(cfg, t.context) if blend_steps else 0.0
-
-    def flops_at(s: int) -> float:  # training FLOPs after s steps, the blended steps' attention included
-        return s * tokens_per_step * flops_per_token + min(s, blend_steps or 0) * tokens_per_step * blend_flops
-
-    def blended(batch, s: int):  # PowerCoder-style: the blend weight of step s, one per row
-        if not blend_steps:
-            return batch
-        rows = len(batch["inputs"])
-        return {**batch, "blend": np.full((rows,), min(1.0, s / blend_steps), np.float32)}
-    summary = {
-        "run_id": rid, "params": counts["total"], "non_embedding_params": counts["non_embedding"],
-        "state_size": accounting.state_size(cfg, t.context), "context": t.context,
-        "total_steps": total, "tokens": total * tokens_per_step, "flops": flops_at(total),
-    }
-    if primary:
-        rundir.write_status(workdir, "running", step=step, **summary)
-    metrics = MetricsLog(workdir, step) if primary else rundir.NoMetrics()
-    train_step, eval_step = _cached_steps(graphdef, t.grad_clip, t.b1, t.b2, t.weight_decay, microbatches,
-                                          t.get("remat"))
-    lrs = learning_rates(schedule, total)
-    task = cfg.data.source in TASKS  # a synthetic task: evaluations add task_accuracy
-    bpb = bpb_basis(data)  # bits per byte: counted bytes, the file's ratio, or unknown
-
-    if step == 0 and t.get("init_from"):  # the loss right after initialisation from another run
-        metrics.write({"kind": "eval", "step": 0, **evaluate(eval_step, train_state["params"],
-                                                             [blended(b, 0) for b in eval_batches], shard, bpb=bpb)})
-    status, last = "done", {}
-    bar = _Progress(total, step, enabled=progress and primary, title=m.name)
-    try:
-        t_last, tok_since = time.perf_counter(), 0
-        good = step  # the last step whose loss was checked finite
-        while step < total:
-            batch = shard(blended(next(data_iter), step))
-            params, opt_state, out = train_step(train_state["params"], train_state["opt"], batch, lrs[step])
-            step += 1
-            tok_since += tokens_per_step
-            if not (step % t.log_every == 0 or step % t.eval_every == 0 or step % t.checkpoint_every == 0
-                    or step == total):
-                # no host sync between checks: the next batch is read while this step computes
-                train_state = {"params": params, "opt": opt_state}
-                continue
-            loss = float(out["loss"])
-            if not math.isfinite(loss):
-                status = "diverged"
-                metrics.write({"kind": "train", "step": step, "loss": loss})
-                log.error("loss is %s at step %d: run diverged; the last good checkpoint is kept", loss, step)
-                step = good
-                break
-            train_state = {"params": params, "opt": opt_state}
-            good = step
-            if step % t.log_every == 0 or step == total:
-                now = time.perf_counter()
-                last = {"kind": "train", "step": step, "tokens": step * tokens_per_step,
-                        "flops": flops_at(step), "loss": loss,
-                        "lr": float(lrs[step - 1]), "grad_norm": float(out["grad_norm"]),
-                        "tokens_per_s": tok_since / max(now - t_last, 1e-9)}
-                metrics.write(last)
-                t_last, tok_since = now, 0
-            if step % t.eval_every == 0 or step == total:
-                ev = evaluate(eval_step, train_state["params"], [blended(b, step) for b in eval_batches], shard,
-                              task=task, bpb=bpb)
-                metrics.write({"kind": "eval", "step": step, **ev})
-                last.update(ev)
-            if step % t.checkpoint_every == 0 or step == total:
-                ckpt.save(step, flat_tree(train_state), data_state=data_iter.get_state(), meta={"loss": loss})
-            bar.update(step, loss, last.get("tokens_per_s"), last.get("val_loss"))
+        while not run.ended:
+            run.advance(*run.train_step(*run.state(), run.next_batch(), run.lr()))
     finally:
-        bar.close()
-        metrics.close()
-        ckpt.close()
+        run.close()
+    return run.finish()
 
-    summary.update(step=step, final_loss=last.get("loss"), val_loss=last.get("val_loss"),
-                   val_loss_se=last.get("val_loss_se"), val_bpb=last.get("val_bpb"))
-    if task:
-        summary["task_accuracy"] = last.get("task_accuracy")
-    if status == "done" and t.eval_contexts:
-        contexts = evaluate_contexts(cfg, graphdef, train_state["params"], shard)  # every process: collective
+
+class Run:
+    """One run's training, step by step: :func:`train` drives one, scaling.train_pack drives several in one
+    program. Building it validates the config, writes config.json and the running status, and restores the
+    newest checkpoint; :meth:`advance` takes a step's result (logs, evaluates, checkpoints and checks the
+    loss where due); :meth:`close` then :meth:`finish` end it (the final status, the context evaluation)."""
+
+    def __init__(self, cfg, workdir, *, progress: bool = True):
+        _config.validate(cfg)
+        t = cfg.train
+        self.cfg, self.t = cfg, t
+        self.blend_steps, self.total = t.get("blend_steps"), _config.total_steps(t)
+        if self.blend_steps and self.blend_steps > self.total:  # before anything is written
+            raise _config.ConfigError(f"train.blend_steps = {self.blend_steps}: must be at most the run's "
+                                      f"{self.total} steps (the model must end as power retention alone)")
+        sharding.initialize_hosts()  # a multi-host job from the environment (no-op when one process, or joined)
+        self.primary = primary = sharding.is_primary()  # process 0 writes the run directory
+        self.workdir = workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.rid = rid = run_id(cfg)
         if primary:
-            rundir.write_json(workdir / rundir.EVAL_CONTEXTS,
-                              {"train_context": t.context, "step": step, "contexts": contexts})
-    if primary:
-        rundir.write_status(workdir, status, **summary)
-    return TrainResult(status=status, step=step, workdir=str(workdir), run_id=rid, summary=summary)
+            held = rundir.write_config(workdir, rid, _config.to_dict(cfg))
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("statescale config.json")
+            held = rundir.read_config(workdir)["run_id"]
+        if held != rid:
+            raise _config.ConfigError(
+                f"workdir {str(workdir)!r} holds run {held} with a different config; "
+                "use a new --workdir (or delete it) to start a different run")
+        self._check_layout()
+
+        # Packed rows hold several documents: their segment ids and positions go to the model, which keeps the
+        # documents apart. An unpacked row is one document (padding after it), which sees nothing else anyway:
+        # the model gets the tokens alone, so the train step stays the plain (and Pallas-capable) program.
+        self.data = validate_data_config(cfg.data)
+        self.drop = () if self.data["packing"] else ("segment_ids", "positions")
+
+        self.graphdef, train_state, tx, schedule = init_train_state(cfg)
+        self.layout = sharding.state_shardings(train_state, self.mesh)
+        self.train_state = jax.device_put(train_state, self.layout)
+        self.data_iter = make_train_iterator(cfg.data, batch_size=t.batch_size, context=t.context, seed=t.seed)
+        self.eval_batches = eval_set(cfg, t.context)
+        self.ckpt = Checkpointer(workdir / rundir.CHECKPOINTS, keep=t.keep_checkpoints)
+        self.step = 0
+        if self.ckpt.latest_step() is not None:
+            restored = self.ckpt.restore(flat_tree(self.train_state))
+            self.train_state = jax.device_put(unflat_tree(restored.state, self.train_state), self.layout)
+            self.data_iter.set_state(restored.data_state)
+            self.step = restored.step
+            log.info("resumed %s from step %d", workdir, self.step)
+        elif t.get("init_from"):
+            params, src, src_step = init_params_from(cfg, workdir)
+            self.train_state = jax.device_put({"params": params, "opt": tx.init(params)}, self.layout)
+            log.info("initialised %s from %s (step %d)", workdir, src, src_step)
+
+        counts = accounting.params(cfg)
+        self.tokens_per_step = t.batch_size * t.context
+        self.flops_per_token = accounting.train_flops_per_token(cfg, t.context)  # 3 x forward, mixer-aware
+        self.blend_flops = accounting.blend_flops_per_token(cfg, t.context) if self.blend_steps else 0.0
+        self.summary = {
+            "run_id": rid, "params": counts["total"], "non_embedding_params": counts["non_embedding"],
+            "state_size": accounting.state_size(cfg, t.context), "context": t.context,
+            "total_steps": self.total, "tokens": self.total * self.tokens_per_step, "flops": self.flops_at(self.total),
+        }
+        if primary:
+            rundir.write_status(workdir, "running", step=self.step, **self.summary)
+        self.metrics = MetricsLog(workdir, self.step) if primary else rundir.NoMetrics()
+        self.train_step, self.eval_step = _cached_steps(self.graphdef, t.grad_clip, t.b1, t.b2, t.weight_decay,
+                                                        self.microbatches, t.get("remat"))
+        self.lrs = learning_rates(schedule, self.total)
+        self.task = cfg.data.source in TASKS  # a synthetic task: evaluations add task_accuracy
+        self.bpb = bpb_basis(self.data)  # bits per byte: counted bytes, the file's ratio, or unknown
+        if self.step == 0 and t.get("init_from"):  # the loss right after initialisation from another run
+            self.metrics.write({"kind": "eval", "step": 0, **self.evaluate(0)})
+        self.status, self.last = "done", {}
+        self.bar = _Progress(self.total, self.step, enabled=progress and primary, title=cfg.model.name)
+        self.t_last, self.tok_since = time.perf_counter(), 0
+        self.good = self.step  # the last step whose loss was checked finite
+        self.ended = self.step >= self.total
+
+    def _check_layout(self):
+        """The mesh and the batch's splits (processes, mesh shards, microbatches), before any compute."""
+        t = self.t
+        n_proc = jax.process_count()
+        if t.batch_size % n_proc:
+            raise _config.ConfigError(f"train.batch_size = {t.batch_size}: must be a multiple of the "
+                                      f"{n_proc} processes that each read an equal slice of it")
+        try:
+            self.mesh = mesh = sharding.make_mesh(t.get("mesh"))
+        except sharding.MeshError as e:
+            raise _config.ConfigError(str(e)) from None
+        split = sharding.batch_divisor(mesh)
+        if t.batch_size % split:
+            raise _config.ConfigError(f"train.batch_size = {t.batch_size}: must be a multiple of the {split} ways "
+                                      f"the batch is split (mesh axes data x fsdp of {dict(mesh.shape)})")
+        self.microbatches = microbatches = t.get("microbatches") or 1
+        if t.batch_size % (microbatches * split):
+            raise _config.ConfigError(f"train.microbatches = {microbatches}: train.batch_size = {t.batch_size} must "
+                                      f"be a multiple of microbatches x {split} batch shards = {microbatches * split}")
+        self.data_sharding = NamedSharding(mesh, sharding.batch_spec())
+
+    def flops_at(self, s: int) -> float:
+        """Training FLOPs after s steps, the blended steps' attention included."""
+        tokens = s * self.tokens_per_step
+        return tokens * self.flops_per_token + min(s, self.blend_steps or 0) * self.tokens_per_step * self.blend_flops
+
+    def shard(self, batch):
+        """This process's rows of the global batch -> global arrays (one process: device_put)."""
+        return {k: jax.make_array_from_process_local_data(self.data_sharding, np.asarray(v))
+                for k, v in batch.items() if k not in self.drop}
+
+    def blended(self, batch, s: int):
+        """PowerCoder-style: the blend weight of step s, one per row."""
+        if not self.blend_steps:
+            return batch
+        return {**batch, "blend": np.full((len(batch["inputs"]),), min(1.0, s / self.blend_steps), np.float32)}
+
+    def state(self):
+        """(parameters, optimizer state): the train step's first two arguments (donated to it)."""
+        return self.train_state["params"], self.train_state["opt"]
+
+    def next_batch(self):
+        """The global batch of the next step."""
+        return self.shard(self.blended(next(self.data_iter), self.step))
+
+    def lr(self):
+        """The learning rate of the next step."""
+        return self.lrs[self.step]
+
+    def evaluate(self, s: int) -> dict:
+        return evaluate(self.eval_step, self.train_state["params"], [self.blended(b, s) for b in self.eval_batches],
+                        self.shard, task=self.task, bpb=self.bpb)
+
+    def advance(self, params, opt_state, out) -> None:
+        """Take the result of the next step: log, evaluate and checkpoint where due, check the loss there (no host
+        sync between those steps: the next batch is read while this step computes). Sets ``ended``."""
+        t = self.t
+        self.step = step = self.step + 1
+        self.tok_since += self.tokens_per_step
+        self.ended = step >= self.total
+        if not (step % t.log_every == 0 or step % t.eval_every == 0 or step % t.checkpoint_every == 0
+                or self.ended):
+            self.train_state = {"params": params, "opt": opt_state}
+            return
+        loss = float(out["loss"])
+        if not math.isfinite(loss):
+            self.status, self.ended = "diverged", True
+            self.metrics.write({"kind": "train", "step": step, "loss": loss})
+            log.error("loss is %s at step %d: run diverged; the last good checkpoint is kept", loss, step)
+            self.step = self.good
+            return
+        self.train_state = {"params": params, "opt": opt_state}
+        self.good = step
+        if step % t.log_every == 0 or self.ended:
+            now = time.perf_counter()
+            self.last = {"kind": "train", "step": step, "tokens": step * self.tokens_per_step,
+                         "flops": self.flops_at(step), "loss": loss,
+                         "lr": float(self.lrs[step - 1]), "grad_norm": float(out["grad_norm"]),
+                         "tokens_per_s": self.tok_since / max(now - self.t_last, 1e-9)}
+            self.metrics.write(self.last)
+            self.t_last, self.tok_since = now, 0
+        if step % t.eval_every == 0 or self.ended:
+            ev = self.evaluate(step)
+            self.metrics.write({"kind": "eval", "step": step, **ev})
+            self.last.update(ev)
+        if step % t.checkpoint_every == 0 or self.ended:
+            self.ckpt.save(step, flat_tree(self.train_state), data_state=self.data_iter.get_state(),
+                           meta={"loss": loss})
+        self.bar.update(step, loss, self.last.get("tokens_per_s"), self.last.get("val_loss"))
+
+    def close(self) -> None:
+        """Stop the progress bar, close the metrics log and the checkpointer (idempotent)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        self.bar.close()
+        self.metrics.close()
+        self.ckpt.close()
+
+    def finish(self) -> TrainResult:
+        """The run's summary and final status (after :meth:`close`); a finished run with ``train.eval_contexts``
+        also evaluates at each of them."""
+        last, summary = self.last, self.summary
+        summary.update(step=self.step, final_loss=last.get("loss"), val_loss=last.get("val_loss"),
+                       val_loss_se=last.get("val_loss_se"), val_bpb=last.get("val_bpb"))
+        if self.task:
+            summary["task_accuracy"] = last.get("task_accuracy")
+        if self.status == "done" and self.t.eval_contexts:  # every process: collective
+            contexts = evaluate_contexts(self.cfg, self.graphdef, self.train_state["params"], self.shard)
+            if self.primary:
+                rundir.write_json(self.workdir / rundir.EVAL_CONTEXTS,
+                                  {"train_context": self.t.context, "step": self.step, "contexts": contexts})
+        if self.primary:
+            rundir.write_status(self.workdir, self.status, **summary)
+        return TrainResult(status=self.status, step=self.step, workdir=str(self.workdir), run_id=self.rid,
+                           summary=summary)
 
 
 class _Progress:

@@ -174,7 +174,17 @@ def _scores_mask(q_pos, k_pos, causal, window):
 
 
 def _masked_softmax_attend(q, k, v, allowed, scale):
-    """q [b,tq,hq,d], k [b,tk,hk,d], v [b,tk,hk,e], allowed [tq,tk] or [b,tq,tk] -> [b,tq,hq,e] fp32."""
+    """q [b,tq,hq,d], k [b,tk,hk,d], v [b,tk,hk,e], allowed [tq,tk] or [b,tq,tk] -> [b,tq,hq,e] fp32.
+
+    Its VJP is the softmax's closed form (FlashAttention's): with weights w and output y, dS = w * (dW - D) where
+    D = rowsum(dY * Y) is a [tq] vector per head, not a reduction over the [tq, tk] scores as autodiff's is;
+    the backward keeps w from the forward (this form's [T, T] array; the blockwise form recomputes instead).
+    Measured on the quickstart's attention at d_model 16, context 128: see docs/performance.md."""
+    return _attend(q, k, v, allowed, scale)[0]
+
+
+def _attend(q, k, v, allowed, scale):
+    """(y [b,tq,hq,e] fp32, weights [b,hk,g,tq,tk] fp32)."""
     b, tq, hq, d = q.shape
     hk = k.shape[2]
     qg = q.reshape(b, tq, hk, hq // hk, d).astype(jnp.float32)
@@ -182,9 +192,33 @@ def _masked_softmax_attend(q, k, v, allowed, scale):
     mask = allowed[:, None, None] if allowed.ndim == 3 else allowed
     s = jnp.where(mask, s, _NEG)
     w = jax.nn.softmax(s, axis=-1)
-    w = jnp.where(mask, w, 0.0)
+    w = jnp.where(mask, w, 0.0)  # a fully masked row (an empty cache slot's) gives zeros, not a uniform average
     y = jnp.einsum("bhgqk,bkhe->bqhge", w, v.astype(jnp.float32))
-    return y.reshape(b, tq, hq, v.shape[-1])
+    return y.reshape(b, tq, hq, v.shape[-1]), w
+
+
+def _attend_fwd(q, k, v, allowed, scale):
+    y, w = _attend(q, k, v, allowed, scale)
+    return y, (q, k, v, w, y)
+
+
+def _attend_bwd(scale, res, dy):
+    q, k, v, w, y = res
+    b, tq, hq, d = q.shape
+    hk = k.shape[2]
+    g = hq // hk
+    dy_g = dy.reshape(b, tq, hk, g, -1)
+    dv = jnp.einsum("bhgqk,bqhge->bkhe", w, dy_g)
+    dw = jnp.einsum("bqhge,bkhe->bhgqk", dy_g, v.astype(jnp.float32))
+    rows = jnp.moveaxis(jnp.sum(dy_g * y.reshape(b, tq, hk, g, -1), axis=-1), 1, -1)  # D: [b, hk, g, tq]
+    ds = w * (dw - rows[..., None]) * scale  # zero where masked: w is
+    dq = jnp.einsum("bhgqk,bkhd->bqhgd", ds, k.astype(jnp.float32)).reshape(b, tq, hq, d)
+    dk = jnp.einsum("bhgqk,bqhgd->bkhd", ds, q.reshape(b, tq, hk, g, d).astype(jnp.float32))
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
+
+
+_masked_softmax_attend = jax.custom_vjp(_masked_softmax_attend, nondiff_argnums=(4,))
+_masked_softmax_attend.defvjp(_attend_fwd, _attend_bwd)
 
 
 def attention(q, k, v, *, causal: bool = True, window: int | None = None, scale: float | None = None,

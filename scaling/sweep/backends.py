@@ -17,10 +17,11 @@ LAUNCHERS = ("local", "ray", "slurm")
 
 
 class _Job:
-    """A run handed to a serving worker: its exit code once the worker answers."""
+    """A run, or a pack of runs, handed to a serving worker: its exit code (a list for a pack) once the worker
+    answers."""
 
-    def __init__(self, server: subprocess.Popen, workdir: Path):
-        self.server, self.workdir, self.code = server, workdir, None
+    def __init__(self, server: subprocess.Popen, workdirs: list[Path], pack: bool):
+        self.server, self.workdirs, self.pack, self.code = server, workdirs, pack, None
 
     @property
     def pid(self) -> int:
@@ -61,11 +62,14 @@ class LocalBackend:
         self.buffers[proc.pid] = b""
         return proc, cpu, 0
 
-    def submit(self, workdir: Path):
+    def submit(self, workdir):
+        """Hand a workdir, or a list of them (one pack: scaling.train_pack), to an idle worker."""
+        pack = isinstance(workdir, (list, tuple))
+        workdirs = [Path(w) for w in (workdir if pack else [workdir])]
         proc, cpu, served = self._worker()
-        job = _Job(proc, Path(workdir))
+        job = _Job(proc, workdirs, pack)
         try:
-            proc.stdin.write(f"{Path(workdir).resolve()}\n".encode())
+            proc.stdin.write(("\t".join(str(w.resolve()) for w in workdirs) + "\n").encode())
             proc.stdin.flush()
         except OSError:  # it died between the check and the write: its exit is seen by poll
             pass
@@ -86,7 +90,8 @@ class LocalBackend:
         self.buffers[proc.pid] = self.buffers.get(proc.pid, b"") + chunk
         if b"\n" in self.buffers[proc.pid]:
             line, self.buffers[proc.pid] = self.buffers[proc.pid].split(b"\n", 1)
-            job.code = int(line)
+            codes = [int(c) for c in line.split()]
+            job.code = codes if job.pack else codes[0]
             _, cpu, served = self.busy.pop(proc.pid)
             if served >= self.runs_per_worker:
                 self._stop(proc)

@@ -186,7 +186,7 @@ def prepare(spec: str | Path | _spec.Sweep | dict, sweep_dir: str | Path | None 
 def run_sweep(spec, sweep_dir=None, *, launcher: str = "local", workers: int | None = None, retries: int = 1,
               progress: bool = False, ray_address: str | None = None, slurm_cluster: str | None = None,
               slurm_params: dict | None = None, poll_s: float = 0.5, log=print, scale: str | None = None,
-              overrides: dict | None = None) -> SweepResult:
+              overrides: dict | None = None, pack: int = 1) -> SweepResult:
     """Run every pending run of ``spec`` (a spec file, a Sweep or a dict) and record the results.
 
     Args:
@@ -196,6 +196,8 @@ def run_sweep(spec, sweep_dir=None, *, launcher: str = "local", workers: int | N
       retries: a failed run is tried again up to this many times (diverged runs are final).
       progress: a live rich display; otherwise one line per finished run through ``log``.
       scale, overrides: see :func:`prepare`.
+      pack: local launcher: up to this many pending runs of one shape (scaling.train_pack.pack_key: they differ
+        only in seed, schedule, length or logging) are trained together by one worker, in one program a step.
     """
     if launcher not in LAUNCHERS:
         raise _spec.SpecError(f"--launcher {launcher!r}: must be one of {', '.join(LAUNCHERS)}")
@@ -203,6 +205,9 @@ def run_sweep(spec, sweep_dir=None, *, launcher: str = "local", workers: int | N
         raise _spec.SpecError(f"--workers {workers}: must be >= 1")
     if retries < 0:
         raise _spec.SpecError(f"--retries {retries}: must be >= 0")
+    if pack < 1 or (pack > 1 and launcher != "local"):
+        raise _spec.SpecError(f"--pack {pack}: must be >= 1, and 1 unless --launcher local (packs are trained by "
+                              "the local launcher's workers)")
     t0 = time.time()
     sweep, plans, store, sweep_dir = prepare(spec, sweep_dir, scale=scale, overrides=overrides)
     ids = [p.run_id for p in plans]
@@ -228,7 +233,8 @@ def run_sweep(spec, sweep_dir=None, *, launcher: str = "local", workers: int | N
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if on_main else None
         t_train = time.time()
         try:
-            _drive(store, ids, backend, owner, retries, display, result, poll_s)
+            keys = _pack_keys(plans) if pack > 1 else None
+            _drive(store, ids, backend, owner, retries, display, result, poll_s, pack, keys)
         finally:
             if on_main:
                 signal.signal(signal.SIGTERM, previous)
@@ -265,39 +271,74 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _drive(store: Store, ids, backend, owner, retries, display, result: SweepResult, poll_s: float) -> None:
-    active: dict[str, tuple[Any, Any, float]] = {}  # run id -> (handle, row, start time)
+def _pack_keys(plans) -> dict[str, str]:
+    """Run id -> the key of the runs it may be packed with (scaling.train_pack.pack_key)."""
+    from scaling.train_pack import pack_key
+
+    return {p.run_id: pack_key(p.cfg.to_dict()) for p in plans}
+
+
+def _claim_group(store: Store, owner, ids, pack: int, keys) -> list:
+    """The next run to train, with up to ``pack - 1`` pending runs of its key (claimed too); [] when none."""
+    row = store.claim(owner, ids)
+    if row is None:
+        return []
+    group = [row]
+    if pack > 1:
+        mates = [i for i in ids if keys.get(i) == keys.get(row["id"]) and i != row["id"]]
+        while mates and len(group) < pack:
+            mate = store.claim(owner, mates)
+            if mate is None:
+                break
+            group.append(mate)
+            mates.remove(mate["id"])
+    return group
+
+
+def _drive(store: Store, ids, backend, owner, retries, display, result: SweepResult, poll_s: float,
+           pack: int = 1, keys: dict | None = None) -> None:
+    active: dict[str, tuple[Any, list, float]] = {}  # first run id -> (handle, rows, start time)
     try:
         while True:
             while len(active) < backend.slots:
-                row = store.claim(owner, ids)
-                if row is None:
+                group = _claim_group(store, owner, ids, pack, keys)
+                if not group:
                     break
-                workdir = Path(row["workdir"])
-                write_config(workdir, row["id"], json.loads(row["config"]))
-                if finished_in_workdir(row):  # trained before a launcher died unrecorded: record it only
-                    _record(store, row, None, None, retries, owner, display, result, time.time())
-                    result.skipped += 1
+                rows = []
+                for row in group:
+                    workdir = Path(row["workdir"])
+                    write_config(workdir, row["id"], json.loads(row["config"]))
+                    if finished_in_workdir(row):  # trained before a launcher died unrecorded: record it only
+                        _record(store, row, None, None, retries, owner, display, result, time.time())
+                        result.skipped += 1
+                    else:
+                        rows.append(row)
+                if not rows:
                     continue
-                handle = backend.submit(workdir)
-                store.set_job(row["id"], backend.job_id(handle))
-                active[row["id"]] = (handle, row, time.time())
-                display.started(row)
+                workdirs = [Path(r["workdir"]) for r in rows]
+                handle = backend.submit(workdirs if len(rows) > 1 else workdirs[0])
+                for row in rows:
+                    store.set_job(row["id"], backend.job_id(handle))
+                    display.started(row)
+                active[rows[0]["id"]] = (handle, rows, time.time())
             if not active:
                 break
-            for rid, (handle, row, started) in list(active.items()):
+            for key, (handle, rows, started) in list(active.items()):
                 code, err = backend.poll(handle)
                 if code is not None:
-                    del active[rid]
-                    result.trained += 1
-                    _record(store, row, code, err, retries, owner, display, result, started)
+                    del active[key]
+                    codes = code if isinstance(code, list) else [code] * len(rows)  # a dead worker fails its pack
+                    for row, c in zip(rows, codes, strict=True):
+                        result.trained += 1
+                        _record(store, row, c, err, retries, owner, display, result, started)
             display.refresh(active)
             time.sleep(poll_s)
     except BaseException:
         # Ctrl-C (or any error): stop our workers and give their runs back, so a rerun resumes them
-        for rid, (handle, _, _) in active.items():
+        for handle, rows, _ in active.values():
             backend.cancel(handle)
-            store.release(rid, owner)
+            for row in rows:
+                store.release(row["id"], owner)
         raise
 
 
@@ -361,7 +402,8 @@ class _Display:
     def refresh(self, active) -> None:
         if not self.enabled:
             return
-        for rid, (_, row, _) in active.items():
+        for row in (r for _, rows, _ in active.values() for r in rows):
+            rid = row["id"]
             if rid in self.tasks:
                 p = read_progress(row["workdir"])
                 info = []

@@ -185,13 +185,11 @@ def run_job(workdir: str, single_thread: bool = True, lock_timeout: float | None
         raise
 
 
-def train_workdir(workdir: str | Path, *, lock_timeout: float | None = 60.0) -> int:
-    """Train the run whose config.json is in ``workdir`` under the workdir lock; return an exit code."""
+def _read_run(workdir: Path):
+    """The run config of ``workdir``'s config.json, or an exit code (no config, or not its run id)."""
     from scaling import config as _config
     from scaling.rundir import has_config, read_config, run_id
-    from scaling.train import train
 
-    workdir = Path(workdir)
     if not has_config(workdir):
         print(f"worker: {str(workdir)!r} has no config.json", file=sys.stderr)
         return EXIT_BAD
@@ -201,28 +199,66 @@ def train_workdir(workdir: str | Path, *, lock_timeout: float | None = 60.0) -> 
         print(f"worker: config.json in {str(workdir)!r} does not hash to its run id {blob.get('run_id')}",
               file=sys.stderr)
         return EXIT_BAD
+    return cfg
+
+
+def train_workdirs(workdirs, *, lock_timeout: float | None = 60.0) -> list[int]:
+    """Train the runs whose config.json are in ``workdirs``, each under its workdir lock; one exit code each.
+    One workdir: scaling.train.train. Several: one pack (scaling.train_pack.train_packed), every run of it
+    answered with the same code when the pack cannot start (a bad config, a lock held)."""
+    workdirs = [Path(w) for w in workdirs]
+    cfgs = [_read_run(w) for w in workdirs]
+    bad = next((c for c in cfgs if isinstance(c, int)), None)
+    if bad is not None:
+        return [bad] * len(workdirs)
+    fds = []
     try:
-        fd = lock_workdir(workdir, lock_timeout)
+        for w in workdirs:
+            fds.append(lock_workdir(w, lock_timeout))
     except WorkdirLocked as e:
         print(f"worker: {e}", file=sys.stderr)
-        return EXIT_LOCKED
+        for fd in fds:
+            os.close(fd)
+        return [EXIT_LOCKED] * len(workdirs)
     try:
-        print(f"worker {os.getpid()}: run {blob['run_id']} in {workdir}", flush=True)
-        result = train(cfg, workdir, progress=False)
-        print(f"worker {os.getpid()}: {result.status} at step {result.step}", flush=True)
-        return EXIT_DONE if result.status == "done" else EXIT_DIVERGED
+        from scaling.rundir import run_id
+
+        for cfg, w in zip(cfgs, workdirs, strict=True):
+            print(f"worker {os.getpid()}: run {run_id(cfg)} in {w}" + (" (packed)" if len(cfgs) > 1 else ""),
+                  flush=True)
+        if len(workdirs) == 1:
+            from scaling.train import train
+
+            results = [train(cfgs[0], workdirs[0], progress=False)]
+        else:
+            from scaling.train_pack import train_packed
+
+            results = train_packed(cfgs, workdirs)
+        for w, r in zip(workdirs, results, strict=True):
+            print(f"worker {os.getpid()}: {w.name} {r.status} at step {r.step}", flush=True)
+        return [EXIT_DONE if r.status == "done" else EXIT_DIVERGED for r in results]
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
 
 
-def _train_logged(workdir: str, lock_timeout: float | None) -> int:
-    """train_workdir with this process's stdout and stderr (file descriptors 1 and 2, so XLA's output too)
-    appended to ``WORKDIR/worker.log``; an exception is logged there and answered with EXIT_ERROR."""
+def train_workdir(workdir: str | Path, *, lock_timeout: float | None = 60.0) -> int:
+    """Train the run whose config.json is in ``workdir`` under the workdir lock; return an exit code."""
+    return train_workdirs([workdir], lock_timeout=lock_timeout)[0]
+
+
+def _train_logged(workdirs: list[str], lock_timeout: float | None) -> list[int]:
+    """train_workdirs with this process's stdout and stderr (file descriptors 1 and 2, so XLA's output too)
+    appended to the first workdir's ``worker.log`` (the others' logs name it); an exception is logged there and
+    answered with EXIT_ERROR."""
     try:
-        log = os.open(Path(workdir) / LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        log = os.open(Path(workdirs[0]) / LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        for other in workdirs[1:]:
+            with open(Path(other) / LOG_NAME, "a") as f:
+                f.write(f"trained in a pack; its log: {Path(workdirs[0]) / LOG_NAME}\n")
     except OSError as e:
-        print(f"worker: cannot open the log of {workdir!r}: {e}", file=sys.stderr)
-        return EXIT_BAD
+        print(f"worker: cannot open the log of {workdirs[0]!r}: {e}", file=sys.stderr)
+        return [EXIT_BAD] * len(workdirs)
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)  # opened only once the log is: a bad workdir leaks no descriptor
@@ -230,10 +266,10 @@ def _train_logged(workdir: str, lock_timeout: float | None) -> int:
     os.dup2(log, 2)
     os.close(log)
     try:
-        return train_workdir(workdir, lock_timeout=lock_timeout)
+        return train_workdirs(workdirs, lock_timeout=lock_timeout)
     except Exception:
         traceback.print_exc()
-        return EXIT_ERROR
+        return [EXIT_ERROR] * len(workdirs)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -244,14 +280,16 @@ def _train_logged(workdir: str, lock_timeout: float | None) -> int:
 
 def serve(lock_timeout: float | None = None, *, requests=None, answers=None) -> int:
     """Train the run of each workdir read from ``requests`` (default stdin, one path a line) in turn; answer
-    each with its exit code on a line of ``answers`` (default the original stdout). Ends at end of input."""
+    each with its exit code on a line of ``answers`` (default the original stdout). A line of several paths
+    separated by tabs is one pack (scaling.train_pack), answered with their codes on one line, separated by
+    spaces. Ends at end of input."""
     requests = sys.stdin if requests is None else requests
     answers = os.fdopen(os.dup(1), "w", buffering=1) if answers is None else answers
     for line in requests:
-        workdir = line.strip()
-        if workdir:
-            code = _train_logged(workdir, lock_timeout)
-            answers.write(f"{code}\n")
+        workdirs = [w for w in line.rstrip("\n").split("\t") if w.strip()]
+        if workdirs:
+            codes = _train_logged(workdirs, lock_timeout)
+            answers.write(" ".join(map(str, codes)) + "\n")
             answers.flush()
     return EXIT_DONE
 

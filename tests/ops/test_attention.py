@@ -40,6 +40,27 @@ def test_gradients_match_reference(window):
         assert rel_err(g, w) < 1e-5
 
 
+@pytest.mark.parametrize("group,per_row", [((2, 2), False), ((4, 2), True), ((3, 1), True)])
+def test_closed_form_vjp_equals_autodiff_of_the_same_forward(group, per_row):
+    """The masked softmax's custom VJP (dS = w (dW - rowsum(dY Y))) against autodiff of the same forward, on a
+    random mask with fully masked rows (an empty cache slot's), grouped heads and a value dim unlike the key's."""
+    from scaling.ops.attention import _attend, _masked_softmax_attend
+
+    b, t, d, e = 2, 7, 4, 6
+    ks = jax.random.split(jax.random.key(3), 5)
+    q = jax.random.normal(ks[0], (b, t, group[0], d))
+    k = jax.random.normal(ks[1], (b, t, group[1], d))
+    v = jax.random.normal(ks[2], (b, t, group[1], e))
+    allowed = jax.random.bernoulli(ks[3], 0.6, (b, t, t) if per_row else (t, t))
+    allowed = allowed.at[..., 2, :].set(False)  # a row that sees nothing
+    cot = jax.random.normal(ks[4], (b, t, group[0], e))
+    fast = jax.vjp(lambda *a: _masked_softmax_attend(*a, allowed, 0.5), q, k, v)
+    slow = jax.vjp(lambda *a: _attend(*a, allowed, 0.5)[0], q, k, v)
+    assert rel_err(fast[0], slow[0]) == 0.0
+    for g, w in zip(fast[1](cot), slow[1](cot), strict=True):
+        assert rel_err(g, w) < 1e-5
+
+
 @pytest.mark.parametrize("window", [None, 4])
 def test_recurrent_and_cached_chaining(window):
     """Parallel prefill into a cache, then recurrent steps, equals one parallel call."""

@@ -283,3 +283,20 @@ def test_a_serving_worker_that_dies_fails_its_run_and_the_next_run_gets_a_new_on
         assert code == EXIT_DONE
     finally:
         backend.close()
+
+
+def test_pack_trains_runs_of_one_shape_together_and_needs_the_local_launcher(tmp_path):
+    """--pack 3 on a spec of one shape at three lengths and two seeds: every run done and recorded once, the first
+    three trained as one pack by one worker, the rest as a pack of the three left; other launchers are refused."""
+    from scaling.sweep.spec import SpecError
+
+    spec = spec_dict(steps=(4, 6, 8), seeds=2)
+    result = run_sweep(spec, tmp_path / "sw", workers=1, pack=3, log=lambda *_: None)
+    assert result.trained == 6 and result.counts["done"] == 6
+    rows = _check_done(tmp_path / "sw")
+    packed = [rid for rid, r in rows.items() if "(packed)" in Path(r["workdir"], "worker.log").read_text()
+              or "trained in a pack" in Path(r["workdir"], "worker.log").read_text()]
+    assert len(packed) == 6
+    assert len({r["job"] for r in rows.values()}) == 1  # one serving worker trained both packs
+    with pytest.raises(SpecError, match="--pack 2"):
+        run_sweep(spec, tmp_path / "ray", launcher="ray", pack=2)
