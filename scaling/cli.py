@@ -385,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from scaling.xla_env import apply_cpu_defaults
+
+    apply_cpu_defaults()  # before JAX starts a backend (scaling/xla_env.py)
     from scaling.config import ConfigError
 
     args = build_parser().parse_args(argv)

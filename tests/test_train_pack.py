@@ -14,6 +14,7 @@ import pytest
 
 from scaling import config
 from scaling.train_pack import pack_key, train_packed
+from scaling.xla_env import with_cpu_defaults
 from tests.test_train import PRESET, TINY, _restore_flat, _rows, _without_speed
 
 ROOT = Path(__file__).parents[1]
@@ -56,10 +57,11 @@ else:
 
 
 def _start(mode, tmp_path, extra=()):
-    """The script above in a process at XLA's default flags: the equality holds for the programs users run. At the
-    suite's quick-compile flags (tests/conftest.py: optimisation level 0, no fusion emitters) a packed retention
-    step's loss differed from the lone step's in its last bits from step 5 (its parameters did not)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": ""}
+    """The script above in a process at the flags a sweep worker has (XLA's defaults plus scaling.xla_env's): the
+    equality holds for the programs users run. At the suite's quick-compile flags (tests/conftest.py: optimisation
+    level 0, no fusion emitters) a packed retention step's loss differed from the lone step's in its last bits
+    from step 5 (its parameters did not)."""
+    env = with_cpu_defaults({**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": ""})
     return subprocess.Popen([sys.executable, "-c", _SCRIPT, mode, str(tmp_path), *extra], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

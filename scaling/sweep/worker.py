@@ -89,10 +89,12 @@ def _preexec(parent: int, prctl):
 
 
 def worker_env(single_thread: bool, base: dict | None = None) -> dict[str, str]:
-    """Environment of a worker. ``single_thread``: XLA's CPU client and the BLAS/OpenMP pools use one
-    thread, so N workers on N cores do not fight over them (``--xla_cpu_multi_thread_eigen=false`` is the
-    XLA CPU flag jax 0.10 accepts; unknown XLA flags abort, so only this one is added)."""
-    env = dict(os.environ if base is None else base)
+    """Environment of a worker: statescale's XLA CPU defaults (scaling.xla_env) and, with ``single_thread``,
+    XLA's CPU client and the BLAS/OpenMP pools on one thread, so N workers on N cores do not fight over them
+    (``--xla_cpu_multi_thread_eigen=false`` is the XLA CPU flag jax 0.10 accepts; unknown XLA flags abort)."""
+    from scaling.xla_env import with_cpu_defaults
+
+    env = with_cpu_defaults(dict(os.environ if base is None else base))
     env["PYTHONUNBUFFERED"] = "1"
     if single_thread:
         flags = env.get("XLA_FLAGS", "")
