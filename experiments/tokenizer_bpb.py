@@ -17,7 +17,7 @@ Steps (each skipped when its output exists, so a rerun resumes; the runs resume 
    its file (scaling.data.tokens.bpb_basis).
 
 Output: ``results.json``, a table on stdout and ``bpb_vs_flops.png`` (validation bits per byte against training
-FLOPs for both). One seed each: the seed-to-seed spread of these tiny runs is about 0.01-0.03 nats (quickstart), so
+FLOPs for both). One seed each: the seed-to-seed spread of these tiny runs is about 0.01-0.04 nats (quickstart), so
 only a gap well beyond that is a finding.
 """
 
