@@ -50,8 +50,11 @@ def test_bench_all_cli_writes_json_and_plots(tmp_path):
     ops = data["ops"]
     assert ops["peak_gflops_per_s"] == peak["peak_gflops_per_s"]  # one peak, shared by every ratio
     keys = {(r["op"], r["form"], r["T"]) for r in ops["rows"]}
-    assert keys == {(op, f, t) for t in (32, 64) for op in ("power_retention", "ssd") for f in ("chunked", "parallel")
-                    } | {("attention", f, t) for t in (32, 64) for f in ("blockwise", "parallel")}
+    from scaling.bench_ops import OPS, _op_forms
+
+    assert set(OPS) == {"power_retention", "ssd", "attention", "gla", "gated_delta", "based"}  # every mixer's op
+    assert keys == {(op, f, t) for t in (32, 64) for op in OPS for f in _op_forms(op)}
+    assert set(_op_forms("attention")) == {"blockwise", "parallel"} and "chunked" in _op_forms("gla")
     shape = {"heads": 2, "head_dim": 8, "d_state": 8, "chunk": 16, "p": 2}
     for r in ops["rows"]:
         assert r["flops"] == pytest.approx(bench.op_flops_per_token(r["op"], r["T"], **shape) * r["T"])
@@ -64,7 +67,7 @@ def test_bench_all_cli_writes_json_and_plots(tmp_path):
         assert s["slope"] == pytest.approx(math.log(pts[1][1] / pts[0][1]) / math.log(2))
         assert (s["T_min"], s["T_max"]) == (32, 64)
     assert [a["T"] for a in ops["attention"]] == [32, 64] and all(a["parallel_run"] for a in ops["attention"])
-    assert {(x["op"], x["T"]) for x in ops["ratios"]} == {(o, t) for o in ("power_retention", "ssd") for t in (32, 64)}
+    assert {(x["op"], x["T"]) for x in ops["ratios"]} == {(o, t) for o in OPS if o != "attention" for t in (32, 64)}
 
     train = data["train"]
     assert [r["preset"] for r in train["rows"]] == ["transformer_tiny", "power_retention_tiny"]
