@@ -231,7 +231,7 @@ def train(cfg, workdir, *, progress: bool = True) -> TrainResult:
     run = Run(cfg, workdir, progress=progress)
     try:
         while not run.ended:
-            run.advance(*run.train_step(*run.state(), run.next_batch(), run.lr()))
+            run.step_alone()
     finally:
         run.close()
     return run.finish()
@@ -270,25 +270,25 @@ class Run:
         # Packed rows hold several documents: their segment ids and positions go to the model, which keeps the
         # documents apart. An unpacked row is one document (padding after it), which sees nothing else anyway:
         # the model gets the tokens alone, so the train step stays the plain (and Pallas-capable) program.
-        self.data = validate_data_config(cfg.data)
-        self.drop = () if self.data["packing"] else ("segment_ids", "positions")
+        data = validate_data_config(cfg.data)
+        self.drop = () if data["packing"] else ("segment_ids", "positions")
 
         self.graphdef, train_state, tx, schedule = init_train_state(cfg)
-        self.layout = sharding.state_shardings(train_state, self.mesh)
-        self.train_state = jax.device_put(train_state, self.layout)
+        layout = sharding.state_shardings(train_state, self.mesh)
+        self.train_state = jax.device_put(train_state, layout)
         self.data_iter = make_train_iterator(cfg.data, batch_size=t.batch_size, context=t.context, seed=t.seed)
         self.eval_batches = eval_set(cfg, t.context)
         self.ckpt = Checkpointer(workdir / rundir.CHECKPOINTS, keep=t.keep_checkpoints)
         self.step = 0
         if self.ckpt.latest_step() is not None:
             restored = self.ckpt.restore(flat_tree(self.train_state))
-            self.train_state = jax.device_put(unflat_tree(restored.state, self.train_state), self.layout)
+            self.train_state = jax.device_put(unflat_tree(restored.state, self.train_state), layout)
             self.data_iter.set_state(restored.data_state)
             self.step = restored.step
             log.info("resumed %s from step %d", workdir, self.step)
         elif t.get("init_from"):
             params, src, src_step = init_params_from(cfg, workdir)
-            self.train_state = jax.device_put({"params": params, "opt": tx.init(params)}, self.layout)
+            self.train_state = jax.device_put({"params": params, "opt": tx.init(params)}, layout)
             log.info("initialised %s from %s (step %d)", workdir, src, src_step)
 
         counts = accounting.params(cfg)
@@ -307,7 +307,7 @@ class Run:
                                                         self.microbatches, t.get("remat"))
         self.lrs = learning_rates(schedule, self.total)
         self.task = cfg.data.source in TASKS  # a synthetic task: evaluations add task_accuracy
-        self.bpb = bpb_basis(self.data)  # bits per byte: counted bytes, the file's ratio, or unknown
+        self.bpb = bpb_basis(data)  # bits per byte: counted bytes, the file's ratio, or unknown
         if self.step == 0 and t.get("init_from"):  # the loss right after initialisation from another run
             self.metrics.write({"kind": "eval", "step": 0, **self.evaluate(0)})
         self.status, self.last = "done", {}
@@ -368,6 +368,10 @@ class Run:
     def evaluate(self, s: int) -> dict:
         return evaluate(self.eval_step, self.train_state["params"], [self.blended(b, s) for b in self.eval_batches],
                         self.shard, task=self.task, bpb=self.bpb)
+
+    def step_alone(self) -> None:
+        """The next step with this run's own compiled train step."""
+        self.advance(*self.train_step(*self.state(), self.next_batch(), self.lr()))
 
     def advance(self, params, opt_state, out) -> None:
         """Take the result of the next step: log, evaluate and checkpoint where due, check the loss there (no host

@@ -78,9 +78,8 @@ def train_packed(cfgs, workdirs, *, progress: bool = False) -> list[TrainResult]
             raise ValueError("train_packed: the runs' models do not share one train step (model structure)")
         active = [r for r in runs if not r.ended]
         while active:
-            if len(active) == 1:
-                run = active[0]
-                run.advance(*run.train_step(*run.state(), run.next_batch(), run.lr()))
+            if len(active) == 1:  # the last one left: its own step, as alone
+                active[0].step_alone()
             else:
                 states = [r.state() for r in active]
                 batches = [r.next_batch() for r in active]

@@ -34,6 +34,4 @@ def with_cpu_defaults(env: dict | None = None) -> dict:
 
 def apply_cpu_defaults() -> None:
     """Set this process's XLA_FLAGS as :func:`with_cpu_defaults` does (before its first JAX computation)."""
-    flags = with_cpu_defaults().get("XLA_FLAGS")
-    if flags is not None:
-        os.environ["XLA_FLAGS"] = flags
+    os.environ.update(with_cpu_defaults())

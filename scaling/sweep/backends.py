@@ -20,8 +20,8 @@ class _Job:
     """A run, or a pack of runs, handed to a serving worker: its exit code (a list for a pack) once the worker
     answers."""
 
-    def __init__(self, server: subprocess.Popen, workdirs: list[Path], pack: bool):
-        self.server, self.workdirs, self.pack, self.code = server, workdirs, pack, None
+    def __init__(self, server: subprocess.Popen, pack: bool):
+        self.server, self.pack, self.code = server, pack, None
 
     @property
     def pid(self) -> int:
@@ -67,7 +67,7 @@ class LocalBackend:
         pack = isinstance(workdir, (list, tuple))
         workdirs = [Path(w) for w in (workdir if pack else [workdir])]
         proc, cpu, served = self._worker()
-        job = _Job(proc, workdirs, pack)
+        job = _Job(proc, pack)
         try:
             proc.stdin.write(("\t".join(str(w.resolve()) for w in workdirs) + "\n").encode())
             proc.stdin.flush()
