@@ -8,8 +8,9 @@ batch 8 x context 256, two processes one after the other): mamba2_small's train 
 profiles the YNNPACK reductions of the backward pass (over [.., 128, 128] scores, [.., 32, 32] chunk blocks)
 took up to 22% of a step. The sums are the same math in another order, so losses move in their last bits.
 
-It is added to the scaling CLI's own process (``scaling.cli.main``, before JAX starts a backend) and to the
-sweep workers' environment (``scaling.sweep.worker.worker_env``). An ``XLA_FLAGS`` that already names
+It is added to the scaling CLI's own process (``scaling.cli.main``, before JAX starts a backend), to a sweep
+worker's (``scaling.sweep.worker.main``, however the worker was started) and to the environment the launchers
+give their workers (``scaling.sweep.worker.worker_env``). An ``XLA_FLAGS`` that already names
 ``xla_cpu_experimental_ynn_fusion_type`` is left as it is (the user's choice wins); ``STATESCALE_XLA_DEFAULTS=0``
 adds nothing. Library calls (``scaling.train.train`` from Python) run with whatever flags their process has.
 """

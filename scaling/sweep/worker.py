@@ -297,6 +297,9 @@ def serve(lock_timeout: float | None = None, *, requests=None, answers=None) -> 
 
 
 def main(argv=None) -> int:
+    from scaling.xla_env import apply_cpu_defaults
+
+    apply_cpu_defaults()  # however it was started (by hand, a launcher, Ray or Slurm): the CLI's XLA flags
     p = argparse.ArgumentParser(prog="python -m scaling.sweep.worker", description=__doc__.split("\n\n")[0])
     p.add_argument("workdir", nargs="?", help="the run's workdir (omit with --serve)")
     p.add_argument("--serve", action="store_true",
