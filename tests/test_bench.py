@@ -282,3 +282,21 @@ def test_accelerator_check_runs_its_xla_rows_on_cpu(tmp_path):
     assert {r["backend"] for r in data["kernels"]["rows"]} == {"xla", "pallas"}
     assert all(r["dtype"] == "bfloat16" for r in data["kernels"]["rows"])
     assert "| transformer_tiny |" in (tmp_path / "accelerator_check.md").read_text()
+
+
+@pytest.mark.slow
+def test_chunk_sizes_benchmark_times_every_chunk_and_names_the_fastest(tmp_path):
+    """benchmarks/chunk_sizes.py (behind scaling/mixers/chunks.py) at two chunks, one round: a row per (shape,
+    chunk), one fastest per shape at 1.00x, and the markdown table."""
+    from benchmarks import chunk_sizes
+
+    rows = chunk_sizes.main(["--mixers", "gla", "--chunks", "16", "32", "--shapes", "quickstart", "--rounds", "1",
+                             "--repeats", "1", "--json", str(tmp_path / "c.json")])
+    assert [(r["shape"], r["chunk"]) for r in rows] == [(s, c) for s in ("quickstart d16", "quickstart d32")
+                                                         for c in (16, 32)]
+    for shape in ("quickstart d16", "quickstart d32"):
+        got = [r for r in rows if r["shape"] == shape]
+        assert sum(r["fastest"] for r in got) == 1 and min(r["vs_fastest"] for r in got) == 1.0
+        assert all(r["step_ms"] > 0 for r in got)
+    assert "| gla | quickstart d16 |" in chunk_sizes.table(rows)
+    assert json.loads((tmp_path / "c.json").read_text())["rows"] == rows
