@@ -275,16 +275,12 @@ def _segsum(a_c):
     """Segment sums of log decays inside a chunk: a [..., c] -> s [..., c(i), c(j)].
 
     ``s[i, j] = a_{j+1} + ... + a_i`` for ``j <= i`` (0 on the diagonal) and 0 above it. A masked
-    cumulative sum rather than ``cumsum_i - cumsum_j``, so no two large partial sums are subtracted. The cumsum
-    down the rows is a matmul with the lower-triangular ones, ``s = tril(1) @ a_kj``: the same sums of
-    non-positive terms, but a GEMM, where XLA's CPU cumsum is a reduce-window (the forward at T = 4k, chunk 64,
-    ran 1.28-1.34x faster; docs/performance.md). HIGHEST precision keeps it float32 on TPU and GPU.
+    cumulative sum rather than ``cumsum_i - cumsum_j``, so no two large partial sums are subtracted.
     """
     c = a_c.shape[-1]
-    strictly_lower_kj = jnp.tril(jnp.ones((c, c), dtype=bool), k=-1)
-    a_kj = jnp.where(strictly_lower_kj, a_c[..., :, None], 0.0)
-    lower_ik = jnp.tril(jnp.ones((c, c), dtype=a_kj.dtype))
-    return jnp.einsum("ik,...kj->...ij", lower_ik, a_kj, precision=lax.Precision.HIGHEST)
+    strictly_lower_ij = jnp.tril(jnp.ones((c, c), dtype=bool), k=-1)
+    a_ij = jnp.where(strictly_lower_ij, a_c[..., :, None], 0.0)
+    return jnp.cumsum(a_ij, axis=-2)
 
 
 def _chunked(a_btgr, xdt_btgrp, B_btgs, C_btgs, h0_bgrps, *, chunk, masks: ChunkMasks | None = None):
