@@ -304,10 +304,26 @@ def _fit_power_sum(logX, logy, starts, delta, bootstrap, seed, bootstrap_starts)
     return theta, fbest, reps, info
 
 
+def _optimum_params(to_params: Callable, theta: np.ndarray, order: Sequence[str]) -> dict[str, float]:
+    """The law's parameters at the fit's optimum ``theta`` (log-space, keys ``order``); a ValueError that names the
+    optimum when a coefficient ran off to infinity (exp overflows), which means the data do not pin that term down."""
+    try:
+        return to_params(theta)
+    except OverflowError:
+        at = ", ".join(f"{k} = {v:.4g}" for k, v in zip(order, theta, strict=True))
+        raise ValueError(f"the best fit runs off to infinity ({at}, in log space): the losses do not pin down every "
+                         "term of the law; runs at more distinct values of its covariates may") from None
+
+
 def _replicate_samples(reps: np.ndarray, to_params: Callable, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each finite replicate's parameters; a replicate whose coefficients overflow stays NaN (a failed replicate)."""
     samples = {k: np.full(len(reps), np.nan) for k in names}
     for i, t in enumerate(reps):
         if np.isfinite(t).all():
-            for k, v in to_params(t).items():
+            try:
+                values = to_params(t)
+            except OverflowError:
+                continue
+            for k, v in values.items():
                 samples[k][i] = v
     return samples

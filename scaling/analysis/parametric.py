@@ -18,7 +18,13 @@ from scaling.analysis.fit_base import (
     _ci_from_samples,
     _Fit,
 )
-from scaling.analysis.optimize import _fit_power_sum, _grid_starts, _predict_log, _replicate_samples
+from scaling.analysis.optimize import (
+    _fit_power_sum,
+    _grid_starts,
+    _optimum_params,
+    _predict_log,
+    _replicate_samples,
+)
 from scaling.analysis.predict import PowerSumPrediction, broadcast_log
 
 __all__ = ["PARAMETRIC_GRID", "ParametricFit", "fit_parametric"]
@@ -147,7 +153,7 @@ def fit_parametric(
     logy = np.log(loss)
 
     theta, _, reps, info = _fit_power_sum(logX, logy, starts, delta, bootstrap, seed, bootstrap_starts)
-    params = _parametric_params(theta)
+    params = _optimum_params(_parametric_params, theta, ("e", "a", "alpha", "b", "beta"))
     samples = _replicate_samples(reps, _parametric_params, params) if bootstrap else {}
     return ParametricFit(
         params=params,

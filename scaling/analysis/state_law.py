@@ -19,7 +19,13 @@ from scaling.analysis.fit_base import (
     _ci_from_samples,
     _Fit,
 )
-from scaling.analysis.optimize import _fit_power_sum, _grid_starts, _predict_log, _replicate_samples
+from scaling.analysis.optimize import (
+    _fit_power_sum,
+    _grid_starts,
+    _optimum_params,
+    _predict_log,
+    _replicate_samples,
+)
 from scaling.analysis.parametric import PARAMETRIC_GRID
 from scaling.analysis.predict import PowerSumPrediction, broadcast_log
 
@@ -142,7 +148,7 @@ def fit_state_law(
     logX = np.log(np.vstack(covs))
     logy = np.log(x["loss"])
     theta, _, reps, info = _fit_power_sum(logX, logy, starts, delta, bootstrap, seed, bootstrap_starts)
-    params = _state_params(theta)
+    params = _optimum_params(_state_params, theta, order)
     samples = _replicate_samples(reps, _state_params, params) if bootstrap else {}
     return StateLawFit(
         params=params,

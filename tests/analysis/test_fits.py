@@ -667,3 +667,17 @@ def test_compute_optimal_state_and_curves():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert np.isfinite(loss_vs_state(no_d, 1e8, 1e4)).all()
+
+
+def test_an_optimum_that_overflows_is_a_clear_error_and_an_overflowing_replicate_a_failed_one():
+    from scaling.analysis.optimize import _optimum_params, _replicate_samples
+    from scaling.analysis.state_law import _state_params
+
+    order = ("e", "a", "alpha", "b", "gamma")
+    ok, runaway = np.array([0.5, 2.0, 0.3, 1.0, 0.4]), np.array([0.5, 2.0, 0.3, 900.0, 60.0])
+    assert _optimum_params(_state_params, ok, order)["B"] == pytest.approx(math.e)
+    with pytest.raises(ValueError, match=r"runs off to infinity \(e = 0.5, a = 2, alpha = 0.3, b = 900, gamma = 60"):
+        _optimum_params(_state_params, runaway, order)
+    samples = _replicate_samples(np.stack([ok, runaway, ok * 1.1]), _state_params, _state_params(ok))
+    assert np.isnan(samples["B"][1]) and np.isfinite(samples["B"][[0, 2]]).all()
+    assert samples["gamma"][2] == pytest.approx(0.44)
