@@ -315,14 +315,17 @@ def _optimum_params(to_params: Callable, theta: np.ndarray, order: Sequence[str]
                          "term of the law; runs at more distinct values of its covariates may") from None
 
 
-def _replicate_samples(reps: np.ndarray, to_params: Callable, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Each finite replicate's parameters; a replicate whose coefficients overflow stays NaN (a failed replicate)."""
+def _replicate_samples(reps: np.ndarray, to_params: Callable, names: Sequence[str],
+                       info: dict) -> dict[str, np.ndarray]:
+    """Each finite replicate's parameters. A replicate whose coefficients overflow stays NaN, a failed replicate:
+    ``info["bootstrap_failed"]`` counts those beside the ones the optimizer lost."""
     samples = {k: np.full(len(reps), np.nan) for k in names}
     for i, t in enumerate(reps):
         if np.isfinite(t).all():
             try:
                 values = to_params(t)
             except OverflowError:
+                info["bootstrap_failed"] += 1
                 continue
             for k, v in values.items():
                 samples[k][i] = v

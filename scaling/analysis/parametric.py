@@ -148,13 +148,14 @@ def fit_parametric(
     delta = _check_delta(delta)
     bootstrap, seed = _check_bootstrap(bootstrap, seed)
     bootstrap_starts = _check_bootstrap_starts(bootstrap_starts)
-    starts = _grid_starts(init_grid, PARAMETRIC_GRID, ("e", "a", "alpha", "b", "beta"))
+    order = ("e", "a", "alpha", "b", "beta")
+    starts = _grid_starts(init_grid, PARAMETRIC_GRID, order)
     logX = np.log(np.vstack([N, D]))
     logy = np.log(loss)
 
     theta, _, reps, info = _fit_power_sum(logX, logy, starts, delta, bootstrap, seed, bootstrap_starts)
-    params = _optimum_params(_parametric_params, theta, ("e", "a", "alpha", "b", "beta"))
-    samples = _replicate_samples(reps, _parametric_params, params) if bootstrap else {}
+    params = _optimum_params(_parametric_params, theta, order)
+    samples = _replicate_samples(reps, _parametric_params, params, info) if bootstrap else {}
     return ParametricFit(
         params=params,
         ci=_ci_from_samples(samples) if bootstrap else {},

@@ -149,7 +149,7 @@ def fit_state_law(
     logy = np.log(x["loss"])
     theta, _, reps, info = _fit_power_sum(logX, logy, starts, delta, bootstrap, seed, bootstrap_starts)
     params = _optimum_params(_state_params, theta, order)
-    samples = _replicate_samples(reps, _state_params, params) if bootstrap else {}
+    samples = _replicate_samples(reps, _state_params, params, info) if bootstrap else {}
     return StateLawFit(
         params=params,
         ci=_ci_from_samples(samples) if bootstrap else {},

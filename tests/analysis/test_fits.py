@@ -678,6 +678,9 @@ def test_an_optimum_that_overflows_is_a_clear_error_and_an_overflowing_replicate
     assert _optimum_params(_state_params, ok, order)["B"] == pytest.approx(math.e)
     with pytest.raises(ValueError, match=r"runs off to infinity \(e = 0.5, a = 2, alpha = 0.3, b = 900, gamma = 60"):
         _optimum_params(_state_params, runaway, order)
-    samples = _replicate_samples(np.stack([ok, runaway, ok * 1.1]), _state_params, _state_params(ok))
-    assert np.isnan(samples["B"][1]) and np.isfinite(samples["B"][[0, 2]]).all()
+    info = {"bootstrap_failed": 1}  # one replicate the optimizer lost (a NaN row)
+    reps = np.stack([ok, runaway, ok * 1.1, np.full(5, np.nan)])
+    samples = _replicate_samples(reps, _state_params, _state_params(ok), info)
+    assert np.isnan(samples["B"][[1, 3]]).all() and np.isfinite(samples["B"][[0, 2]]).all()
+    assert info["bootstrap_failed"] == 2
     assert samples["gamma"][2] == pytest.approx(0.44)
