@@ -60,7 +60,7 @@ points: the training stream is the task's examples for ``seed``, the evaluation 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grain
@@ -191,17 +191,23 @@ def _n_special(specials) -> int:
     return 1 if specials[0] is None else 2
 
 
-def _unpacked_rows(docs: Sequence[Document], context: int, *, seed: int | None, specials,
-                   select=None) -> grain.IterDataset:
+def _unpacked_window_reader(docs: Sequence[Document], context: int, specials) -> tuple[int, Callable]:
+    """(number of unpacked windows of ``docs``, a function from a window's index in stream order to its row)."""
     lengths = np.array([len(d) + _n_special(specials) for d in docs], dtype=np.int64)
     doc_idx, starts = _window_index(lengths, context)
     ids = [d.ids for d in docs]
-    ds = grain.MapDataset.range(doc_idx.size)
+    return doc_idx.size, lambda i: _unpacked_row(ids[doc_idx[i]], int(starts[i]), context, specials)
+
+
+def _unpacked_rows(docs: Sequence[Document], context: int, *, seed: int | None, specials,
+                   select=None) -> grain.IterDataset:
+    n, read = _unpacked_window_reader(docs, context, specials)
+    ds = grain.MapDataset.range(n)
     if seed is not None:
         ds = ds.shuffle(seed=seed).repeat()
     if select is not None:  # this process's rows: index arithmetic before any window is read
         ds = select(ds)
-    return ds.map(lambda i: _unpacked_row(ids[doc_idx[i]], int(starts[i]), context, specials)).to_iter_dataset(_READ)
+    return ds.map(read).to_iter_dataset(_READ)
 
 
 def _rows(docs: Sequence[Document], context: int, *, packing: bool, seed: int | None,
@@ -478,10 +484,19 @@ def make_eval_batches(
     if not c["packing"]:
         _check_fits(docs, context, "validation", _n_special(corpus.specials))
 
-    def rows():
-        return _rows(docs, context, packing=c["packing"], seed=None, specials=corpus.specials)
+    if c["packing"]:  # packed rows exist only as a stream: count them, then read the ones kept
+        def rows():
+            return _rows(docs, context, packing=True, seed=None, specials=corpus.specials)
 
-    n_rows = sum(1 for _ in rows())
-    keep = set(range(n_rows)) if want >= n_rows else set(((np.arange(want) * n_rows) // want).tolist())
-    picked = [row for i, row in enumerate(rows()) if i in keep]
+        n_rows = sum(1 for _ in rows())
+        keep = _spread(want, n_rows)
+        picked = [row for i, row in enumerate(rows()) if i in keep]
+    else:  # unpacked windows are indexed: read only the ones kept (not the whole validation stream, twice)
+        n_rows, read = _unpacked_window_reader(docs, context, corpus.specials)
+        picked = [read(i) for i in sorted(_spread(want, n_rows))]
     return [_local_batch(b, p, n_proc) for b in _batch_rows(picked, batch_size, context, corpus.specials[2])]
+
+
+def _spread(want: int, n_rows: int) -> set[int]:
+    """The indices of ``want`` rows spread evenly over ``n_rows`` (all of them if there are no more)."""
+    return set(range(n_rows)) if want >= n_rows else set(((np.arange(want) * n_rows) // want).tolist())
