@@ -20,6 +20,7 @@ from scaling.analysis.fit_base import (
     _ci_from_samples,
     _Fit,
     _fit_line,
+    _point_law,
     _power_law_eval,
 )
 
@@ -216,7 +217,7 @@ def fit_envelope(
     if len(np.unique(fN)) < 2:
         raise ValueError(f"fit_envelope: every frontier point is the same model size (N = {fN[0]:.4g}), so how "
                          "N_opt grows with C is not resolved; add sizes between the ones trained")
-    params, residuals = _allocation_params(fC, fN, fD)
+    params, residuals = _point_law("fit_envelope", _allocation_params, fC, fN, fD)
 
     sd = None if loss_sd is None else np.broadcast_to(np.asarray(loss_sd, np.float64), loss.shape)
     if sd is not None and not (np.all(np.isfinite(sd)) and np.all(sd >= 0)):
@@ -231,7 +232,11 @@ def fit_envelope(
         if len(np.unique(bC)) < 2 or len(np.unique(bN)) < 2:
             failed += 1
             continue
-        p, _ = _allocation_params(bC, bN, bD)
+        try:
+            p, _ = _allocation_params(bC, bN, bD)
+        except OverflowError:  # a replicate's slope so steep that its coefficient overflows: a failed replicate
+            failed += 1
+            continue
         for k in params:
             samples[k][i] = p[k]
 
@@ -434,7 +439,7 @@ def fit_isoflop(
         warnings.warn(f"fit_isoflop: N_opt lies outside the sizes trained at budget(s) "
                       f"{[f'{c:.4g}' for c in budget_C[extrapolated]]}; those optima are extrapolations",
                       stacklevel=2)
-    params, residuals = _allocation_params(budget_C, Nopt, Dopt)
+    params, residuals = _point_law("fit_isoflop", _allocation_params, budget_C, Nopt, Dopt)
     resid_loss = np.full(len(N), np.nan)
     for g in range(m):
         sel = group == g
@@ -453,7 +458,11 @@ def fit_isoflop(
         if ok.sum() < 2:
             failed += 1
             continue
-        p, _ = _allocation_params(budget_C[ok], bN[ok], bD[ok])
+        try:
+            p, _ = _allocation_params(budget_C[ok], bN[ok], bD[ok])
+        except OverflowError:
+            failed += 1
+            continue
         for k in params:
             samples[k][i] = p[k]
 

@@ -20,6 +20,7 @@ from scaling.analysis.fit_base import (
     _ci_from_samples,
     _Fit,
     _fit_line,
+    _point_law,
     _power_law_eval,
 )
 
@@ -116,7 +117,7 @@ def fit_context_law(
         return {"a": a, "k": math.exp(log_k)}, res
 
     if m >= 2:
-        params, res = power_law(T_opt, budget_C)
+        params, res = _point_law("fit_context_law", power_law, T_opt, budget_C)
         residuals["log_context_opt"] = res
     else:
         params = {"context_opt": float(T_opt[0])}
@@ -134,7 +135,11 @@ def fit_context_law(
             if ok.sum() < 2:
                 failed += 1
                 continue
-            p, _ = power_law(boot_T[i][ok], budget_C[ok])
+            try:
+                p, _ = power_law(boot_T[i][ok], budget_C[ok])
+            except OverflowError:  # a replicate's coefficient overflows: a failed replicate
+                failed += 1
+                continue
         elif ok[0]:
             p = {"context_opt": float(boot_T[i, 0])}
         else:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -174,6 +174,17 @@ def _ci_from_samples(samples: Mapping[str, np.ndarray]) -> dict[str, tuple[float
 def _power_law_eval(k: float, a: float, C: Any) -> np.ndarray | float:
     out = k * np.asarray(C, dtype=np.float64) ** a
     return float(out) if np.ndim(out) == 0 else out
+
+
+def _point_law(fit: str, make: Callable, *args: Any) -> Any:
+    """The point estimate ``make(*args)`` of a power law through fitted optima; a ValueError naming ``fit`` when its
+    coefficient k = exp(intercept) overflows (a slope so steep that the optima do not pin the law down). Bootstrap
+    replicates that overflow are failed replicates instead (``info["bootstrap_failed"]``)."""
+    try:
+        return make(*args)
+    except OverflowError:
+        raise ValueError(f"{fit}: the power law through the optima runs off to infinity (its coefficient overflows "
+                         "float64): the optima do not pin down its slope; budgets further apart may") from None
 
 
 def _fit_line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, np.ndarray]:

@@ -166,7 +166,6 @@ class _Job:
     run: Callable[[], tuple[Any, int]]  # -> (fit, n_points); raises _Skip or ValueError to skip
     family: str = ""
     span: tuple[float, float] | None = None
-    retry: Callable[[], tuple[Any, int]] | None = None  # the same fit without bootstrap
 
 
 class _Skip(Exception):
@@ -258,7 +257,7 @@ def plan_fits(data: SweepData, *, bootstrap: int = 200, seed: int = 0, params: s
         clabels = _labels([k for k, _ in cgroups], "model")
         for (keys, g), label in zip(cgroups, clabels, strict=True):
             jobs.append(_Job("context_law", label, keys, _context_job(g, loss, bootstrap, seed),
-                             family=_family_label(g), retry=_context_job(g, loss, 0, seed)))
+                             family=_family_label(g)))
     return [j for j in jobs if kinds is None or j.kind in kinds]
 
 
@@ -409,17 +408,6 @@ def fit_sweep(data: SweepData, *, bootstrap: int = 200, seed: int = 0, params: s
                 rec.fit, rec.n_points = job.run()
             except _Skip as e:
                 rec.reason = str(e)
-            except OverflowError as e:
-                # a bootstrap replicate with an extreme optimum can overflow in the power law: keep the point
-                # estimate and say that its intervals are missing
-                if job.retry is None:
-                    rec.reason = f"fit failed ({type(e).__name__}: {e})"
-                else:
-                    try:
-                        rec.fit, rec.n_points = job.retry()
-                        rec.notes.append(f"bootstrap failed ({type(e).__name__}: {e}); estimate without intervals")
-                    except (_Skip, ValueError, np.linalg.LinAlgError, OverflowError) as e2:
-                        rec.reason = f"fit failed ({type(e2).__name__}: {e2})"
             except (ValueError, np.linalg.LinAlgError) as e:  # the fits' own checks: no minimum, too few points
                 rec.reason = f"fit failed ({type(e).__name__}: {e})"
         rec.seconds = time.perf_counter() - t0

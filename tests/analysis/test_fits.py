@@ -684,3 +684,35 @@ def test_an_optimum_that_overflows_is_a_clear_error_and_an_overflowing_replicate
     assert np.isnan(samples["B"][[1, 3]]).all() and np.isfinite(samples["B"][[0, 2]]).all()
     assert info["bootstrap_failed"] == 2
     assert samples["gamma"][2] == pytest.approx(0.44)
+
+
+def test_a_context_law_whose_coefficient_overflows_is_a_clear_error_and_such_replicates_fail(monkeypatch):
+    """Optima 2,000 -> 90 tokens between budgets 10% apart: slope -32.6, so k = exp(758) is beyond float64. The point
+    estimate is a one-line ValueError (it was an OverflowError that plan.py caught and retried without bootstrap);
+    a bootstrap replicate that overflows counts as a failed one."""
+    import scaling.analysis.context_law as context_law
+    from scaling.analysis.fit_base import _fit_line
+
+    logT = np.log([256.0, 1024, 4096])
+    T, C, loss = [], [], []
+    for c, t_opt in ((1e10, 2000.0), (1.1e10, 90.0)):
+        T += list(np.exp(logT))
+        C += [c] * 3
+        loss += list(3.0 + 0.1 * (logT - math.log(t_opt)) ** 2)
+    with warnings.catch_warnings(), pytest.raises(ValueError, match=r"fit_context_law: the power law through the "
+                                                                  "optima runs off to infinity"):
+        warnings.simplefilter("ignore", UserWarning)  # 90 tokens lies below the contexts trained: an extrapolation
+        fit_context_law(T, loss, budgets=C)
+
+    T2, C2, loss2 = _context_data(0)
+    calls = []
+
+    def steep_after_the_first(x, y):  # the point estimate's line as fitted; every replicate's runs off
+        slope, intercept, res = _fit_line(x, y)
+        calls.append(1)
+        return slope, (intercept if len(calls) == 1 else 800.0), res
+
+    monkeypatch.setattr(context_law, "_fit_line", steep_after_the_first)
+    fit = fit_context_law(T2, loss2, budgets=C2, bootstrap=6, seed=0)
+    assert fit.params["a"] == pytest.approx(0.25, abs=0.035)
+    assert fit.info["bootstrap_failed"] == 6 and np.isnan(fit.samples["k"]).all()
