@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 # worksteal: a worker that runs out of tests takes the other's pending ones, so one long test late in the
 # collection order does not leave a worker idle at the end.
 test: install
-	$(BIN)/python -m pytest -n 2 --dist worksteal
+	$(BIN)/python -m pytest -n 2 --dist worksteal --durations=15
 
 test-slow: install
 	$(BIN)/python -m pytest -n 2 -m slow

@@ -31,3 +31,11 @@ def pytest_configure(config):
         flags = os.environ.get("XLA_FLAGS", "")
         if "xla_backend_optimization_level" not in flags:
             os.environ["XLA_FLAGS"] = f"{flags} {FAST_XLA_FLAGS}".strip()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests marked ``long`` first, the rest in their order. In file order the longest tests (the sharded and
+    multi-process runs, 25-60 s each on the 2-core machine) come near the end of the list, where one that starts
+    last keeps its xdist worker busy while the other has nothing left; first, the short tests even out the two
+    workers' ends by work stealing."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)  # stable: False (long) first

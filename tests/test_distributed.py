@@ -29,6 +29,7 @@ def _losses(workdir) -> list[float]:
     return [x["loss"] for x in rows if x["kind"] == "train"] + [x["val_loss"] for x in rows if x["kind"] == "eval"]
 
 
+@pytest.mark.long
 def test_two_processes_give_the_one_process_loss_curve_and_resume_on_one(tmp_path):
     preset, sets = MODELS["hybrid"]  # attention, power retention and Mamba-2 in one model
     path = str(ROOT / f"configs/models/{preset}.py")

@@ -103,6 +103,7 @@ def test_bf16_tracks_fp32_for_30_steps():
     _assert_tracks("ARM", 30)
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("mixer", list(MIXERS))
 def test_bf16_tracks_fp32_for_200_steps(mixer):
     """d_model 32, 2 layers, context 64, batch 4: the 10-step mean loss within 3% of fp32's (measured: attention

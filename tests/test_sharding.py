@@ -58,9 +58,11 @@ def _run(jobs: dict, devices: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _check(tmp_path, mixers, meshes, resume_on=None, extra=()):
+def _check(tmp_path, meshes_of: dict[str, list[str]], resume_on=None, extra=()):
+    """Each mixer trained on one device and on each of its meshes (all mesh runs in one 8-device process, all
+    references in one 1-device process: a process start costs more than a run of these sizes)."""
     one, many = {}, {}
-    for mixer in mixers:
+    for mixer, meshes in meshes_of.items():
         preset, sets = MODELS[mixer]
         sets = [*sets, *extra]
         path = str(ROOT / f"configs/models/{preset}.py")
@@ -72,6 +74,7 @@ def _check(tmp_path, mixers, meshes, resume_on=None, extra=()):
             if resume_on:
                 many[f"{mixer}/{label}"] += ([*COMMON, *sets, f"train.mesh={MESHES[resume_on]!r}"],)
     ref, got = _run(one, 1), _run(many, 8)
+    assert len(got) == sum(map(len, meshes_of.values()))
     for name, losses in got.items():
         assert len(losses) == 6
         np.testing.assert_allclose(losses, ref[name.split("/")[0]], rtol=1e-5, err_msg=name)
@@ -81,28 +84,31 @@ def _check(tmp_path, mixers, meshes, resume_on=None, extra=()):
 def test_checkpoint_on_one_mesh_resumes_on_another(tmp_path):
     """The hybrid checkpointed at step 4 on the 3-axis mesh and resumed on pure FSDP (the last step and the
     evaluation run there) gives the one-device losses."""
-    _check(tmp_path, ["hybrid"], ["2x2x2"], resume_on="fsdp8")
+    _check(tmp_path, {"hybrid": ["2x2x2"]}, resume_on="fsdp8")
 
 
-# the hybrid's three mixers are each checked on every mesh in the fast suite; the hybrid itself (53 s) runs with -m slow
-@pytest.mark.parametrize("mixer", [m if m != "hybrid" else pytest.param(m, marks=pytest.mark.slow) for m in FIRST])
-def test_every_mixer_on_every_mesh_matches_one_device(tmp_path, mixer):
-    """Attention, power retention, Mamba-2 and the MRA hybrid on data=8, fsdp=8 and 2x2x2: 5 steps and the evaluation
-    within 1e-5 of one device (one checkpoint, at the end: the resume test checks the rest)."""
-    _check(tmp_path, [mixer], list(MESHES), extra=["train.checkpoint_every=5"])
+@pytest.mark.long
+def test_attention_retention_and_mamba_on_every_mesh_match_one_device(tmp_path):
+    """Attention, power retention and Mamba-2 on data=8, fsdp=8 and 2x2x2: 5 steps and the evaluation within 1e-5 of
+    one device (one checkpoint, at the end: the resume test checks the rest). The MRA hybrid: the slow test below."""
+    _check(tmp_path, {m: list(MESHES) for m in FIRST if m != "hybrid"}, extra=["train.checkpoint_every=5"])
 
 
+@pytest.mark.long
 def test_gla_gated_delta_and_based_on_the_3_axis_mesh_match_one_device(tmp_path):
     """GLA (with its conv), Gated DeltaNet and Based (with its conv) on data=2 x fsdp=2 x tensor=2: the default
     rules lay out their own parameters (gate_up, out_gate, beta, a, A_log, q_f, conv_w, ...) and the losses stay
     within 1e-5 of one device. The other meshes: the slow test below."""
-    _check(tmp_path, NEW, ["2x2x2"], extra=["train.checkpoint_every=5"])
+    _check(tmp_path, {m: ["2x2x2"] for m in NEW}, extra=["train.checkpoint_every=5"])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mixer", NEW)
-def test_new_mixers_on_data_and_fsdp_meshes_match_one_device(tmp_path, mixer):
-    _check(tmp_path, [mixer], ["data8", "fsdp8"], extra=["train.checkpoint_every=5"])
+@pytest.mark.parametrize("mixer", ["hybrid", *NEW])
+def test_slow_mixer_meshes_match_one_device(tmp_path, mixer):
+    """The MRA hybrid (its three mixers are each checked on every mesh above) on every mesh; GLA, Gated DeltaNet
+    and Based on data=8 and fsdp=8."""
+    _check(tmp_path, {mixer: list(MESHES) if mixer == "hybrid" else ["data8", "fsdp8"]},
+           extra=["train.checkpoint_every=5"])
 
 
 def test_layout_rules():

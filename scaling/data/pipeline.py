@@ -481,17 +481,12 @@ def make_eval_batches(
         return [_local_batch(b, p, n_proc) for b in batches]
     corpus = load_corpus(data_cfg)
     docs = corpus.validation
-    if not c["packing"]:
-        _check_fits(docs, context, "validation", _n_special(corpus.specials))
-
     if c["packing"]:  # packed rows exist only as a stream: count them, then read the ones kept
-        def rows():
-            return _rows(docs, context, packing=True, seed=None, specials=corpus.specials)
-
-        n_rows = sum(1 for _ in rows())
-        keep = _spread(want, n_rows)
+        rows = lambda: _rows(docs, context, packing=True, seed=None, specials=corpus.specials)  # noqa: E731
+        keep = _spread(want, sum(1 for _ in rows()))
         picked = [row for i, row in enumerate(rows()) if i in keep]
     else:  # unpacked windows are indexed: read only the ones kept (not the whole validation stream, twice)
+        _check_fits(docs, context, "validation", _n_special(corpus.specials))
         n_rows, read = _unpacked_window_reader(docs, context, corpus.specials)
         picked = [read(i) for i in sorted(_spread(want, n_rows))]
     return [_local_batch(b, p, n_proc) for b in _batch_rows(picked, batch_size, context, corpus.specials[2])]

@@ -70,7 +70,6 @@ from scaling import config as _config
 ROOT = Path(__file__).resolve().parents[2]  # the repository root (configs/, experiments/)
 
 RATIO_PARAMS = ("non_embedding", "total")
-
 # Scales of the paper reproductions (experiments/papers/): "cpu" finishes in minutes on a laptop's CPU on the
 # embedded corpus, "full" is the paper's own setup for a GPU cluster on the user's tokenized data.
 SCALES = ("cpu", "full")
@@ -186,7 +185,6 @@ def resolve_base(base: str) -> Path:
     raise SpecError(f"sweep.base = {base!r}: no such config file (paths are relative to the repository root {ROOT})")
 
 
-# ----------------------------------------------------------------------------------------------------
 # Expansion
 
 

@@ -220,6 +220,7 @@ def _workdir(path: Path, plan) -> Path:
     return path
 
 
+@pytest.mark.long
 def test_serving_worker_trains_runs_in_turn_and_survives_a_bad_one(tmp_path):
     """One serving worker answers each workdir with its exit code: two runs trained in one process equal the same
     runs trained by one-shot workers (metrics and final loss), and a bad workdir between them fails alone."""
