@@ -20,11 +20,11 @@ from scaling.ops.based import (
     based_state_shape,
     based_state_size,
 )
+from tests.ops import chunked_checks as checks
+from tests.ops.chunked_checks import FORMS, assert_close
 
-FORMS = ("parallel", "chunked", "recurrent")
 TIME_ARGS, STATE_ARGS = ("q", "k", "v"), ("S0", "z0")
-RTOL = 1e-5  # norm-relative, fp32 against fp32 (or float64) for every output: o, S, z and every gradient
-ARGS = ("q", "k", "v", "S0", "z0")
+ARGS = (*TIME_ARGS, *STATE_ARGS)  # norm-relative RTOL for every output: o, S, z and every gradient
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -64,15 +64,6 @@ def numpy_recurrence(q, k, v, eps=1e-6):
         den = n0 + np.einsum("bhd,bhd->bh", qt, n1) + 0.5 * np.einsum("bhcd,bhcd->bh", qq, n2)
         o[:, i] = num / (den[..., None] + eps)
     return o
-
-
-def assert_close(actual, expected, name, rtol=RTOL, norm=None):
-    """Norm-relative error; ``norm`` (default: the norm of ``expected``) is the scale errors are measured in."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    assert np.all(np.isfinite(actual)), f"{name}: non-finite values"
-    err = np.linalg.norm(actual - expected) / max(np.linalg.norm(expected) if norm is None else norm, 1e-30)
-    assert err <= rtol, f"{name}: norm-relative error {err:.3e} > {rtol:.0e}"
 
 
 def value_and_grads(fn, inputs, w_o, w_S, w_z):
@@ -143,7 +134,7 @@ def _check_forms(b, t, h, dk, dv, chunk, seed):
 
 
 def _time_slice(inputs, start, stop):
-    return {a: x if a in ("S0", "z0") else x[:, start:stop] for a, x in inputs.items()}
+    return checks.time_slice(inputs, start, stop, STATE_ARGS)
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -170,64 +161,20 @@ def test_chunked_prefill_then_recurrent_decode_equals_whole():
     assert_close(st.z, st_whole.z, "decode z")
 
 
-# Packed rows: documents of lengths (row 0) 5, 9, 1, 8 and (row 1) 9, 5, 9; ids 1, 2, ...
-LAYOUT = ((5, 9, 1, 8), (9, 5, 9))
-
-
-def _segments(layout, t):
-    seg = np.zeros((len(layout), t), np.int32)
-    for row, lengths in enumerate(layout):
-        start = 0
-        for doc, n in enumerate(lengths):
-            seg[row, start:start + n] = doc + 1
-            start += n
-    return seg
-
-def _documents(layout):
-    """(row, start, length, first, last) of every document of the layout."""
-    out = []
-    for row, lengths in enumerate(layout):
-        starts = np.cumsum((0,) + tuple(lengths))
-        out += [(row, int(starts[d]), n, d == 0, d == len(lengths) - 1) for d, n in enumerate(lengths)]
-    return out
-
-
 @pytest.mark.parametrize("form", FORMS)
 def test_packed_documents_equal_each_document_alone(form):
+    # the tokens after a document alone change nothing but z[0] (k = v = 0: f(0) = [1, 0, ...], subtracted below)
     t = 23
     inputs, _ = make_inputs(2, t, 2, 3, 2, seed=5)
-    w = weights(inputs, 6)
-    fn = functools.partial(based, form=form, chunk_size=4)
-    packed = functools.partial(value_and_grads, functools.partial(fn, segment_ids=_segments(LAYOUT, t)))
-    o, S, grads = jax.jit(packed)(inputs, *w)
-    # Each document alone: one row per document, from its first token, the initial state only for a row's first
-    # document; then tokens that change nothing but z[0] (k = v = 0: f(0) = [1, 0, ...], subtracted below).
-    docs = _documents(LAYOUT)
-    alone = {a: np.zeros((len(docs),) + x.shape[1:], x.dtype) for a, x in inputs.items()}
-    w_alone = [np.zeros((len(docs),) + x.shape[1:], x.dtype) for x in w]
-    for d, (row, start, n, first, last) in enumerate(docs):
-        for a in TIME_ARGS:
-            alone[a][d, :n] = inputs[a][row, start:start + n]
-        w_alone[0][d, :n] = w[0][row, start:start + n]
-        for a in STATE_ARGS if first else ():
-            alone[a][d] = inputs[a][row]
-        for w_a, w_p in zip(w_alone[1:], w[1:], strict=True):
-            w_a[d] = w_p[row] * last
-    o_a, S_a, g_a = jax.jit(functools.partial(value_and_grads, fn))(alone, *w_alone)
-    for d, (row, start, n, first, last) in enumerate(docs):
-        where = f"{form} row {row} document at {start}"
-        assert_close(o[row, start:start + n], o_a[d, :n], f"{where} o")
-        for a in TIME_ARGS:
-            # A one-token document's gate gradient is 0 up to round-off: measured against the whole row's.
-            assert_close(grads[a][row, start:start + n], g_a[a][d, :n], f"{where} d/d{a}",
-                         norm=np.linalg.norm(grads[a][row]))
-        for a in STATE_ARGS if first else ():
-            assert_close(grads[a][row], g_a[a][d], f"{where} d/d{a}")
-        if last:
-            assert_close(S.S[row], S_a.S[d], f"{where} final S")
-            z_alone = np.asarray(S_a.z[d]).copy()
-            z_alone[:, 0] -= t - n  # the padding tokens' f(0)[0] = 1 each (exact in fp32: small integers)
-            assert_close(S.z[row], z_alone, f"{where} final z")
+
+    def final_state(S, S_a, row, d, n, where):
+        assert_close(S.S[row], S_a.S[d], f"{where} final S")
+        z_alone = np.asarray(S_a.z[d]).copy()
+        z_alone[:, 0] -= t - n  # the padding tokens' f(0)[0] = 1 each (exact in fp32: small integers)
+        assert_close(S.z[row], z_alone, f"{where} final z")
+
+    checks.check_packed_documents(value_and_grads, functools.partial(based, form=form, chunk_size=4), inputs,
+                                  weights(inputs, 6), TIME_ARGS, STATE_ARGS, form, final_state)
 
 
 def test_large_scores_match_reference():

@@ -18,11 +18,14 @@ from scaling.ops.gated_delta import (
     gated_delta_state_size,
     unit_lower_inverse,
 )
+from tests.ops import chunked_checks as checks
+from tests.ops.chunked_checks import FORMS, assert_close
+from tests.ops.chunked_checks import time_slice as _time_slice
 
-FORMS = ("parallel", "chunked", "recurrent")
 TIME_ARGS, STATE_ARGS = ("q", "k", "v", "beta", "log_g"), ("initial_state",)
-RTOL = 1e-5  # norm-relative, fp32 against fp32 (or float64) for every output: o, state and every gradient
-ARGS = ("q", "k", "v", "beta", "log_g", "initial_state")
+ARGS = (*TIME_ARGS, *STATE_ARGS)
+value_and_grads = functools.partial(checks.value_and_grads, ARGS)
+jitted = functools.partial(checks.jitted, gated_delta_rule)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -55,29 +58,6 @@ def numpy_recurrence(q, k, v, beta, log_g, initial_state):
     return o, S
 
 
-def assert_close(actual, expected, name, rtol=RTOL, norm=None):
-    """Norm-relative error; ``norm`` (default: the norm of ``expected``) is the scale errors are measured in."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
-    assert np.all(np.isfinite(actual)), f"{name}: non-finite values"
-    err = np.linalg.norm(actual - expected) / max(np.linalg.norm(expected) if norm is None else norm, 1e-30)
-    assert err <= rtol, f"{name}: norm-relative error {err:.3e} > {rtol:.0e}"
-
-
-def value_and_grads(fn, inputs, w_o, w_S):
-    def loss(*args):
-        o, S = fn(*args[:5], initial_state=args[5], return_state=True)
-        return jnp.sum(o * w_o) + jnp.sum(S * w_S), (o, S)
-
-    (_, (o, S)), grads = jax.value_and_grad(loss, argnums=tuple(range(6)), has_aux=True)(*(inputs[a] for a in ARGS))
-    return o, S, dict(zip(ARGS, grads, strict=True))
-
-
-@functools.cache
-def jitted(form, chunk_size=64):
-    return jax.jit(functools.partial(gated_delta_rule, form=form, chunk_size=chunk_size, return_state=True))
-
-
 @settings(max_examples=1, deadline=None, derandomize=True, database=None)  # more in the slow test below
 @given(b=st.integers(1, 2), t=st.integers(1, 33), h=st.integers(1, 3), dk=st.integers(1, 6),
        dv=st.integers(1, 5), chunk=st.integers(1, 20), seed=st.integers(0, 2**16))
@@ -96,106 +76,28 @@ def test_forms_match_reference_many_shapes(b, t, h, dk, dv, chunk, seed):
 
 
 def _check_forms(b, t, h, dk, dv, chunk, seed):
-    inputs = make_inputs(b, t, h, dk, dv, seed)
-    rng = np.random.default_rng(seed + 1)
-    w_o = rng.normal(size=(b, t, h, dv)).astype(np.float32)
-    w_S = rng.normal(size=(b, h, dk, dv)).astype(np.float32)
-    o_ref, S_ref, g_ref = jax.jit(functools.partial(value_and_grads, gated_delta_rule_reference))(inputs, w_o, w_S)
-    o_np, S_np = numpy_recurrence(**inputs)
-    assert_close(o_ref, o_np, "reference o vs float64 recurrence")
-    assert_close(S_ref, S_np, "reference state vs float64 recurrence")
-    for form in FORMS:
-        fn = functools.partial(gated_delta_rule, form=form, chunk_size=chunk)
-        o, S, grads = jax.jit(functools.partial(value_and_grads, fn))(inputs, w_o, w_S)
-        assert_close(o, o_ref, f"{form} o")
-        assert_close(S, S_ref, f"{form} state")
-        for name in ARGS:
-            assert_close(grads[name], g_ref[name], f"{form} d/d{name}")
-
-
-def _time_slice(inputs, start, stop):
-    return {a: x if a == "initial_state" else x[:, start:stop] for a, x in inputs.items()}
+    checks.check_forms(gated_delta_rule, gated_delta_rule_reference, make_inputs, numpy_recurrence, ARGS,
+                       b, t, h, dk, dv, chunk, seed)
 
 
 @pytest.mark.parametrize("form", FORMS)
 def test_prefix_then_suffix_equals_whole(form):
-    inputs = make_inputs(2, 27, 2, 4, 3, seed=3)
-    o_whole, S_whole = jitted(form, 8)(**inputs)
-    o_a, S_a = jitted(form, 8)(**_time_slice(inputs, 0, 11))  # 11: not a chunk boundary
-    o_b, S_b = jitted(form, 8)(**dict(_time_slice(inputs, 11, 27), initial_state=S_a))
-    assert_close(jnp.concatenate([o_a, o_b], axis=1), o_whole, f"{form} o")
-    assert_close(S_b, S_whole, f"{form} state")
+    checks.check_prefix_then_suffix(gated_delta_rule, make_inputs(2, 27, 2, 4, 3, seed=3), form)
 
 
 def test_chunked_prefill_then_recurrent_decode_equals_whole():
-    inputs = make_inputs(1, 20, 2, 3, 4, seed=4)
-    o_whole, S_whole = jitted("chunked", 8)(**inputs)
-    outs = []
-    o, S = jitted("chunked", 8)(**_time_slice(inputs, 0, 13))
-    outs.append(o)
-    for t in range(13, 20):
-        o, S = jitted("recurrent")(**dict(_time_slice(inputs, t, t + 1), initial_state=S))
-        outs.append(o)
-    assert_close(jnp.concatenate(outs, axis=1), o_whole, "decode o")
-    assert_close(S, S_whole, "decode state")
-
-
-# Packed rows: documents of lengths (row 0) 5, 9, 1, 8 and (row 1) 9, 5, 9; ids 1, 2, ... (0 is padding, a run too).
-LAYOUT = ((5, 9, 1, 8), (9, 5, 9))
-
-
-def _segments(layout, t):
-    seg = np.zeros((len(layout), t), np.int32)
-    for row, lengths in enumerate(layout):
-        start = 0
-        for doc, n in enumerate(lengths):
-            seg[row, start:start + n] = doc + 1
-            start += n
-    return seg
-
-def _documents(layout):
-    """(row, start, length, first, last) of every document of the layout."""
-    out = []
-    for row, lengths in enumerate(layout):
-        starts = np.cumsum((0,) + tuple(lengths))
-        out += [(row, int(starts[d]), n, d == 0, d == len(lengths) - 1) for d, n in enumerate(lengths)]
-    return out
+    checks.check_chunked_prefill_then_recurrent_decode(gated_delta_rule, make_inputs(1, 20, 2, 3, 4, seed=4))
 
 
 @pytest.mark.parametrize("form", FORMS)
 def test_packed_documents_equal_each_document_alone(form):
+    # the tokens after a document alone change nothing: beta = 0 and log_g = 0 (no write, no decay)
     t = 23
     inputs = make_inputs(2, t, 2, 3, 2, seed=5)
     rng = np.random.default_rng(6)
     w = [rng.normal(size=(2, t, 2, 2)).astype(np.float32), rng.normal(size=(2, 2, 3, 2)).astype(np.float32)]
-    fn = functools.partial(gated_delta_rule, form=form, chunk_size=4)
-    packed = functools.partial(value_and_grads, functools.partial(fn, segment_ids=_segments(LAYOUT, t)))
-    o, S, grads = jax.jit(packed)(inputs, *w)
-    # Each document alone: one row per document, from its first token, the initial state only for a row's first
-    # document; then tokens that change nothing (beta = 0 and log_g = 0: no write, no decay).
-    docs = _documents(LAYOUT)
-    alone = {a: np.zeros((len(docs),) + x.shape[1:], x.dtype) for a, x in inputs.items()}
-    w_alone = [np.zeros((len(docs),) + x.shape[1:], x.dtype) for x in w]
-    for d, (row, start, n, first, last) in enumerate(docs):
-        for a in TIME_ARGS:
-            alone[a][d, :n] = inputs[a][row, start:start + n]
-        w_alone[0][d, :n] = w[0][row, start:start + n]
-        for a in STATE_ARGS if first else ():
-            alone[a][d] = inputs[a][row]
-        for w_a, w_p in zip(w_alone[1:], w[1:], strict=True):
-            w_a[d] = w_p[row] * last
-    o_a, S_a, g_a = jax.jit(functools.partial(value_and_grads, fn))(alone, *w_alone)
-    for d, (row, start, n, first, last) in enumerate(docs):
-        where = f"{form} row {row} document at {start}"
-        assert_close(o[row, start:start + n], o_a[d, :n], f"{where} o")
-        for a in TIME_ARGS:
-            # A one-token document's gate gradient is 0 up to round-off: measured against the whole row's.
-            assert_close(grads[a][row, start:start + n], g_a[a][d, :n], f"{where} d/d{a}",
-                         norm=np.linalg.norm(grads[a][row]))
-        for a in STATE_ARGS if first else ():
-            assert_close(grads[a][row], g_a[a][d], f"{where} d/d{a}")
-        if last:
-            assert_close(S[row], S_a[d], f"{where} final state")
+    checks.check_packed_documents(value_and_grads, functools.partial(gated_delta_rule, form=form, chunk_size=4), inputs,
+                                  w, TIME_ARGS, STATE_ARGS, form)
 
 
 def test_strong_gates_and_full_writes_stay_finite_and_exact():
