@@ -41,6 +41,10 @@ def _tokens(b, t, vocab, seed=0):
     return jax.random.randint(jax.random.key(seed), (b, t), 0, vocab)
 
 
+# the model's forward jitted: one compile, where an eager call compiles each of its ops (gated_delta_tiny: 3.7 -> 1.0 s)
+_forward = nnx.jit(lambda model, tokens: model(tokens))
+
+
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
 def test_presets_validate_and_count(path):
     cfg = config.load(path)
@@ -54,7 +58,7 @@ def test_presets_validate_and_count(path):
 def test_tiny_presets_forward(path):
     cfg = config.load(path)
     model = build(cfg.model)
-    logits = model(_tokens(2, 40, cfg.model.vocab_size))
+    logits = _forward(model, _tokens(2, 40, cfg.model.vocab_size))
     assert logits.shape == (2, 40, cfg.model.vocab_size) and logits.dtype == jnp.float32
     assert np.isfinite(np.asarray(logits)).all()
     assert count_params(model) == accounting.params(cfg)["total"]
@@ -88,7 +92,7 @@ def test_tiny_presets_decode_token_by_token(path):
     cfg = config.load(path)
     model = build(cfg.model)
     tokens = _tokens(1, 12, cfg.model.vocab_size, seed=3)
-    full = model(tokens)
+    full = _forward(model, tokens)
     step = nnx.jit(lambda mdl, tok, st: mdl.step(tok, st))
     state = model.init_state(1, max_len=12)
     outs = []
@@ -132,9 +136,10 @@ def test_scan_layers_gives_the_same_model():
         for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b)), strict=True):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     tokens = _tokens(2, 21, plain.embed.num_embeddings)
-    assert rel_err(scanned(tokens), plain(tokens)) < 1e-5
-    la, _ = plain.prefill(tokens, plain.init_state(2, 32))
-    lb, sb = scanned.prefill(tokens, scanned.init_state(2, 32))
+    assert rel_err(_forward(scanned, tokens), _forward(plain, tokens)) < 1e-5
+    prefill = nnx.jit(lambda mdl, tok, st: mdl.prefill(tok, st))
+    la, _ = prefill(plain, tokens, plain.init_state(2, 32))
+    lb, sb = prefill(scanned, tokens, scanned.init_state(2, 32))
     assert rel_err(lb, la) < 1e-5 and len(sb["layers"]) == 5
 
 

@@ -15,13 +15,28 @@ def _qkv(seed, b, t, hq, hk, d):
             jax.random.normal(ks[2], (b, t, hk, d)))
 
 
-@settings(max_examples=8, deadline=None)
-@given(t=st.integers(1, 12), group=st.sampled_from([(2, 2), (4, 2), (4, 1)]), window=st.sampled_from([None, 1, 5]),
-       seed=st.integers(0, 2**16))
+# Each drawn example compiles the ops' eager calls at new shapes: a few fixed draws here, many with -m slow.
+_PARALLEL = dict(t=st.integers(1, 12), group=st.sampled_from([(2, 2), (4, 2), (4, 1)]),
+                 window=st.sampled_from([None, 1, 5]), seed=st.integers(0, 2**16))
+
+
+@settings(max_examples=3, deadline=None, derandomize=True, database=None)
+@given(**_PARALLEL)
 def test_parallel_matches_reference(t, group, window, seed):
+    _check_parallel(t, group, window, seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@given(**_PARALLEL)
+def test_parallel_matches_reference_many_shapes(t, group, window, seed):
+    _check_parallel(t, group, window, seed)
+
+
+def _check_parallel(t, group, window, seed):
     q, k, v = _qkv(seed, 2, t, group[0], group[1], 8)
     got = attention(q, k, v, window=window)
-    want = attention_reference(q, k, v, window=window)
+    want = jax.jit(lambda *a: attention_reference(*a, window=window))(q, k, v)  # its loop compiled once, not per op
     assert rel_err(got, want) < 1e-5
 
 
@@ -35,7 +50,7 @@ def test_gradients_match_reference(window):
     q, k, v = _qkv(1, 1, 10, 4, 2, 8)
     f = lambda fn: lambda *a: jnp.sum(jnp.sin(fn(*a, window=window)))
     got = jax.grad(f(attention), argnums=(0, 1, 2))(q, k, v)
-    want = jax.grad(f(attention_reference), argnums=(0, 1, 2))(q, k, v)
+    want = jax.jit(jax.grad(f(attention_reference), argnums=(0, 1, 2)))(q, k, v)  # eager: 6.1 s, jitted: 0.7 s
     for g, w in zip(got, want, strict=True):
         assert rel_err(g, w) < 1e-5
 
@@ -174,11 +189,25 @@ def _check_blockwise(q, k, v, window=None, segment_ids=None, block_q=8, block_k=
         assert np.linalg.norm(np.asarray(g) - np.asarray(w)) <= 1e-5 * max(np.linalg.norm(np.asarray(w)), 1.0)
 
 
-@settings(max_examples=6, deadline=None)
-@given(t=st.integers(1, 24), group=st.sampled_from([(2, 2), (4, 2), (4, 1)]),
-       window=st.sampled_from([None, 1, 3, 8, 25]), block_q=st.sampled_from([2, 4, 7, 32]),
-       block_k=st.sampled_from([3, 8, 32]), packed=st.booleans(), seed=st.integers(0, 2**16))
+_BLOCKWISE = dict(t=st.integers(1, 24), group=st.sampled_from([(2, 2), (4, 2), (4, 1)]),
+                  window=st.sampled_from([None, 1, 3, 8, 25]), block_q=st.sampled_from([2, 4, 7, 32]),
+                  block_k=st.sampled_from([3, 8, 32]), packed=st.booleans(), seed=st.integers(0, 2**16))
+
+
+@settings(max_examples=3, deadline=None, derandomize=True, database=None)  # the fixed cases: test_blockwise_cases
+@given(**_BLOCKWISE)
 def test_blockwise_matches_reference_value_and_gradient(t, group, window, block_q, block_k, packed, seed):
+    _check_drawn_blockwise(t, group, window, block_q, block_k, packed, seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@given(**_BLOCKWISE)
+def test_blockwise_matches_reference_many_shapes(t, group, window, block_q, block_k, packed, seed):
+    _check_drawn_blockwise(t, group, window, block_q, block_k, packed, seed)
+
+
+def _check_drawn_blockwise(t, group, window, block_q, block_k, packed, seed):
     q, k, v = _qkv(seed, 2, t, group[0], group[1], 8)
     _check_blockwise(q, k, v, window, _packed_ids(seed, 2, t) if packed else None, block_q, block_k)
 

@@ -147,23 +147,29 @@ def test_forms_match_reference(case):
     _check_against_reference(0, **case)
 
 
-@settings(max_examples=8, deadline=None, derandomize=True)
-@given(
-    b=st.integers(1, 2),
-    T=st.integers(1, 40),
-    hk=st.integers(1, 2),
-    group=st.sampled_from([1, 2]),
+_RANDOM_SHAPES = dict(
+    b=st.integers(1, 2), T=st.integers(1, 40), hk=st.integers(1, 2), group=st.sampled_from([1, 2]),
     d=st.integers(1, 8),
     e=st.integers(2, 8),  # e = 1 makes rmsnorm a sign function, whose gradient is pure cancellation
-    p_norm=st.sampled_from(VALID_P_NORM),
-    gated=st.booleans(),
-    stateful=st.booleans(),
-    chunk_size=st.sampled_from([1, 3, 8, 64]),
-    seed=st.integers(0, 2**16),
+    p_norm=st.sampled_from(VALID_P_NORM), gated=st.booleans(), stateful=st.booleans(),
+    chunk_size=st.sampled_from([1, 3, 8, 64]), seed=st.integers(0, 2**16),
 )
-def test_forms_match_reference_random_shapes(
-    b, T, hk, group, d, e, p_norm, gated, stateful, chunk_size, seed
-):
+
+
+@settings(max_examples=3, deadline=None, derandomize=True, database=None)  # 25 with -m slow, below
+@given(**_RANDOM_SHAPES)
+def test_forms_match_reference_random_shapes(b, T, hk, group, d, e, p_norm, gated, stateful, chunk_size, seed):
+    _check_random_shape(b, T, hk, group, d, e, p_norm, gated, stateful, chunk_size, seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@given(**_RANDOM_SHAPES)
+def test_forms_match_reference_many_random_shapes(b, T, hk, group, d, e, p_norm, gated, stateful, chunk_size, seed):
+    _check_random_shape(b, T, hk, group, d, e, p_norm, gated, stateful, chunk_size, seed)
+
+
+def _check_random_shape(b, T, hk, group, d, e, p_norm, gated, stateful, chunk_size, seed):
     p, normalize = p_norm
     if p == 4:
         d = min(d, 5)  # keeps D = C(d+3, 4) small

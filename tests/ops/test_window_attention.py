@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
 from scaling.mixers.based import window_keys
@@ -29,9 +29,24 @@ def _loop(q, k, v, window):
     return out
 
 
-@settings(max_examples=12, deadline=None)
+# each example compiles the op's eager calls at new shapes: 3 fixed examples here, 25 drawn ones with -m slow
+@settings(phases=[Phase.explicit], deadline=None, database=None)
 @given(t=st.integers(1, 23), window=st.integers(1, 9), gqa=st.booleans(), seed=st.integers(0, 2**16))
+@example(t=23, window=5, gqa=True, seed=1)  # the window slides over many blocks, grouped queries
+@example(t=4, window=9, gqa=False, seed=2)  # window longer than the sequence
+@example(t=9, window=1, gqa=True, seed=3)  # each query sees only itself
 def test_equals_the_windowed_attention_op_and_a_loop(t, window, gqa, seed):
+    _check_window(t, window, gqa, seed)
+
+
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@given(t=st.integers(1, 23), window=st.integers(1, 9), gqa=st.booleans(), seed=st.integers(0, 2**16))
+def test_equals_the_windowed_attention_op_and_a_loop_many_shapes(t, window, gqa, seed):
+    _check_window(t, window, gqa, seed)
+
+
+def _check_window(t, window, gqa, seed):
     q, k, v = _qkv(np.random.default_rng(seed), 2, t, 4, 2 if gqa else 4, 4)
     got = sliding_window_attention(q, k, v, window)
     assert rel_err(got, attention(q, k, v, window=window, form="parallel")) < 1e-5
