@@ -1,7 +1,7 @@
 """A lever of sweep throughput, measured: the quickstart's attention train step, parallel form against the blockwise
 form at small blocks (issue 19).
 
-    taskset -c 0 python benchmarks/attention_blocks.py [--sizes d16 d32] [--blocks 32 64] [--rounds 7]
+    taskset -c 0 python benchmarks/attention_blocks.py [--sizes d16 d32] [--blocks 32 64] [--rounds 7] [--context T]
 
 At the quickstart's context (128 tokens) ``form="auto"`` runs the parallel form, whose [T, T] scores, causal mask
 and softmax backward are most of a small model's step. The blockwise form skips the key blocks above the diagonal.
@@ -27,6 +27,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--sizes", nargs="+", default=["d16", "d32"])
     ap.add_argument("--blocks", nargs="+", type=int, default=[32, 64])
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--context", type=int, default=None, help="train at this context instead (tokens a step kept)")
     args = ap.parse_args(argv)
 
     from scaling.xla_env import apply_cpu_defaults
@@ -50,6 +51,9 @@ def main(argv=None) -> dict:
     def step(cfg, impl, block):
         cfg = copy.deepcopy(cfg)
         cfg.model.attention.impl = impl
+        if args.context:  # the same tokens a step at another context
+            cfg.train.batch_size = max(1, cfg.train.batch_size * cfg.train.context // args.context)
+            cfg.train.context = args.context
         # the layer calls the op without block sizes: give it this block (the layer reads the name when traced)
         layer.attention = functools.partial(op.attention, block_q=block, block_k=block) if block else op.attention
         graphdef, state, tx, _ = init_train_state(cfg)
@@ -76,7 +80,8 @@ def main(argv=None) -> dict:
                 times[k].append((time.perf_counter() - t0) / 5 * 1e3)
         ref = float(ways[("parallel", None)]())
         base = statistics.median(times[("parallel", None)])
-        print(f"{size}: d_model {cfg.model.d_model}, batch {cfg.train.batch_size} x context {cfg.train.context}")
+        ctx = args.context or cfg.train.context
+        print(f"{size}: d_model {cfg.model.d_model}, context {ctx}, {cfg.train.batch_size * cfg.train.context} tokens")
         for (impl, blk), v in times.items():
             ms = statistics.median(v)
             diff = abs(float(ways[(impl, blk)]()) - ref) / ref
