@@ -24,7 +24,7 @@ from tests.ops import chunked_checks as checks
 from tests.ops.chunked_checks import FORMS, assert_close
 
 TIME_ARGS, STATE_ARGS = ("q", "k", "v"), ("S0", "z0")
-ARGS = (*TIME_ARGS, *STATE_ARGS)  # norm-relative RTOL for every output: o, S, z and every gradient
+ARGS = (*TIME_ARGS, *STATE_ARGS)  # every output (o, S, z) and every gradient is checked at chunked_checks.RTOL
 
 
 @pytest.fixture(autouse=True, scope="module")
