@@ -2,6 +2,7 @@
 form at small blocks (issue 19).
 
     taskset -c 0 python benchmarks/attention_blocks.py [--sizes d16 d32] [--blocks 32 64] [--rounds 7] [--context T]
+        [--preset transformer_small]
 
 At the quickstart's context (128 tokens) ``form="auto"`` runs the parallel form, whose [T, T] scores, causal mask
 and softmax backward are most of a small model's step. The blockwise form skips the key blocks above the diagonal.
@@ -28,6 +29,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--blocks", nargs="+", type=int, default=[32, 64])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--context", type=int, default=None, help="train at this context instead (tokens a step kept)")
+    ap.add_argument("--preset", default=None,
+                    help="time this model preset (configs/models, batch 8 x context 256) instead of the quickstart's")
     args = ap.parse_args(argv)
 
     from scaling.xla_env import apply_cpu_defaults
@@ -44,7 +47,12 @@ def main(argv=None) -> dict:
     layer = importlib.import_module("scaling.models.attention")
     op = importlib.import_module("scaling.ops.attention")
     cfgs = {}
-    for plan in expand(load_spec(ROOT / "experiments/quickstart.py"), check_data=False):
+    if args.preset:
+        from scaling import config
+
+        path = ROOT / "configs/models" / f"{args.preset}.py"
+        cfgs[args.preset] = config.load(str(path), ["train.batch_size=8", "train.context=256"])
+    for plan in () if args.preset else expand(load_spec(ROOT / "experiments/quickstart.py"), check_data=False):
         if plan.cfg.model.pattern == "A" and plan.size in args.sizes:
             cfgs.setdefault(plan.size, plan.cfg)
 

@@ -19,7 +19,8 @@ microbatch on one device: batch / (microbatches x data x fsdp) rows times the co
     as "block": a lower bound for them.
   The backward's own working set is not added: XLA frees each layer's saved tensors as it makes their
   cotangents (measured on CPU: one layer's backward costs a few percent over its saved tensors). Added: the
-  blockwise attention's [512, 512] tiles (12 bytes per score per head per row) and, with fsdp > 1, one layer's
+  blockwise attention's [block, block] tiles (12 bytes per score per head per row; the block of
+  scaling.mixers.chunks.attention_block, 512 where not measured) and, with fsdp > 1, one layer's
   weights gathered over fsdp in the compute dtype, twice (this layer's and the next, prefetched).
 - logits: 3 x 4 n V (float32 logits, their softmax and its cotangent; V split over tensor where it divides) plus
   the batch (three [B, T] int32/float32 arrays).
@@ -30,9 +31,10 @@ SwiGLU width, hq/hk/hd heads, kv heads and head width; every width that scaling.
 - every block: 16 d (two residuals and two norm outputs, float32) + 2 c d (their casts, bf16 only) + 4 c f
   (gate, up, silu(gate), their product);
 - attention: c (3 hq + 3 hk) hd (q, k, v, the rotated q and k, the output before o); the parallel form (impl
-  "parallel", or "auto" below 1,024 tokens) adds 12 hq K (three float32 [T, K] arrays per head: the masked
-  scores, their exponential and the probabilities, K = the context or the window); the blockwise form adds 4 hq
-  (the logsumexp) + 4 (hq + 2 hk) hd (float32 dq, dk, dv of the backward);
+  "parallel", or "auto" below the backend's threshold: 64 tokens on CPU, 1,024 elsewhere) adds 12 hq K (three
+  float32 [T, K] arrays per head: the masked scores, their exponential and the probabilities, K = the context or
+  the window); the blockwise form adds 4 hq (the logsumexp) + 4 (hq + 2 hk) hd (float32 dq, dk, dv of the
+  backward);
 - power retention: c (3 hq + 3 hk) hd + 4 (hq + 5 hk) hd (the float32 chunked q, k, v and the per-chunk
   intermediates) + 20 hq c_r (five float32 [c_r, c_r] arrays per head: scores, their power, decay, weights) +
   4 hk D (hd + 1) / c_r (the state [D, hd + 1] entering each chunk), D = C(hd + p - 1, p), c_r the chunk; the
@@ -65,6 +67,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from scaling import config as _config
+from scaling.mixers.chunks import ATTENTION_BLOCK, attention_block
 from scaling.mixers.retention import sympow_dim
 
 BYTES = {"float32": 4, "bfloat16": 2}
@@ -144,9 +147,18 @@ def _attention_keys(m, context: int) -> int:
     return min(context, m.attention.window) if m.attention.window else context
 
 
-def _parallel_attention(m, context: int) -> bool:
+def _attention_block(m, context: int) -> int | None:
+    """The blockwise form's block the layer runs at this context, or None for the parallel form (impl "auto":
+    scaling.mixers.chunks.attention_block on this machine's backend)."""
     impl = m.attention.get("impl", "auto")
-    return impl == "parallel" or (impl == "auto" and context < 1024)
+    block = attention_block(context, m.d_model // m.attention.n_heads)
+    if impl == "parallel" or (impl == "auto" and block is None):
+        return None
+    return block or ATTENTION_BLOCK
+
+
+def _parallel_attention(m, context: int) -> bool:
+    return _attention_block(m, context) is None
 
 
 def layer_bytes_per_token(m, letter: str, context: int, tensor: int = 1) -> float:
@@ -185,7 +197,7 @@ def _blockwise_tile(m, context: int, tensor: int) -> float:
     """The blockwise attention's working tile: [block, block] scores and probabilities per query head."""
     if "A" not in _config.layer_pattern(m) or _parallel_attention(m, context):
         return 0.0
-    block = min(512, context)
+    block = min(_attention_block(m, context), context)
     return 12.0 * block * block * (m.attention.n_heads / tensor)
 
 

@@ -27,6 +27,8 @@ SLOW_CASES = {
     "hybrid/bf16": ("hybrid_tiny", ["model.pattern='MA'", "model.mamba.head_dim=16", "model.attention.n_heads=2",
                                     "model.attention.n_kv_heads=2", "model.dtype='bfloat16'"], 1, None),
     "attention/scan-block/mb2": ("transformer_tiny", ["model.scan_layers=True"], 2, "block"),
+    "attention/parallel": ("transformer_tiny", ["model.attention.n_heads=2", "model.attention.n_kv_heads=2",
+                                                "model.attention.impl='parallel'"], 1, None),
     "attention/blockwise": ("transformer_tiny", ["model.attention.impl='blockwise'", "train.context=1024",
                                                  "train.batch_size=2"], 1, None),
     "retention/scan-block": ("power_retention_tiny", ["model.scan_layers=True"], 1, "block"),

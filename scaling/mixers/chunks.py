@@ -1,4 +1,5 @@
-"""The chunk size each chunked mixer trains fastest at, per backend: the one place the presets take it from.
+"""The chunk size each chunked mixer trains fastest at, per backend: the one place the presets take it from; and
+the form and block of softmax attention's ``form="auto"`` (:func:`attention_block`).
 
 The chunked forms are exact for any chunk (tests/ops hold each to its reference at several), so the chunk is a
 speed setting, and its best value depends on the backend and the shape. :data:`FASTEST` holds what
@@ -63,6 +64,30 @@ def backend() -> str:
     if platforms and platforms[0] in _PLATFORM_NAMES:
         return _PLATFORM_NAMES[platforms[0]]
     return next((name for module, name in _PLUGINS if _installed(module)), "cpu")
+
+
+# Softmax attention's blockwise form (scaling.ops.attention_blockwise), per backend: form="auto" runs it from
+# ``min_t`` tokens on, in blocks of ``block(T, head_dim)``; below, the parallel form. Measured on CPU by
+# benchmarks/attention_blocks.py (the real train step, one core, blocks 16-512 interleaved; docs/performance.md
+# "Attention: blockwise at short context"): at head dims 8 and 16 (the quickstart's d16 and d32) 32-token blocks
+# were fastest at every context from 64 to 1,024 tokens (1.16x over the parallel form at 64, 1.44-1.64x at 128,
+# 6.6-9.9x at 1,024, where 512-token blocks gave 2.5x less); at head dim 64 (transformer_small) 32 was fastest
+# at 128 and 256 tokens (1.05x, 1.16x) and 128 at 1,024 (2.26x against 1.97x at 32 and 1.82x at 512). Backends
+# not measured keep the first rule: blockwise from 1,024 tokens (2x faster forward+backward there on CPU) in
+# 512-token blocks.
+ATTENTION_BLOCK = 512  # the blockwise form's block where none is measured or asked for
+ATTENTION_DEFAULT = {"min_t": 1024, "block": lambda t, head_dim: ATTENTION_BLOCK}
+ATTENTION: dict[str, dict] = {
+    "cpu": {"min_t": 64, "block": lambda t, head_dim: 32 if head_dim <= 32 else min(128, max(32, t // 8))},
+}
+
+
+def attention_block(t: int, head_dim: int, backend_name: str | None = None) -> int | None:
+    """The block (tokens) of the blockwise form that softmax attention's ``form="auto"`` runs ``t`` tokens in at
+    this head dim on ``backend_name`` (default: this machine's, :func:`backend`), or None where it runs the
+    parallel form (fewer tokens than the backend's ``min_t``)."""
+    rule = ATTENTION.get(backend_name or backend(), ATTENTION_DEFAULT)
+    return None if t < rule["min_t"] else rule["block"](t, head_dim)
 
 
 def fastest_chunk(section: str, backend_name: str | None = None) -> int:

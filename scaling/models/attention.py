@@ -13,7 +13,8 @@ class Attention(nnx.Module):
 
     Config: model.attention.{n_heads, n_kv_heads, window (None = none), rope, rope_theta}, and ``impl`` if the
     section has it (the training/prefill form of scaling.ops.attention: "auto", the default, picks the blockwise
-    flash-style form at long context and cuDNN on GPU; "parallel"; "blockwise"); head_dim = d_model / n_heads.
+    flash-style form from the backend's measured context on (scaling.mixers.chunks.attention_block) and cuDNN on
+    GPU; "parallel"; "blockwise"); head_dim = d_model / n_heads.
     Decode state: a KVCache (a ring of ``window`` slots when windowed).
     """
 

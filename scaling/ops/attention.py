@@ -8,9 +8,11 @@ Forms:
 - ``"blockwise"``: flash-style, scaling.ops.attention_blockwise: key/value blocks with an online softmax and a
   recomputing custom VJP; no [T, T] array in the forward or the backward, memory linear in T. For training and
   prefill at long context (no ``initial_state``).
-- ``"auto"`` (the default): ``"parallel"`` with a cache (``initial_state``) or below ``BLOCKWISE_MIN_T`` tokens,
-  else ``"blockwise"``; on GPU, where cuDNN's constraints hold, ``jax.nn.dot_product_attention`` with
-  ``implementation="cudnn"`` (see ``backend``).
+- ``"auto"`` (the default): ``"parallel"`` with a cache (``initial_state``) or below the backend's measured
+  threshold, else ``"blockwise"`` in the block measured fastest for the backend, context and head dim
+  (scaling.mixers.chunks.attention_block: on CPU from 64 tokens, 32-token blocks at head dims up to 32; other
+  backends from 1,024 tokens, 512-token blocks); on GPU, where cuDNN's constraints hold,
+  ``jax.nn.dot_product_attention`` with ``implementation="cudnn"`` (see ``backend``).
 - ``"recurrent"``: token by token over a KV cache. The cache is the attention's state: a
   :class:`KVCache` of fixed capacity, a ring that keeps the latest ``capacity`` tokens. With a window
   w the capacity need only be w (the state stays bounded however long the context); without one it
@@ -40,14 +42,13 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from scaling.mixers.chunks import attention_block
 from scaling.ops.attention_blockwise import DEFAULT_BLOCK, blockwise_attention
 from scaling.ops.segments import check_segment_ids, run_index, run_start
 
 FORMS = ("auto", "parallel", "blockwise", "recurrent")
 BACKENDS = ("auto", "xla", "cudnn")
-# form="auto" picks "blockwise" from this many tokens on (at 1k it was already 2x faster forward+backward on
-# a 2-core CPU, `scaling bench ops`, docs/kernels.md); below, the parallel form and its small [T, T] scores.
-BLOCKWISE_MIN_T = 1024
+_PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
 
 _NEG = -1e30  # finite "minus infinity": a fully masked row stays NaN-free
 
@@ -153,8 +154,14 @@ def _resolve(q, k, v, form, backend, initial_state, segment_ids):
     if backend == "auto" and why is None and form in ("auto", "parallel"):
         return "parallel", True
     if form == "auto":
-        form = "parallel" if initial_state is not None or q.shape[1] < BLOCKWISE_MIN_T else "blockwise"
+        form = "parallel" if initial_state is not None or auto_block(q) is None else "blockwise"
     return form, False
+
+
+def auto_block(q) -> int | None:
+    """The blockwise block ``form="auto"`` uses for q's context and head dim on the backend running it (None: the
+    parallel form); scaling.mixers.chunks.attention_block holds the measured rule."""
+    return attention_block(q.shape[1], q.shape[-1], _PLATFORMS.get(jax.default_backend(), "cpu"))
 
 
 def _cudnn_attention(q, k, v, causal, window, scale):
@@ -223,7 +230,7 @@ _masked_softmax_attend.defvjp(_attend_fwd, _attend_bwd)
 
 def attention(q, k, v, *, causal: bool = True, window: int | None = None, scale: float | None = None,
               form: str = "auto", initial_state: KVCache | None = None, return_state: bool = False,
-              backend: str = "auto", segment_ids=None, block_q: int = DEFAULT_BLOCK, block_k: int = DEFAULT_BLOCK):
+              backend: str = "auto", segment_ids=None, block_q: int | None = None, block_k: int | None = None):
     """Softmax attention.
 
     Args:
@@ -236,7 +243,8 @@ def attention(q, k, v, *, causal: bool = True, window: int | None = None, scale:
       initial_state: a KVCache of earlier tokens (``pos`` of them); the new ones are appended to its ring.
       return_state: also return the updated KVCache (needs initial_state).
       segment_ids: optional [batch, time] int document ids of a packed row: no attention across documents.
-      block_q, block_k: query / key block sizes of the blockwise form (tokens).
+      block_q, block_k: query / key block sizes of the blockwise form (tokens); default: the block "auto" picks
+        for this call (:func:`auto_block`), or 512 where "auto" would run the parallel form.
     Returns:
       y [batch, time, hq, e] in q.dtype, and the KVCache if return_state.
     """
@@ -250,6 +258,8 @@ def attention(q, k, v, *, causal: bool = True, window: int | None = None, scale:
     if use_cudnn:
         return _cudnn_attention(q, k, v, causal, window, scale).astype(q.dtype)
     if form == "blockwise":
+        block = auto_block(q) or DEFAULT_BLOCK
+        block_q, block_k = (block if b is None else b for b in (block_q, block_k))
         return blockwise_attention(q, k, v, causal=causal, window=window, scale=scale, segment_ids=segment_ids,
                                    block_q=block_q, block_k=block_k)
 

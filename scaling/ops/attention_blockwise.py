@@ -27,9 +27,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from scaling.mixers.chunks import ATTENTION_BLOCK
 from scaling.ops.segments import run_index, run_start
 
-DEFAULT_BLOCK = 512
+DEFAULT_BLOCK = ATTENTION_BLOCK  # 512 tokens: scaling.mixers.chunks holds the block form="auto" picks
 _NEG = -1e30  # finite "minus infinity" for the running max
 
 

@@ -261,15 +261,23 @@ def test_blockwise_forward_backward_memory_is_far_below_the_parallel_form():
 
 
 def test_auto_form_and_backend_choice():
-    from scaling.ops.attention import BLOCKWISE_MIN_T, _resolve
+    from scaling.mixers.chunks import attention_block
+    from scaling.ops.attention import _resolve
 
     short = _qkv(0, 1, 8, 2, 2, 8)
-    long = tuple(jax.ShapeDtypeStruct((1, BLOCKWISE_MIN_T, 2, 8), jnp.float32) for _ in range(3))
+    long = tuple(jax.ShapeDtypeStruct((1, 1024, 2, 8), jnp.float32) for _ in range(3))
     cache = init_kv_cache(1, 16, 2, 8)
     assert _resolve(*short, "auto", "auto", None, None) == ("parallel", False)
     assert _resolve(*long, "auto", "auto", None, None) == ("blockwise", False)
     assert _resolve(*long, "auto", "auto", cache, None) == ("parallel", False)
     assert _resolve(*long, "parallel", "xla", None, None) == ("parallel", False)
+    # the measured rule: on CPU blockwise from 64 tokens, 32-token blocks for small heads, up to 128 for head dim 64
+    assert [attention_block(t, 16, "cpu") for t in (32, 64, 128, 4096)] == [None, 32, 32, 32]
+    assert [attention_block(t, 64, "cpu") for t in (128, 256, 1024, 4096)] == [32, 32, 128, 128]
+    assert attention_block(512, 64, "gpu") is None and attention_block(1024, 64, "tpu") == 512
+    mid = tuple(jax.ShapeDtypeStruct((1, 128, 2, 8), jnp.float32) for _ in range(3))
+    expected = "blockwise" if jax.default_backend() == "cpu" else "parallel"
+    assert _resolve(*mid, "auto", "xla", None, None) == (expected, False)
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the CPU/TPU refusal of cuDNN")
