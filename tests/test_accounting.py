@@ -43,8 +43,10 @@ def test_tiny_presets_within_10pct_of_xla(path, context):
 @pytest.mark.parametrize("context", [40, 300])
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_mixer_options_within_10pct_of_xla(name, context):
+    # the parallel form, as above: XLA's cost analysis counts a loop's body once, so the blockwise program
+    # ("auto" on CPU from 64 tokens) reads low
     cfg = config.load(None, ["model.d_model=64", "model.n_layers=2", "model.retention.chunk_size=32",
-                             "model.mamba.chunk_size=32"] + VARIANTS[name])
+                             "model.mamba.chunk_size=32", "model.attention.impl=parallel"] + VARIANTS[name])
     ratio = accounting.flops_per_token(cfg, context) / xla_flops_per_token(cfg, context)
     assert 0.9 < ratio < 1.1, ratio
 
