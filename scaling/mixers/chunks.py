@@ -42,7 +42,7 @@ FASTEST: dict[str, dict[str, int]] = {
 BACKENDS = ("cpu", "gpu", "tpu")
 _PLUGINS = (("libtpu", "tpu"), ("jax_cuda13_plugin", "gpu"), ("jax_cuda12_plugin", "gpu"),
             ("jax_plugins.xla_cuda13", "gpu"), ("jax_plugins.xla_cuda12", "gpu"), ("jax_plugins.xla_rocm", "gpu"))
-_PLATFORM_NAMES = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "gpu": "gpu", "tpu": "tpu"}
+PLATFORM_NAMES = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "gpu": "gpu", "tpu": "tpu"}
 
 
 def _installed(module: str) -> bool:
@@ -61,8 +61,8 @@ def backend() -> str:
             raise ConfigError(f"STATESCALE_BACKEND={chosen!r}: must be one of {', '.join(BACKENDS)}")
         return chosen
     platforms = [p.strip().lower() for p in os.environ.get("JAX_PLATFORMS", "").split(",") if p.strip()]
-    if platforms and platforms[0] in _PLATFORM_NAMES:
-        return _PLATFORM_NAMES[platforms[0]]
+    if platforms and platforms[0] in PLATFORM_NAMES:
+        return PLATFORM_NAMES[platforms[0]]
     return next((name for module, name in _PLUGINS if _installed(module)), "cpu")
 
 

@@ -42,13 +42,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from scaling.mixers.chunks import attention_block
+from scaling.mixers.chunks import PLATFORM_NAMES, attention_block
 from scaling.ops.attention_blockwise import DEFAULT_BLOCK, blockwise_attention
 from scaling.ops.segments import check_segment_ids, run_index, run_start
 
 FORMS = ("auto", "parallel", "blockwise", "recurrent")
 BACKENDS = ("auto", "xla", "cudnn")
-_PLATFORMS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "rocm": "gpu", "tpu": "tpu"}
 
 _NEG = -1e30  # finite "minus infinity": a fully masked row stays NaN-free
 
@@ -161,7 +160,7 @@ def _resolve(q, k, v, form, backend, initial_state, segment_ids):
 def auto_block(q) -> int | None:
     """The blockwise block ``form="auto"`` uses for q's context and head dim on the backend running it (None: the
     parallel form); scaling.mixers.chunks.attention_block holds the measured rule."""
-    return attention_block(q.shape[1], q.shape[-1], _PLATFORMS.get(jax.default_backend(), "cpu"))
+    return attention_block(q.shape[1], q.shape[-1], PLATFORM_NAMES.get(jax.default_backend(), "cpu"))
 
 
 def _cudnn_attention(q, k, v, causal, window, scale):
