@@ -1,6 +1,6 @@
 """Chinchilla approaches 1 and 2: the compute-optimal allocation N_opt = k_N C^a, D_opt = k_D C^b from the lower
-envelope of the loss curves (:func:`fit_envelope`) or from isoFLOP parabolas (:func:`fit_isoflop`), and the budget
-grouping and parabola helpers that the context law reuses."""
+envelope of the loss curves (:func:`fit_envelope`) or from isoFLOP parabolas (:func:`fit_isoflop`; the budget
+grouping and parabolas are scaling.analysis.parabola's)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 
 from scaling.analysis.fit_base import (
     CI_PERCENTILES,
-    _array,
     _arrays,
     _check_bootstrap,
+    _check_loss_sd,
     _check_rtol,
     _ci_from_samples,
     _Fit,
@@ -23,6 +23,7 @@ from scaling.analysis.fit_base import (
     _point_law,
     _power_law_eval,
 )
+from scaling.analysis.parabola import _budget_vertices, _check_groups, _group_by_budget, _replicate
 
 __all__ = ["EnvelopeFit", "IsoflopFit", "fit_envelope", "fit_isoflop"]
 
@@ -219,9 +220,7 @@ def fit_envelope(
                          "N_opt grows with C is not resolved; add sizes between the ones trained")
     params, residuals = _point_law("fit_envelope", _allocation_params, fC, fN, fD)
 
-    sd = None if loss_sd is None else np.broadcast_to(np.asarray(loss_sd, np.float64), loss.shape)
-    if sd is not None and not (np.all(np.isfinite(sd)) and np.all(sd >= 0)):
-        raise ValueError("fit_envelope: loss_sd must be finite and >= 0")
+    sd = _check_loss_sd(loss_sd, len(loss), "fit_envelope")
     rng = np.random.default_rng(seed)
     samples = {k: np.full(bootstrap, np.nan) for k in params}
     failed = 0
@@ -255,90 +254,6 @@ def fit_envelope(
               "bootstrap": bootstrap, "bootstrap_failed": failed, "seed": seed,
               "loss_sd": None if sd is None else float(np.median(sd))},
     )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Budget grouping and parabolas (approach 2, context law)
-
-
-def _group_by_budget(C: np.ndarray, budgets: Any, rtol: float, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Assign points to FLOP budgets: returns (budget values [m], group index per point [n], -1 = none).
-
-    budgets=None: sorted FLOP values split wherever consecutive values differ by more than a factor (1 + rtol);
-    a group's budget is the geometric mean of its values. Given budgets: each point goes to the nearest budget
-    within a factor (1 + rtol), and the budget value is the one given.
-    """
-    logC = np.log(C)
-    tol = math.log1p(rtol)
-    if budgets is None:
-        order = np.argsort(logC)
-        splits = np.flatnonzero(np.diff(logC[order]) > tol) + 1
-        group = np.empty(len(C), dtype=int)
-        values = []
-        for g, chunk in enumerate(np.split(order, splits)):
-            group[chunk] = g
-            values.append(math.exp(logC[chunk].mean()))
-        return np.asarray(values), group
-    b = np.atleast_1d(_array(name, np.atleast_1d(budgets)))
-    if len(np.unique(b)) != len(b):
-        raise ValueError(f"{name}: budgets must be distinct, got {b.tolist()}")
-    dist = np.abs(logC[:, None] - np.log(b)[None, :])
-    group = np.argmin(dist, axis=1)
-    group[dist[np.arange(len(C)), group] > tol] = -1
-    return b, group
-
-
-def _parabola(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Least-squares y = c0 + c1 u + c2 u^2 in u = x - mean(x) (for conditioning).
-
-    Returns (coefficients [c0, c1, c2] in x itself, i.e. y = c0 + c1 x + c2 x^2; vertex x; value at the vertex).
-    The vertex is NaN when c2 <= 0 (no minimum).
-    """
-    m = x.mean()
-    c2, c1, c0 = np.polyfit(x - m, y, 2)
-    coef = np.array([c0 - c1 * m + c2 * m * m, c1 - 2 * c2 * m, c2])
-    if c2 <= 0:
-        return coef, float("nan"), float("nan")
-    u = -c1 / (2 * c2)
-    return coef, float(u + m), float(c0 + c1 * u + c2 * u * u)
-
-
-VERTEX_REACH = math.log(10.0)  # a vertex further than this (in log N) outside the sizes trained is not a minimum found
-
-
-def _budget_vertices(x, y, group, n_groups):
-    """Parabola vertex per budget group; NaN where the group is degenerate or concave, or where the vertex lies more
-    than a factor 10 outside the sizes trained (a nearly flat parabola: no bracketed minimum)."""
-    vx = np.full(n_groups, np.nan)
-    vy = np.full(n_groups, np.nan)
-    coefs = np.full((n_groups, 3), np.nan)
-    for g in range(n_groups):
-        sel = group == g
-        if len(np.unique(x[sel])) < 3:
-            continue
-        coefs[g], vx[g], vy[g] = _parabola(x[sel], y[sel])
-        if not x[sel].min() - VERTEX_REACH <= vx[g] <= x[sel].max() + VERTEX_REACH:
-            vx[g] = vy[g] = np.nan
-    return coefs, vx, vy
-
-
-def _check_groups(x, group, budget_values, need, axis_name, fn):
-    """Every used budget needs `need` distinct x values; a clear error lists the offenders."""
-    bad = [f"{budget_values[g]:.4g} ({len(np.unique(x[group == g]))})" for g in range(len(budget_values))
-           if len(np.unique(x[group == g])) < need]
-    if bad:
-        raise ValueError(f"{fn}: each budget needs at least {need} distinct {axis_name} values to fit a parabola; "
-                         f"budgets (distinct {axis_name}) below that: {', '.join(bad)}. Pass budgets= to select "
-                         "budgets or adjust rtol")
-
-
-def _bootstrap_within_groups(rng, group, n_groups):
-    """Indices resampled with replacement inside each group (group sizes kept)."""
-    idx = []
-    for g in range(n_groups):
-        members = np.flatnonzero(group == g)
-        idx.append(rng.choice(members, size=len(members), replace=True))
-    return np.concatenate(idx)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -378,6 +293,7 @@ def fit_isoflop(
     d_opt: str = "flops",
     bootstrap: int = 0,
     seed: int = 0,
+    loss_sd: Any = None,
 ) -> IsoflopFit:
     """Chinchilla approach 2: parabolas in log N at fixed FLOPs, then power laws of their minima.
 
@@ -394,9 +310,12 @@ def fit_isoflop(
     b log C by least squares over budgets (>= 2 budgets). Optima outside the sizes trained are extrapolations;
     they are flagged in ``data["budget_extrapolated"]`` with a warning.
 
-    ``bootstrap=k``: k replicates resampling points with replacement within each budget; a replicate whose
-    parabola has no minimum drops that budget, and with fewer than two budgets left it fails
-    (``info["bootstrap_failed"]``).
+    ``bootstrap=k``: k replicates; a replicate whose parabola has no minimum drops that budget, and with fewer
+    than two budgets left it fails (``info["bootstrap_failed"]``). ``loss_sd`` (scalar or per point; e.g. the
+    seed-to-seed spread of a final loss): each replicate keeps every run's size and draws its loss anew around its
+    budget's parabola with that noise (a parametric bootstrap). Without it, points are resampled with replacement
+    within each budget, which needs many sizes a budget: at three, its 95% intervals held the true exponent
+    for 68% of synthetic data sets, against 96% with ``loss_sd`` (tests/analysis/test_fits.py).
     """
     x = _arrays(3, "fit_isoflop", N=N, D=D, C=C, loss=loss)
     N, D, C, loss = x["N"], x["D"], x["C"], x["loss"]
@@ -411,9 +330,10 @@ def fit_isoflop(
                          f"({budget_C.tolist()})")
     logN, logD = np.log(N), np.log(D)
     _check_groups(logN, group, budget_C, 3, "N", "fit_isoflop")
+    sd = _check_loss_sd(loss_sd, len(loss), "fit_isoflop")
 
-    def optima(idx, grp):
-        coefs, vx, vy = _budget_vertices(logN[idx], loss[idx], grp, m)
+    def optima(idx, grp, y):
+        coefs, vx, vy = _budget_vertices(logN[idx], y, grp, m)
         if d_opt == "flops":
             Dopt = budget_C / (6 * np.exp(vx))
         else:
@@ -426,7 +346,7 @@ def fit_isoflop(
         return coefs, np.exp(vx), Dopt, vy
 
     all_idx = np.flatnonzero(group >= 0)
-    coefs, Nopt, Dopt, Lopt = optima(all_idx, group[all_idx])
+    coefs, Nopt, Dopt, Lopt = optima(all_idx, group[all_idx], loss[all_idx])
     concave = np.flatnonzero(~np.isfinite(Nopt))
     if len(concave):
         raise ValueError("fit_isoflop: loss is not convex in log N, or its minimum lies more than 10x outside the "
@@ -451,8 +371,8 @@ def fit_isoflop(
     boot_N = np.full((bootstrap, m), np.nan)
     failed = 0
     for i in range(bootstrap):
-        idx = _bootstrap_within_groups(rng, group, m)
-        _, bN, bD, _ = optima(idx, group[idx])
+        idx, y = _replicate(rng, logN, loss, group, m, coefs, sd)
+        _, bN, bD, _ = optima(idx, group[idx], y)
         boot_N[i] = bN
         ok = np.isfinite(bN) & np.isfinite(bD)
         if ok.sum() < 2:
@@ -481,5 +401,5 @@ def fit_isoflop(
         samples=samples if bootstrap else {},
         info={"d_opt": d_opt, "rtol": rtol, "budgets_given": budgets is not None,
               "n_unassigned": int((group < 0).sum()), "bootstrap": bootstrap, "bootstrap_failed": failed,
-              "seed": seed},
+              "seed": seed, "loss_sd": None if sd is None else float(np.median(sd))},
     )

@@ -10,12 +10,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from scaling.analysis.allocation import _bootstrap_within_groups, _budget_vertices, _check_groups, _group_by_budget
 from scaling.analysis.fit_base import (
     CI_PERCENTILES,
     _array,
     _arrays,
     _check_bootstrap,
+    _check_loss_sd,
     _check_rtol,
     _ci_from_samples,
     _Fit,
@@ -23,6 +23,7 @@ from scaling.analysis.fit_base import (
     _point_law,
     _power_law_eval,
 )
+from scaling.analysis.parabola import _budget_vertices, _check_groups, _group_by_budget, _replicate
 
 __all__ = ["ContextLawFit", "fit_context_law"]
 
@@ -65,6 +66,7 @@ def fit_context_law(
     rtol: float = 0.05,
     bootstrap: int = 0,
     seed: int = 0,
+    loss_sd: Any = None,
 ) -> ContextLawFit:
     """Loss against training context at fixed FLOPs: the optimal context per budget and its power law.
 
@@ -76,8 +78,11 @@ def fit_context_law(
     a U shape, else ValueError); the optimal context is exp(-c1 / (2 c2)) (flagged and warned about when outside
     the contexts trained). With >= 2 budgets, log context_opt = log k + a log C by least squares.
 
-    ``bootstrap=k``: resampling with replacement within each budget, 95% percentile intervals for ``a``, ``k``
-    (or ``context_opt``) and per budget optimum; replicates with a budget lacking a minimum drop that budget.
+    ``bootstrap=k``: 95% percentile intervals for ``a``, ``k`` (or ``context_opt``) and per budget optimum;
+    replicates with a budget lacking a minimum drop that budget. Replicates resample the runs with replacement
+    within each budget or, with ``loss_sd`` (scalar or per run: the noise of a final loss), keep every context
+    and draw each loss anew around its budget's parabola, as :func:`scaling.analysis.allocation.fit_isoflop` does
+    (the better choice at a few contexts a budget).
     """
     x = _arrays(3, "fit_context_law", context=context, loss=loss)
     T, loss = x["context"], x["loss"]
@@ -95,6 +100,7 @@ def fit_context_law(
     m = len(budget_C)
     logT = np.log(T)
     _check_groups(logT, group, budget_C, 3, "context", "fit_context_law")
+    sd = _check_loss_sd(loss_sd, len(loss), "fit_context_law")
 
     coefs, vx, vy = _budget_vertices(logT, loss, group, m)
     concave = np.flatnonzero(~np.isfinite(vx))
@@ -127,8 +133,8 @@ def fit_context_law(
     boot_T = np.full((bootstrap, m), np.nan)
     failed = 0
     for i in range(bootstrap):
-        idx = _bootstrap_within_groups(rng, group, m)
-        _, bx, _ = _budget_vertices(logT[idx], loss[idx], group[idx], m)
+        idx, y = _replicate(rng, logT, loss, group, m, coefs, sd)
+        _, bx, _ = _budget_vertices(logT[idx], y, group[idx], m)
         boot_T[i] = np.exp(bx)
         ok = np.isfinite(bx)
         if m >= 2:
@@ -163,5 +169,6 @@ def fit_context_law(
         residuals=residuals,
         data=data,
         samples=samples if bootstrap else {},
-        info={"rtol": rtol, "bootstrap": bootstrap, "bootstrap_failed": failed, "seed": seed},
+        info={"rtol": rtol, "bootstrap": bootstrap, "bootstrap_failed": failed, "seed": seed,
+              "loss_sd": None if sd is None else float(np.median(sd))},
     )

@@ -59,6 +59,19 @@ def _check_bootstrap(bootstrap: Any, seed: Any) -> tuple[int, int]:
     return int(bootstrap), int(seed)
 
 
+def _check_loss_sd(loss_sd: Any, n: int, fn: str) -> np.ndarray | None:
+    """``loss_sd`` (None, a scalar or one value per point) as None or a float array [n] of finite values >= 0."""
+    if loss_sd is None:
+        return None
+    try:
+        sd = np.broadcast_to(np.asarray(loss_sd, np.float64), (n,))
+    except (TypeError, ValueError):
+        raise ValueError(f"{fn}: loss_sd must be a number or one value per point ({n}), got {loss_sd!r}") from None
+    if not (np.all(np.isfinite(sd)) and np.all(sd >= 0)):
+        raise ValueError(f"{fn}: loss_sd must be finite and >= 0")
+    return sd
+
+
 def _check_rtol(rtol: Any) -> float:
     if not isinstance(rtol, (int, float)) or not 0 < rtol < 1:
         raise ValueError(f"rtol: must be a number in (0, 1) (relative FLOP tolerance), got {rtol!r}")

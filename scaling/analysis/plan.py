@@ -199,8 +199,9 @@ def _context_groups(runs: pd.DataFrame, axes: Sequence[str]) -> list[tuple[dict[
 
 
 def _loss_noise(g: pd.DataFrame, frame: pd.DataFrame) -> float:
-    """The noise of one run's final loss, for approach 1's bootstrap: the pooled seed-to-seed standard deviation
-    of the group's (size, budget) cells that have several seeds, else the median evaluation standard error."""
+    """The noise of one run's final loss, for the bootstraps of approaches 1 and 2 and the context law: the pooled
+    seed-to-seed standard deviation of the group's cells (``frame``'s N: the size, or the context; and budget)
+    that have several seeds, else the median evaluation standard error."""
     if "seed" in g and g["seed"].nunique() > 1:
         within = frame.assign(seed=g["seed"].to_numpy()).groupby(["N", "budget"])["loss"]
         dev = within.transform(lambda x: x - x.mean()).to_numpy()
@@ -313,8 +314,9 @@ def _chinchilla_jobs(keys, label, g, curves, n_col, curve_col, bootstrap, seed, 
             raise _Skip(f"needs >= {MIN_BUDGETS} FLOP budgets with >= {MIN_SIZES} model sizes each; "
                         f"sizes per budget: {have}")
         sel = np.isin(budget, ok)
+        sd = _loss_noise(g, pd.DataFrame({"N": N, "budget": budget, "loss": loss}))
         fit = _fits.fit_isoflop(N[sel], D[sel], budget[sel], loss[sel], budgets=sorted(ok), d_opt="data",
-                                bootstrap=bootstrap, seed=seed)
+                                bootstrap=bootstrap, seed=seed, loss_sd=sd if sd > 0 else None)
         return fit, int(sel.sum())
 
     def parametric():
@@ -378,7 +380,9 @@ def _context_job(g, loss_col, bootstrap, seed):
             have = ", ".join(f"{_plots.sci(b)}: {k}" for b, k in sorted(per_budget.items()))
             raise _Skip(f"needs a FLOP budget with >= {MIN_CONTEXTS} contexts; contexts per budget: {have}")
         sel = np.isin(budget, ok)
-        fit = _fits.fit_context_law(T[sel], loss[sel], budgets=budget[sel], bootstrap=bootstrap, seed=seed)
+        sd = _loss_noise(g, pd.DataFrame({"N": T, "budget": budget, "loss": loss}))  # cells: (context, budget)
+        fit = _fits.fit_context_law(T[sel], loss[sel], budgets=budget[sel], bootstrap=bootstrap, seed=seed,
+                                    loss_sd=sd if sd > 0 else None)
         return fit, int(sel.sum())
     return run
 

@@ -156,7 +156,9 @@ def _fit_tables(records: list[FitRecord], bootstrap: int) -> list[str]:
     if by_kind["isoflop"]:
         lines += [f"### {FIT_KINDS['isoflop']}", "",
                   "Per budget, loss = c0 + c1 log N + c2 log² N; N_opt = k_N C^a and D_opt = k_D C^b over the "
-                  "budgets' minima (D_opt from the budget's own tokens-vs-size relation).", ""]
+                  "budgets' minima (D_opt from the budget's own tokens-vs-size relation). Intervals: each replicate "
+                  "keeps every run's size and draws its loss anew around its budget's parabola with the runs' noise "
+                  "(the pooled seed spread, else the evaluation SE).", ""]
         lines += _table(["group", "budgets (FLOPs)", "N_opt per budget", "a (N_opt)", "b (D_opt)", "k_N", "k_D"],
                         [(r.group, ", ".join(_plots.sci(b) for b in r.fit.data["budget_C"]),
                           ", ".join(_plots.sci(n, 3) for n in r.fit.data["budget_N_opt"]),
