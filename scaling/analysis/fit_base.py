@@ -72,6 +72,26 @@ def _check_loss_sd(loss_sd: Any, n: int, fn: str) -> np.ndarray | None:
     return sd
 
 
+def _check_loss_sd_dof(dof: Any, sd: np.ndarray | None, fn: str) -> int | None:
+    """``loss_sd_dof`` (None, or the degrees of freedom of an estimated ``loss_sd``: an integer >= 1)."""
+    if dof is None:
+        return None
+    if isinstance(dof, bool) or not isinstance(dof, (int, np.integer)) or dof < 1:
+        raise ValueError(f"{fn}: loss_sd_dof must be None or an integer >= 1 (the degrees of freedom of the "
+                         f"estimated loss_sd), got {dof!r}")
+    if sd is None:
+        raise ValueError(f"{fn}: loss_sd_dof needs loss_sd")
+    return int(dof)
+
+
+def _sd_scale(rng: np.random.Generator, dof: int | None) -> float:
+    """One replicate's factor on an estimated noise SD: 1 when the SD is known (``dof`` None), else
+    sqrt(dof / chi2(dof)), a draw of sigma / s given s from ``dof`` degrees of freedom. With a handful of seeds the
+    SD is itself uncertain (at 2 dof its 95% range is 0.52-6.3 times the estimate); drawing it per replicate makes
+    the interval a Student-t-like one instead of a normal one with the estimate plugged in."""
+    return 1.0 if dof is None else math.sqrt(dof / rng.chisquare(dof))
+
+
 def _check_rtol(rtol: Any) -> float:
     if not isinstance(rtol, (int, float)) or not 0 < rtol < 1:
         raise ValueError(f"rtol: must be a number in (0, 1) (relative FLOP tolerance), got {rtol!r}")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from scaling.analysis import seeds as _seeds
 from scaling.analysis.load import SweepData
 
 __all__ = ["PREDICT_LEVEL", "predict_holdout", "seed_spread", "split_holdout", "variant_differences"]
@@ -113,12 +114,15 @@ def seed_spread(runs: pd.DataFrame, axes: list[str] = ()) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*keys, "seeds", "mean", "std", "se", "eval_se"])
 
 
-def variant_differences(spread: pd.DataFrame, z: float = 2.0) -> pd.DataFrame:
+def variant_differences(spread: pd.DataFrame, level: float = 0.95) -> pd.DataFrame:
     """Pairwise differences of the seed means of variants at the same (size, budget, context): ``diff`` (b - a),
-    ``se`` (sqrt(se_a^2 + se_b^2)) and ``verdict``: "real" when |diff| > z se, else "within seed spread"."""
+    ``se`` (sqrt(se_a^2 + se_b^2)), ``dof`` (Welch-Satterthwaite), ``threshold`` (Student t's two-sided ``level``
+    quantile at ``dof``, times ``se``: :func:`scaling.analysis.seeds.welch`) and ``verdict``: "real" when |diff| >
+    threshold (Welch's t test), else "within seed spread"."""
+    cols = ["size", "budget", "context", "a", "b", "diff", "se", "dof", "threshold", "verdict"]
     rows = []
     if not len(spread):
-        return pd.DataFrame(columns=["size", "budget", "a", "b", "diff", "se", "verdict"])
+        return pd.DataFrame(columns=cols)
     for (size, budget, ctx), g in spread.groupby(["size", "budget", "context"], sort=True, dropna=False):
         g = g.sort_values("mean")
         items = list(g.itertuples())
@@ -126,9 +130,12 @@ def variant_differences(spread: pd.DataFrame, z: float = 2.0) -> pd.DataFrame:
             for j in range(i + 1, len(items)):
                 a, b = items[i], items[j]
                 d, se = b.mean - a.mean, math.hypot(a.se, b.se)
+                dof, q = _seeds.welch(a.se, a.seeds, b.se, b.seeds, level)
+                threshold = q * se
                 rows.append({"size": size, "budget": budget, "context": ctx, "a": a.variant, "b": b.variant,
-                             "diff": d, "se": se, "verdict": "real" if abs(d) > z * se else "within seed spread"})
-    return pd.DataFrame(rows, columns=["size", "budget", "context", "a", "b", "diff", "se", "verdict"])
+                             "diff": d, "se": se, "dof": dof, "threshold": threshold,
+                             "verdict": "real" if abs(d) > threshold else "within seed spread"})
+    return pd.DataFrame(rows, columns=cols)
 
 
 def headline(records, holdout_summary: pd.DataFrame | None = None) -> list[tuple[str, str, Any]]:

@@ -151,6 +151,7 @@ def power_attention(data, out: Path) -> StudyFigure:
     x = np.arange(len(known))
     diffs = {v: _seeds.difference(cell.loc["attention"], cell.loc[v]) if v in cell.index else (np.nan, np.nan)
              for v in known}
+    verdicts = {v: _seeds.compare(cell.loc["attention"], cell.loc[v]) if v in cell.index else "-" for v in known}
     d_ours = [diffs[v][0] for v in known]
     err = [2 * diffs[v][1] if np.isfinite(diffs[v][1]) and v != "attention" else 0.0 for v in known]
     d_paper = [PAPER_POWER_ATTENTION[v] - PAPER_POWER_ATTENTION["attention"] for v in known]
@@ -189,7 +190,7 @@ def power_attention(data, out: Path) -> StudyFigure:
     lines += ["", f"Differences at the largest budget ({sci(top)} FLOPs), {metric}: b minus attention, seed "
               "means, SE = sqrt(SE_a^2 + SE_b^2):", ""]
     lines += _table(("variant", "minus attention", "SE", "verdict", "paper"),
-                    [(v, f"{diffs[v][0]:+.4f}", f"{diffs[v][1]:.4f}", _seeds.verdict(*diffs[v]), f"{d:+.3f}")
+                    [(v, f"{diffs[v][0]:+.4f}", f"{diffs[v][1]:.4f}", verdicts[v], f"{d:+.3f}")
                      for v, d in zip(known, d_paper, strict=True) if v != "attention"])
     return StudyFigure(paths, lines)
 
@@ -245,9 +246,11 @@ def sympow(data, out: Path) -> StudyFigure:
     ref = pts.set_index("variant")
     if "attention" in ref.index:
         lines += ["", "Minus softmax attention (seed means; SE = sqrt(SE_a^2 + SE_b^2)):", ""]
-        diffs = [(v, *_seeds.difference(ref.loc["attention"], ref.loc[v])) for v in ref.index if v != "attention"]
+        diffs = [(v, *_seeds.difference(ref.loc["attention"], ref.loc[v]), _seeds.compare(ref.loc["attention"],
+                                                                                         ref.loc[v]))
+                 for v in ref.index if v != "attention"]
         lines += _table(("variant", "minus attention", "SE", "verdict"),
-                        [(v, f"{d:+.4f}", f"{se:.4f}", _seeds.verdict(d, se)) for v, d, se in diffs])
+                        [(v, f"{d:+.4f}", f"{se:.4f}", verdict) for v, d, se, verdict in diffs])
     return StudyFigure(paths, lines)
 
 
@@ -323,7 +326,7 @@ def mamba_scaling(data, out: Path) -> StudyFigure:
                 if w in a_pts.index:
                     d, se = _seeds.difference(a_pts.loc[w], m)
                     gaps.append((f"{ctx:,}", w, f"{d:+.4f}", f"{se:.4f}" if np.isfinite(se) else "-",
-                                 _seeds.verdict(d, se)))
+                                 _seeds.compare(a_pts.loc[w], m)))
     if gaps:
         lines += ["", "Mamba-2 minus Transformer++ at the same width (seed means; SE = sqrt(SE_a^2 + SE_b^2)):", ""]
         lines += _table(("context", "width", "Mamba-2 minus Transformer++", "SE", "verdict"), gaps)

@@ -102,7 +102,7 @@ def _replicate(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, group: np
     deviation: a parametric bootstrap. The sizes (or contexts) of an isoFLOP ladder are its design, not a sample;
     what varies from one repetition of the experiment to the next is each run's loss. With three points a budget,
     resampling keeps all three distinct in only 2 of 9 draws, so a surviving replicate is the data again and the
-    interval is far too narrow (68% coverage at a nominal 95%, tests/analysis/test_fits.py)."""
+    interval is far too narrow (68% coverage at a nominal 95%, tests/analysis/test_few_sizes.py)."""
     if loss_sd is None:
         idx = _bootstrap_within_groups(rng, group, n_groups)
         return idx, y[idx]

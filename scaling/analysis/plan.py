@@ -198,19 +198,26 @@ def _context_groups(runs: pd.DataFrame, axes: Sequence[str]) -> list[tuple[dict[
     return out
 
 
-def _loss_noise(g: pd.DataFrame, frame: pd.DataFrame) -> float:
-    """The noise of one run's final loss, for the bootstraps of approaches 1 and 2 and the context law: the pooled
-    seed-to-seed standard deviation of the group's cells (``frame``'s N: the size, or the context; and budget)
-    that have several seeds, else the median evaluation standard error."""
+def _loss_noise(g: pd.DataFrame, frame: pd.DataFrame) -> tuple[float, int | None]:
+    """(noise of one run's final loss, its degrees of freedom), for the bootstraps of approaches 1 and 2 and the
+    context law: the pooled seed-to-seed standard deviation of the group's cells (``frame``'s N: the size, or the
+    context; and budget) that have several seeds, with its degrees of freedom (runs in those cells minus cells:
+    2 for three seeds at one point), which the fits propagate (``loss_sd_dof``); else the median evaluation
+    standard error, taken as known (None: hundreds of sequences), or (0.0, None) when neither is there."""
     if "seed" in g and g["seed"].nunique() > 1:
         within = frame.assign(seed=g["seed"].to_numpy()).groupby(["N", "budget"])["loss"]
         dev = within.transform(lambda x: x - x.mean()).to_numpy()
         dof = int((within.transform("size") > 1).sum() - within.ngroups + (within.size() == 1).sum())
         if dof > 0:
-            return float(np.sqrt(np.sum(dev ** 2) / dof))
+            return float(np.sqrt(np.sum(dev ** 2) / dof)), dof
     se = g["final_val_loss_se"].to_numpy(float) if "final_val_loss_se" in g else np.array([])
     se = se[np.isfinite(se)]
-    return float(np.median(se)) if len(se) else 0.0
+    return (float(np.median(se)) if len(se) else 0.0), None
+
+
+def _noise_kw(sd: float, dof: int | None) -> dict:
+    """The fits' ``loss_sd`` / ``loss_sd_dof`` keywords for :func:`_loss_noise`'s result (none at zero noise)."""
+    return {"loss_sd": sd, "loss_sd_dof": dof} if sd > 0 else {}
 
 
 def _budget_of(g: pd.DataFrame) -> np.ndarray:
@@ -286,7 +293,7 @@ def _chinchilla_jobs(keys, label, g, curves, n_col, curve_col, bootstrap, seed, 
         if n_sizes < MIN_SIZES:
             raise _Skip(f"needs >= {MIN_SIZES} model sizes, has {n_sizes}")
         frame = pd.DataFrame({"N": N, "D": D, "C": g["flops"].to_numpy(float), "budget": budget, "loss": loss})
-        sd = _loss_noise(g, frame)
+        sd, dof = _loss_noise(g, frame)
         cells = frame.groupby(["N", "budget"], as_index=False).agg(
             N=("N", "first"), budget=("budget", "first"), D=("D", "mean"), C=("C", "mean"), loss=("loss", "mean"),
             n=("loss", "size"))
@@ -302,7 +309,8 @@ def _chinchilla_jobs(keys, label, g, curves, n_col, curve_col, bootstrap, seed, 
         fit = _fits.fit_envelope(cells["N"].to_numpy(), cells["D"].to_numpy(), cells["C"].to_numpy(),
                                  cells["loss"].to_numpy(), method="bin", n_bins=len(budgets),
                                  C_range=(float(budgets.min()), float(budgets.max())), bootstrap=bootstrap,
-                                 seed=seed, loss_sd=sd / np.sqrt(cells["n"].to_numpy(float)))
+                                 seed=seed, loss_sd=sd / np.sqrt(cells["n"].to_numpy(float)),
+                                 loss_sd_dof=dof if sd > 0 else None)
         fit.info["loss"] = "final validation loss of each run (seeds averaged)"
         return fit, len(cells)
 
@@ -314,9 +322,9 @@ def _chinchilla_jobs(keys, label, g, curves, n_col, curve_col, bootstrap, seed, 
             raise _Skip(f"needs >= {MIN_BUDGETS} FLOP budgets with >= {MIN_SIZES} model sizes each; "
                         f"sizes per budget: {have}")
         sel = np.isin(budget, ok)
-        sd = _loss_noise(g, pd.DataFrame({"N": N, "budget": budget, "loss": loss}))
+        noise = _noise_kw(*_loss_noise(g, pd.DataFrame({"N": N, "budget": budget, "loss": loss})))
         fit = _fits.fit_isoflop(N[sel], D[sel], budget[sel], loss[sel], budgets=sorted(ok), d_opt="data",
-                                bootstrap=bootstrap, seed=seed, loss_sd=sd if sd > 0 else None)
+                                bootstrap=bootstrap, seed=seed, **noise)
         return fit, int(sel.sum())
 
     def parametric():
@@ -380,9 +388,8 @@ def _context_job(g, loss_col, bootstrap, seed):
             have = ", ".join(f"{_plots.sci(b)}: {k}" for b, k in sorted(per_budget.items()))
             raise _Skip(f"needs a FLOP budget with >= {MIN_CONTEXTS} contexts; contexts per budget: {have}")
         sel = np.isin(budget, ok)
-        sd = _loss_noise(g, pd.DataFrame({"N": T, "budget": budget, "loss": loss}))  # cells: (context, budget)
-        fit = _fits.fit_context_law(T[sel], loss[sel], budgets=budget[sel], bootstrap=bootstrap, seed=seed,
-                                    loss_sd=sd if sd > 0 else None)
+        noise = _noise_kw(*_loss_noise(g, pd.DataFrame({"N": T, "budget": budget, "loss": loss})))  # (context, budget)
+        fit = _fits.fit_context_law(T[sel], loss[sel], budgets=budget[sel], bootstrap=bootstrap, seed=seed, **noise)
         return fit, int(sel.sum())
     return run
 

@@ -158,7 +158,8 @@ def _fit_tables(records: list[FitRecord], bootstrap: int) -> list[str]:
                   "Per budget, loss = c0 + c1 log N + c2 log² N; N_opt = k_N C^a and D_opt = k_D C^b over the "
                   "budgets' minima (D_opt from the budget's own tokens-vs-size relation). Intervals: each replicate "
                   "keeps every run's size and draws its loss anew around its budget's parabola with the runs' noise "
-                  "(the pooled seed spread, else the evaluation SE).", ""]
+                  "(the pooled seed spread, its own uncertainty drawn from its degrees of freedom, else the "
+                  "evaluation SE).", ""]
         lines += _table(["group", "budgets (FLOPs)", "N_opt per budget", "a (N_opt)", "b (D_opt)", "k_N", "k_D"],
                         [(r.group, ", ".join(_plots.sci(b) for b in r.fit.data["budget_C"]),
                           ", ".join(_plots.sci(n, 3) for n in r.fit.data["budget_N_opt"]),
@@ -278,8 +279,10 @@ def _prediction_lines(pred, summary, held_budget, spread) -> list[str]:
     if spread is not None and len(spread):
         lines += ["## Seed-to-seed spread", "",
                   "Points run over several seeds (train.seed: initialisation and data order). A difference "
-                  "between variants smaller than about twice the combined standard error is within the seed "
-                  "spread, not a finding. eval SE: the evaluation sample's own standard error.", ""]
+                  "between variants is called real when Welch's t test puts it outside the 95% range of the seed "
+                  "spread (threshold: the t quantile at the Welch degrees of freedom times the combined SE; with "
+                  "three seeds a variant about 3-4 SE, not 2); else it is within the seed spread, not a finding. "
+                  "eval SE: the evaluation sample's own standard error.", ""]
         ctx = "context" in spread and spread["context"].nunique() > 1  # else one context: no column
         lines += _table(["variant", "size", *(["context"] if ctx else []), "budget", "seeds", "mean loss", "std",
                          "SE of mean", "eval SE"],
@@ -289,9 +292,9 @@ def _prediction_lines(pred, summary, held_budget, spread) -> list[str]:
         diffs = _holdout.variant_differences(spread)
         if len(diffs):
             lines += ["", "Differences between variants at the same point (b − a, seed means):", ""]
-            lines += _table(["size", "budget", "a", "b", "b − a", "SE", "verdict"],
+            lines += _table(["size", "budget", "a", "b", "b − a", "SE", "dof", "threshold", "verdict"],
                             [(r.size or "-", _plots.sci(r.budget), r.a, r.b, f"{r.diff:+.4f}", f"{r.se:.4f}",
-                              r.verdict) for r in diffs.itertuples()])
+                              f"{r.dof:.1f}", f"{r.threshold:.4f}", r.verdict) for r in diffs.itertuples()])
         lines.append("")
     return lines
 

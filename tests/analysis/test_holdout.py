@@ -70,9 +70,23 @@ def test_seed_spread_and_which_differences_are_real():
     spread = holdout.seed_spread(pd.DataFrame(rows))
     assert len(spread) == 3 and (spread["seeds"] == 3).all()
     assert np.allclose(spread["std"], 0.01) and np.allclose(spread["se"], 0.01 / np.sqrt(3))
-    diffs = holdout.variant_differences(spread).set_index(["a", "b"])["verdict"]
-    assert diffs[("a", "b")] == "within seed spread"
-    assert diffs[("a", "c")] == "real" and diffs[("b", "c")] == "real"
+    diffs = holdout.variant_differences(spread).set_index(["a", "b"])
+    assert diffs.loc[("a", "b"), "verdict"] == "within seed spread"
+    assert diffs.loc[("a", "c"), "verdict"] == "real" and diffs.loc[("b", "c"), "verdict"] == "real"
+    # equal spreads of three seeds: Welch's dof is 4, the threshold t(0.975, 4) = 2.776 SE
+    assert np.allclose(diffs["dof"], 4.0)
+    assert np.allclose(diffs["threshold"] / diffs["se"], 2.7764, atol=1e-4)
+
+
+def test_a_gap_of_three_se_from_three_seeds_is_within_the_spread():
+    """Between 2 SE and the t threshold (2.78 SE at 4 dof): the old 2-SE rule called this real."""
+    rows = [{"variant": v, "family": v, "size": "s", "budget": 1e12, "context": 128, "seed": seed,
+             "final_val_loss": mean + eps, "final_val_loss_se": 0.004}
+            for v, mean in (("a", 2.0), ("b", 2.0 + 2.5 * np.sqrt(2) * 0.01 / np.sqrt(3)))
+            for seed, eps in enumerate((-0.01, 0.0, 0.01))]
+    diffs = holdout.variant_differences(holdout.seed_spread(pd.DataFrame(rows)))
+    assert np.isclose(diffs["diff"].iloc[0] / diffs["se"].iloc[0], 2.5)
+    assert diffs["verdict"].iloc[0] == "within seed spread"
 
 
 def test_allocation_under_the_accounting_cost_minimises_the_law():

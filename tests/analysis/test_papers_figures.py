@@ -96,7 +96,7 @@ def test_power_attention_scores_the_long_context_over_seeds(tmp_path):
     assert "| attention | 64 | 100 | 1,000 | 3.00e+12 | 1.6000 ± 0.0058 (3 seeds) |" in text
     assert "1.9000 ± 0.0058 (3 seeds) | 2.2000 ± 0.0058 (3 seeds) | 1.631 |" in text
     row = _by_first(_rows(fig.lines, "| variant | minus attention"))
-    assert row["power"].startswith("| power | -0.0500 | 0.0082 | beyond 2 SE |")
+    assert row["power"].startswith("| power | -0.0500 | 0.0082 | real |")  # 6.1 SE, beyond t(0.975, 4) = 2.78
     assert "loss at the best evaluation context" in text
 
 
