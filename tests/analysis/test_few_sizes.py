@@ -13,8 +13,8 @@ no U shape at some budget). The tests below run 60 seeds at 100 replicates.
 The noise is itself estimated, in the quickstart from three seeds at one point (2 degrees of freedom), so it is
 off by up to ~2x either way. Plugged in as known, that SD gave 84.5% coverage at a nominal 95% (200 data seeds,
 noise SD 0.005, 200 replicates; the context law 83.5%); with ``loss_sd_dof=2`` each replicate draws the SD's own
-uncertainty, and coverage was 95% for both (intervals 2.2-2.6 times wider, as a Student t at 2 dof is against a
-normal). At 6 dof: 92% plugged in, 95.5% with it.
+uncertainty, and coverage was 95% for both (intervals 2.4-2.6 times wider; a Student t at 2 dof has 2.2 times the
+normal's 97.5% quantile). At 6 dof: 92% plugged in, 95.5% with it.
 """
 
 import warnings
