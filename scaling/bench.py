@@ -56,8 +56,7 @@ from scaling.bench_util import (  # noqa: F401 (bench_peak and PEAK_SIZES re-exp
     median_time,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-PRESET_DIR = ROOT / "configs" / "models"
+PRESET_DIR = config.shipped("configs/models")  # the checkout's, else an installed wheel's copy
 
 SUB_BENCHES = ("peak", "ops", "train", "decode", "all", "kernels", "sweep")
 
@@ -73,8 +72,8 @@ __all__ = ["OPS", "OPS_CONTEXTS", "bench_kernels", "bench_ops", "kernels_table",
            "machine_info", "median_time"]
 
 def _preset_path(preset: str) -> Path:
-    """A preset's config file: a path to a config file (``.py``), or a name in the checkout's configs/models/ (an
-    installed package without the checkout takes paths)."""
+    """A preset's config file: a path to a config file (``.py``), or a name in configs/models/ (the checkout's, or
+    the copy an installed wheel carries: :func:`scaling.config.shipped`)."""
     return Path(preset) if preset.endswith(".py") else PRESET_DIR / f"{preset}.py"
 
 
@@ -83,7 +82,8 @@ def _check_presets(presets: Sequence[str]) -> None:
     bad = [p for p in presets if not _preset_path(p).is_file()]
     if bad:
         where = (f"accepted: {', '.join(known)}, or a config file's path" if known else
-                 f"no presets at {PRESET_DIR} (an installed package without its checkout): give config files' paths")
+                 f"no presets at {PRESET_DIR} (neither a checkout nor an installed wheel's copy): give config "
+                 "files' paths")
         raise ValueError(f"presets: unknown {', '.join(map(repr, bad))}; {where}")
 
 

@@ -13,6 +13,7 @@ import ast
 import contextlib
 import importlib.util
 import math
+import sysconfig
 import traceback
 from pathlib import Path
 
@@ -21,6 +22,21 @@ from ml_collections import ConfigDict
 
 from scaling.fields import ConfigError, check_choice, check_int, fail  # noqa: F401 (ConfigError is re-exported)
 from scaling.mixers import SPECS
+
+# ----------------------------------------------------------------------------------------------------
+# Where the shipped config files are
+
+CHECKOUT = Path(__file__).resolve().parents[1]  # the repository root, when the package runs from its checkout
+SHARE = Path(sysconfig.get_path("data")) / "share" / "statescale"  # an installed wheel's copy (pyproject data-files)
+
+
+def shipped(rel: str | Path) -> Path:
+    """A file or folder of the checkout's ``configs/`` (``rel`` relative to the repository root, e.g.
+    ``configs/models``): the checkout's own where the package runs from it, else the copy a wheel installed under
+    ``<prefix>/share/statescale/`` (pyproject.toml's data-files ship configs/models there)."""
+    here = CHECKOUT / rel
+    return here if here.exists() or not (SHARE / rel).exists() else SHARE / rel
+
 
 # ----------------------------------------------------------------------------------------------------
 # Defaults

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from benchmarks import targets
-from scaling import accounting, bench, cli_bench
+from scaling import accounting, bench, cli_bench, config
 from scaling.cli import main
 
 TINY = ["--sizes", "64", "--repeats", "1", "--context", "32", "64", "--heads", "2", "--head-dim", "8",
@@ -185,11 +185,26 @@ def test_cli_rejects_bad_sub_commands_and_flags(tmp_path, capsys):
         main(["bench", "ops", "--p", "5"])
     with pytest.raises(ValueError, match="ops: unknown"):
         bench.bench_ops(contexts=(16,), ops=("lstm",), peak={"peak_gflops_per_s": 1.0})
-    # a preset may be a config file's path (an installed package has no configs/ of its checkout)
+    # a preset may be a config file's path, as well as a name in configs/models
     bench._check_presets([str(bench.PRESET_DIR / "gla_tiny.py")])
     assert bench._preset_cfg(str(bench.PRESET_DIR / "gla_tiny.py")).model.pattern == "G"
     with pytest.raises(ValueError, match=r"unknown '/nowhere.py'; accepted: .*, or a config file's path"):
         bench._check_presets(["/nowhere.py"])
+
+
+def test_presets_come_from_the_checkout_else_from_an_installed_wheels_copy(tmp_path, monkeypatch):
+    """pyproject.toml's data-files put configs/models under <prefix>/share/statescale/ in a wheel;
+    ``config.shipped`` takes the checkout's folder where there is one, else that copy (checked by hand with a wheel
+    installed into a fresh venv: docs/performance.md)."""
+    checkout, share = tmp_path / "checkout", tmp_path / "share"
+    (share / "configs" / "models").mkdir(parents=True)
+    monkeypatch.setattr(config, "CHECKOUT", checkout)
+    monkeypatch.setattr(config, "SHARE", share)
+    assert config.shipped("configs/models") == share / "configs" / "models"  # no checkout: the wheel's copy
+    (checkout / "configs" / "models").mkdir(parents=True)
+    assert config.shipped("configs/models") == checkout / "configs" / "models"  # the checkout wins
+    assert config.shipped("experiments/x.py") == checkout / "experiments" / "x.py"  # neither: the checkout's path
+    assert bench.PRESET_DIR.name == "models" and (bench.PRESET_DIR / "transformer_tiny.py").is_file()
 
 
 @pytest.mark.slow

@@ -177,9 +177,9 @@ def as_sweep(obj) -> Sweep:
 
 
 def resolve_base(base: str) -> Path:
-    """The base config file: absolute, else relative to the repository root, else to the working directory."""
+    """The base config file: absolute, else under the repository root (or a wheel's copy), else the working dir."""
     p = Path(base)
-    for candidate in ([p] if p.is_absolute() else [ROOT / p, Path.cwd() / p]):
+    for candidate in ([p] if p.is_absolute() else [_config.shipped(p), Path.cwd() / p]):
         if candidate.is_file():
             return candidate
     raise SpecError(f"sweep.base = {base!r}: no such config file (paths are relative to the repository root {ROOT})")
