@@ -108,8 +108,9 @@ def add_parsers(sub) -> None:
                         "with the reason, the run table), fits.json and runs.csv.")
     an.add_argument("sweep_dir", help="a sweep directory (holds sweep.db)")
     an.add_argument("--out", help="output folder (default: SWEEP_DIR/analysis)")
-    an.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the 95%% intervals "
-                    "(default 200; 0: estimates only)")
+    an.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates for the 95%% intervals of "
+                    "approach 3 and the state law; approaches 1, 2 and the context law draw 20x as many (default "
+                    "200; 0: estimates only)")
     an.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     an.add_argument("--params", choices=("non_embedding", "total"), default="non_embedding",
                     help="parameter count used as N (default non_embedding)")

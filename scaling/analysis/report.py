@@ -39,6 +39,7 @@ from scaling.analysis.load import (
     load_sweep,
 )
 from scaling.analysis.plan import (
+    CLOSED_FORM_REPLICATES,
     CURVE_LOSS_CHOICES,
     FAST_PARAMETRIC_GRID,
     FAST_STATE_GRID,
@@ -131,7 +132,9 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
 
 def _fit_tables(records: list[FitRecord], bootstrap: int) -> list[str]:
     lines: list[str] = []
-    ci_note = (f"Cells are `estimate [2.5%, 97.5%]`: percentile intervals over {bootstrap} bootstrap resamples."
+    ci_note = (f"Cells are `estimate [2.5%, 97.5%]`: percentile intervals over {bootstrap} bootstrap replicates "
+               f"(approach 3, the state law) or {bootstrap * CLOSED_FORM_REPLICATES:,} (approaches 1 and 2, the "
+               "context law: a least-squares solve a replicate)."
                if bootstrap else "No bootstrap (bootstrap = 0): estimates only.")
     by_kind = {k: [r for r in records if r.kind == k and r.ok] for k in FIT_KINDS}
     lines += ["## Fitted laws", "", ci_note, ""]

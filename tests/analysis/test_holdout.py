@@ -1,5 +1,6 @@
 """Held-out prediction, seeds as replicates, the accounting's cost in allocations, and the next rung's spec."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -153,3 +154,19 @@ def test_the_report_names_the_context_of_each_seed_spread_row_when_there_are_sev
     assert "| a | s | 128 |" in text and "| a | s | 512 |" in text
     one = holdout.seed_spread(pd.DataFrame([r for r in rows if r["context"] == 128]))
     assert "context" not in "\n".join(_prediction_lines(None, None, None, one)).split("## Seed-to-seed spread")[1]
+
+
+def test_the_same_runs_give_the_same_fits_in_any_row_order(tmp_path):
+    """A resumed sweep appends its new runs to the database; the fits' bootstrap draws must not follow that order:
+    the runs shuffled give every fit's estimates and intervals again, to the bit."""
+    synthetic.synthetic_sweep(tmp_path, variants=["attention", "mamba-d16", "mamba-d64"], budgets=BUDGETS)
+    data = report.load_sweep(tmp_path)
+    shuffled = dataclasses.replace(data, runs=data.runs.sample(frac=1.0, random_state=3).reset_index(drop=True))
+    assert list(shuffled.runs["run_id"]) != list(data.runs["run_id"])
+    kinds = ["isoflop", "parametric", "state_law"]
+    a = {(r.kind, r.group): r for r in report.fit_sweep(data, bootstrap=40, fast=True, kinds=kinds) if r.ok}
+    b = {(r.kind, r.group): r for r in report.fit_sweep(shuffled, bootstrap=40, fast=True, kinds=kinds) if r.ok}
+    assert a.keys() == b.keys() and {k for k, _ in a} == set(kinds)
+    for key, rec in a.items():
+        assert rec.fit.params == b[key].fit.params, key
+        assert rec.fit.ci == b[key].fit.ci, key
