@@ -103,7 +103,8 @@ def test_report_writes_every_figure_as_png_and_svg(analysed):
 def test_report_tables_hold_the_fitted_laws_with_intervals(analysed):
     _, result, _ = analysed
     md = result.report.read_text()
-    assert f"percentile intervals over {BOOT} bootstrap resamples" in md
+    assert (f"percentile intervals over {BOOT} bootstrap replicates (approach 3, the state law) or {20 * BOOT:,} "
+            "(approaches 1 and 2, the context law") in md
     law = synthetic.SYNTHETIC_LAW
     # state-size law per family: every parameter with its interval; retention's exponents near the truth
     header = _header(md, "State-size law")
