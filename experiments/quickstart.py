@@ -17,11 +17,13 @@ attention and Mamba-2. The grids follow it, as measured in a pilot ladder of d_m
 - seeds: the d_model-16 runs at 7e10 and 1.4e11 three times each (train.seed 0, 1, 2), the seed-to-seed spread of
   the loss with 4 degrees of freedom a family (the fits' intervals carry its uncertainty: at 2, from one point,
   the spread's own 95% range is 0.52-6.3 times its estimate; at 4, 0.60-2.9);
-- a held-out budget, 5.6e11, at the largest size of each family's grid (d_model 32; 24 for retention):
-  `scaling analyze --holdout` fits on the other budgets and predicts these runs.
+- a held-out budget, 5.6e11, at three sizes a family, one size up from its 2.8e11 grid where the optimum moves
+  (attention d24-d48, retention d16-d32, Mamba-2 d24-d48): `scaling analyze --holdout` fits on the other budgets
+  and predicts these nine runs, so each family's laws are judged on three runs they did not see, one of them
+  (retention's d32, Mamba-2's d48) a size no fit saw either.
 
 Every loss is the final loss on the fixed held-out evaluation set (data.eval_tokens = 65,536 tokens, the same
-512 sequences for every run) with its standard error. 50 runs, 6-13 minutes with two workers on two cores.
+512 sequences for every run) with its standard error. 56 runs, 8-16 minutes with two workers on two cores.
 """
 
 from scaling.sweep import Sweep
@@ -34,7 +36,7 @@ GRIDS = {  # family -> {budget: sizes}
     "mamba": {7.0e10: ["d8", "d12", "d16"], 1.4e11: ["d16", "d24", "d32"], 2.8e11: ["d16", "d24", "d32"]},
 }
 HOLDOUT_BUDGET = 5.6e11
-HOLDOUT_SIZES = {"attention": "d32", "retention": "d24", "mamba": "d32"}  # the largest size of each family's grid
+HOLDOUT_SIZES = {"attention": ["d24", "d32", "d48"], "retention": ["d16", "d24", "d32"], "mamba": ["d24", "d32", "d48"]}
 STATE_BUDGETS = [7.0e10, 1.4e11]
 SEED_BUDGETS = [7.0e10, 1.4e11]  # every family's grid has d_model 16 at both
 
@@ -83,8 +85,8 @@ def get_sweep():
         parts=[
             *({"variants": ladder[fam], "sizes": _sizes(*sizes), "budgets": [budget]}
               for fam, grid in GRIDS.items() for budget, sizes in grid.items()),
-            *({"variants": ladder[fam], "sizes": _sizes(size), "budgets": [HOLDOUT_BUDGET]}
-              for fam, size in HOLDOUT_SIZES.items()),
+            *({"variants": ladder[fam], "sizes": _sizes(*sizes), "budgets": [HOLDOUT_BUDGET]}
+              for fam, sizes in HOLDOUT_SIZES.items()),
             {"variants": _retention(1) | _retention(4) | _mamba(4) | _mamba(64), "sizes": _sizes("d16"),
              "budgets": STATE_BUDGETS},
             {"variants": every, "sizes": _sizes("d16"), "budgets": SEED_BUDGETS, "seeds": 3},

@@ -22,8 +22,9 @@ def plot_holdout(pred: pd.DataFrame, level: float = 0.9) -> Figure:
     fig, axes = _figure(1, max(len(fams), 1), panel=(4.6, 4.2))
     for ax, fam in zip(axes.flat, fams, strict=False):
         sub = pred[pred["family"] == fam]
-        lo_all = min(sub["lo"].min(), sub["measured"].min())
-        hi_all = max(sub["hi"].max(), sub["measured"].max())
+        se2 = 2 * sub["measured_se"].fillna(0.0) if "measured_se" in sub else 0.0
+        lo_all = min(sub["lo"].min(), (sub["measured"] - se2).min())
+        hi_all = max(sub["hi"].max(), (sub["measured"] + se2).max())
         # a square panel holding every interval and the diagonal
         pad = 0.03 * (hi_all - lo_all)
         lim = (lo_all - pad, hi_all + pad)
@@ -31,8 +32,10 @@ def plot_holdout(pred: pd.DataFrame, level: float = 0.9) -> Figure:
         for law, g in sub.groupby("law", sort=True):
             marker, col = _LAW_STYLE.get(law, ("^", "0.3"))
             yerr = np.vstack([g["predicted"] - g["lo"], g["hi"] - g["predicted"]])
-            ax.errorbar(g["measured"], g["predicted"], yerr=yerr, fmt="none", ecolor=col, alpha=0.6, lw=1.2,
-                        capsize=3, zorder=2)
+            se = g["measured_se"].to_numpy(float) if "measured_se" in g else np.full(len(g), np.nan)
+            xerr = np.where(np.isfinite(se), 2 * se, 0.0)
+            ax.errorbar(g["measured"], g["predicted"], yerr=yerr, xerr=xerr, fmt="none", ecolor=col, alpha=0.6,
+                        lw=1.2, capsize=3, zorder=2)
             cov = g["covered"].to_numpy(bool)
             ax.scatter(g["measured"][cov], g["predicted"][cov], marker=marker, s=40, color=col,
                        edgecolors="black", linewidths=0.5, zorder=3)
@@ -48,9 +51,11 @@ def plot_holdout(pred: pd.DataFrame, level: float = 0.9) -> Figure:
         ax.grid(True, alpha=0.25)
     handles = [Line2D([], [], marker=m, color=c, ls="", label=law) for law, (m, c) in _LAW_STYLE.items()
                if law in set(pred["law"])]
-    handles.append(Line2D([], [], color="0.4", lw=1.2, label=f"{100 * level:.0f}% prediction interval"))
+    handles.append(Line2D([], [], color="0.4", lw=1.2, label=f"{100 * level:.0f}% prediction interval (vertical), "
+                          "measured ± 2 SE (horizontal)"))
     handles.append(Line2D([], [], marker="o", color="0.4", ls="", markerfacecolor="white",
                           label="interval missed the run"))
-    axes.flat[0].legend(handles=handles, fontsize=8, loc="upper left")
+    # below the panels: inside one, the legend hid the intervals of the runs it covered
+    fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncol=len(handles), frameon=False)
     fig.suptitle("Held-out runs, predicted by the laws\nfitted on the smaller budgets", fontsize=10)
     return fig

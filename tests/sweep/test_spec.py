@@ -154,7 +154,7 @@ def test_quickstart_spec_is_a_ladder_with_state_sizes_seeds_and_a_holdout(capsys
         assert len(budgets) >= 3
         for budget in budgets:  # isoFLOP: >= 3 sizes at every ladder budget
             assert len({p.size for p in mine if p.budget == budget}) >= 3, (variant, budget)
-        assert any(p.budget == qs.HOLDOUT_BUDGET for p in mine)
+        assert len({p.size for p in mine if p.budget == qs.HOLDOUT_BUDGET}) == 3  # three held-out runs a family
         for budget in qs.SEED_BUDGETS:  # seeds at two points: the pooled spread has 4 degrees of freedom
             assert {p.cfg.train.seed for p in mine if p.size == "d16" and p.budget == budget} == {0, 1, 2}
     for pattern in "RM":  # state size varies apart from the parameters: >= 3 state sizes at one model size
