@@ -18,9 +18,11 @@ import numpy as np
 import pandas as pd
 
 from scaling.analysis import seeds as _seeds
+from scaling.analysis.fit_base import CI_PERCENTILES
 from scaling.analysis.load import SweepData
+from scaling.analysis.parabola import VERTEX_REACH, _parabola
 
-__all__ = ["PREDICT_LEVEL", "predict_holdout", "seed_spread", "split_holdout", "variant_differences"]
+__all__ = ["PREDICT_LEVEL", "predict_holdout", "predict_optimum", "seed_spread", "split_holdout", "variant_differences"]
 
 PREDICT_LEVEL = 0.9
 
@@ -82,6 +84,42 @@ def predict_holdout(records, held: pd.DataFrame, n_col: str, level: float = PRED
     return pd.DataFrame(rows, columns=cols)
 
 
+def predict_optimum(records, held: pd.DataFrame, n_col: str) -> pd.DataFrame:
+    """Approach 2's compute-optimal size at a held-out budget against the held-out runs' own isoFLOP parabola.
+
+    One row per (approach-2 fit, held-out budget with >= 3 sizes of its model group): ``predicted`` N_opt = k_N C^a
+    at that budget, ``lo`` / ``hi`` the 95% percentile interval of the fit's replicates evaluated there (NaN
+    without bootstrap), ``measured`` the vertex of the parabola in log N through the held-out runs (seeds
+    averaged; NaN when it has no minimum or lies more than 10x outside their sizes, as approach 2 itself rules),
+    ``sizes`` the held-out sizes, ``ratio`` measured / predicted and ``covered`` (lo <= measured <= hi)."""
+    cols = ["family", "variant", "budget", "predicted", "lo", "hi", "measured", "sizes", "ratio", "covered"]
+    rows = []
+    for rec in (r for r in records if r.kind == "isoflop" and r.ok):
+        mine = held[[_model_key(run) == rec.keys.get("model") for _, run in held.iterrows()]]
+        mine = mine[mine["final_val_loss"] > 0]
+        for budget, g in mine.groupby("budget", sort=True):
+            cells = g.groupby(n_col)["final_val_loss"].mean()
+            if len(cells) < 3:
+                continue
+            x = np.log(cells.index.to_numpy(float))
+            _, vx, _ = _parabola(x, cells.to_numpy(float))
+            measured = math.exp(vx) if x.min() - VERTEX_REACH <= vx <= x.max() + VERTEX_REACH else float("nan")
+            fit = rec.fit
+            predicted = float(fit.params["k_N"] * budget ** fit.params["a"])
+            lo = hi = float("nan")
+            if fit.samples:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    n = np.asarray(fit.samples["k_N"]) * float(budget) ** np.asarray(fit.samples["a"])
+                n = n[np.isfinite(n)]
+                if len(n):
+                    lo, hi = (float(v) for v in np.percentile(n, CI_PERCENTILES))
+            rows.append({"family": g["family"].iloc[0], "variant": g["variant"].iloc[0], "budget": float(budget),
+                         "predicted": predicted, "lo": lo, "hi": hi, "measured": measured,
+                         "sizes": [float(v) for v in cells.index], "ratio": measured / predicted,
+                         "covered": bool(lo <= measured <= hi)})
+    return pd.DataFrame(rows, columns=cols)
+
+
 def summarize_holdout(pred: pd.DataFrame) -> pd.DataFrame:
     """Per (family, law): held-out runs, median and max |relative error|, coverage of the interval."""
     if not len(pred):
@@ -138,7 +176,8 @@ def variant_differences(spread: pd.DataFrame, level: float = 0.95) -> pd.DataFra
     return pd.DataFrame(rows, columns=cols)
 
 
-def headline(records, holdout_summary: pd.DataFrame | None = None) -> list[tuple[str, str, Any]]:
+def headline(records, holdout_summary: pd.DataFrame | None = None,
+             optimum: pd.DataFrame | None = None) -> list[tuple[str, str, Any]]:
     """(family or group, quantity, 'value [lo, hi]') lines of the laws worth printing at the end of a job."""
     out = []
 
@@ -165,4 +204,10 @@ def headline(records, holdout_summary: pd.DataFrame | None = None) -> list[tuple
                         f"median |error| {100 * row.median_abs_rel_error:.1f}%, "
                         f"max {100 * row.max_abs_rel_error:.1f}%, {100 * row.coverage:.0f}% of {row.runs} "
                         f"inside the {100 * PREDICT_LEVEL:.0f}% interval"))
+    if optimum is not None:
+        for row in optimum.itertuples():
+            where = ("no minimum" if not math.isfinite(row.measured) else
+                     f"{row.measured:.3g} ({'inside' if row.covered else 'outside'})")
+            out.append((row.variant or row.family, f"held out (approach 2: N_opt at {row.budget:.2g})",
+                        f"predicted {row.predicted:.3g} [{row.lo:.3g}, {row.hi:.3g}], held-out parabola {where}"))
     return out

@@ -95,11 +95,12 @@ class Report:
     skipped_figures: dict[str, str]
     holdout: pd.DataFrame | None = None  # per held-out run and law: predicted, interval, measured, error
     holdout_summary: pd.DataFrame | None = None  # per family and law: median / max error, coverage
+    holdout_optimum: pd.DataFrame | None = None  # approach 2's N_opt at the held-out budget vs its runs' parabola
     seeds: pd.DataFrame | None = None  # points run over several seeds: mean, std, se
 
     def headline(self) -> list[tuple[str, str, str]]:
         """The laws' headline numbers (exponents with 95% intervals, held-out errors and coverage)."""
-        return _holdout.headline(self.records, self.holdout_summary)
+        return _holdout.headline(self.records, self.holdout_summary, self.holdout_optimum)
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -254,7 +255,7 @@ def _run_tables(data: SweepData, n_col: str) -> list[str]:
     return lines
 
 
-def _prediction_lines(pred, summary, held_budget, spread) -> list[str]:
+def _prediction_lines(pred, summary, held_budget, spread, optimum=None) -> list[str]:
     lines: list[str] = []
     if pred is not None:
         lines += ["## Held-out predictions", "",
@@ -278,6 +279,14 @@ def _prediction_lines(pred, summary, held_budget, spread) -> list[str]:
                               + ("" if r.covered else " (outside)")) for r in pred.itertuples()])
         else:
             lines += ["No held-out run has a fitted law of its group to predict it (see *Skipped fits*)."]
+        if optimum is not None and len(optimum):
+            lines += ["", "Approach 2's N_opt = k_N C^a at the held-out budget (95% interval of its replicates) "
+                      "against the vertex of the parabola through the held-out runs:", ""]
+            lines += _table(["group", "budget", "held-out sizes", "predicted N_opt", "interval", "held-out vertex"],
+                            [(r.variant or r.family, _plots.sci(r.budget), ", ".join(_plots.sci(n, 3) for n in r.sizes),
+                              _plots.sci(r.predicted, 3), f"[{_plots.sci(r.lo, 3)}, {_plots.sci(r.hi, 3)}]",
+                              _plots.sci(r.measured, 3) + ("" if r.covered else " (outside)"))
+                             for r in optimum.itertuples()])
         lines.append("")
     if spread is not None and len(spread):
         lines += ["## Seed-to-seed spread", "",
@@ -345,10 +354,11 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, bootst
         out.mkdir(parents=True, exist_ok=True)
         figures, skipped = _write_figures(data, records, out, n_col, n_label, curve_col,
                                           lambda: bar.advance(task))
-        pred = summary = None
+        pred = summary = optimum = None
         if held is not None:
             pred = _holdout.predict_holdout(records, held, n_col)
             summary = _holdout.summarize_holdout(pred)
+            optimum = _holdout.predict_optimum(records, held, n_col)
             pred.to_csv(out / "holdout.csv", index=False)
             if len(pred):
                 figures.extend(_plots.save_figure(_plots_predict.plot_holdout(pred), out, "holdout_predictions"))
@@ -364,7 +374,7 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, bootst
         data.runs.to_csv(out / "runs.csv", index=False)
         lines = _report_lines(data, records, figures, skipped, out, bootstrap, params, curve_col, fast, n_col)
         i = lines.index("## Runs")
-        lines[i:i] = _prediction_lines(pred, summary, held_budget if held is not None else None, spread)
+        lines[i:i] = _prediction_lines(pred, summary, held_budget if held is not None else None, spread, optimum)
         if names:
             study = ["## Study figures", "", *study_lines]
             study += [f"- not drawn: {_study_figures.FIGURES[k][1]}: {why}" for k, why in study_skipped.items()]
@@ -375,7 +385,7 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, bootst
         path = out / "report.md"
         path.write_text("\n".join(lines) + "\n")
     return Report(out=out, report=path, figures=figures, records=records, data=data, skipped_figures=skipped,
-                  holdout=pred, holdout_summary=summary, seeds=spread)
+                  holdout=pred, holdout_summary=summary, holdout_optimum=optimum, seeds=spread)
 
 
 FIGURES = {

@@ -170,3 +170,25 @@ def test_the_same_runs_give_the_same_fits_in_any_row_order(tmp_path):
     for key, rec in a.items():
         assert rec.fit.params == b[key].fit.params, key
         assert rec.fit.ci == b[key].fit.ci, key
+
+
+def test_approach_2s_optimum_is_checked_against_the_held_out_parabola(held):
+    """Each approach-2 group's N_opt = k_N C^a at the held-out budget, with its replicates' interval, against the
+    vertex of the parabola through that group's held-out runs (at least three sizes there): both recomputed here
+    from the fit's parameters and from the held-out runs by numpy's polyfit."""
+    sweep, result = held
+    opt = result.holdout_optimum
+    fits = {r.keys["model"]: r.fit for r in result.records if r.kind == "isoflop" and r.ok}
+    runs = report.load_sweep(sweep).runs
+    assert len(opt) and set(opt["variant"]) <= set(fits) and set(opt["budget"]) == {BUDGETS[-1]}
+    for r in opt.itertuples():
+        fit = fits[r.variant]
+        assert np.isclose(r.predicted, fit.params["k_N"] * r.budget ** fit.params["a"], rtol=1e-12)
+        assert r.lo < r.predicted < r.hi
+        mine = runs[(runs["variant"] == r.variant) & np.isclose(runs["budget"], r.budget)]
+        cells = mine.groupby("non_embedding_params")["final_val_loss"].mean()
+        c2, c1, _ = np.polyfit(np.log(cells.index.to_numpy(float)), cells.to_numpy(), 2)
+        assert len(r.sizes) == len(cells) >= 3 and np.isclose(r.measured, np.exp(-c1 / (2 * c2)), rtol=1e-6)
+        assert np.isclose(r.ratio, r.measured / r.predicted) and r.covered == (r.lo <= r.measured <= r.hi)
+    assert "held-out vertex" in result.report.read_text()
+    assert any("N_opt at" in row[1] for row in result.headline())
