@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter
 
-from scaling.analysis.plots import _figure, family_style
+from scaling.analysis.plots import _figure, family_style, sci
 
-__all__ = ["plot_holdout"]
+__all__ = ["plot_holdout", "plot_optimum"]
 
 _LAW_STYLE = {"approach 3: L(N, D)": ("o", "#1f77b4"), "state law: L(N, S, D)": ("s", "#d62728")}
 
@@ -58,4 +59,42 @@ def plot_holdout(pred: pd.DataFrame, level: float = 0.9) -> Figure:
     # below the panels: inside one, the legend hid the intervals of the runs it covered
     fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncol=len(handles), frameon=False)
     fig.suptitle("Held-out runs, predicted by the laws\nfitted on the smaller budgets", fontsize=10)
+    return fig
+
+
+def plot_optimum(records, optimum: pd.DataFrame) -> Figure:
+    """Approach 2's N_opt(C) per group extrapolated to the held-out budget (the line, its 95% band from the fit's
+    replicates, the fitted budgets' parabola minima as squares) against the minimum of the held-out runs' own
+    parabola (a star; hollow when the band misses it): :func:`scaling.analysis.holdout.predict_optimum`."""
+    fits = {r.keys.get("model"): r.fit for r in records if r.kind == "isoflop" and r.ok}
+    rows = [r for r in optimum.itertuples() if (r.variant or r.family) in fits]
+    fig, axes = _figure(1, max(len(rows), 1), panel=(4.6, 4.0))
+    for ax, row in zip(axes.flat, rows, strict=False):
+        fit, col = fits[row.variant or row.family], family_style(row.family)["color"]
+        C = np.geomspace(float(np.min(fit.data["budget_C"])), row.budget, 50)
+        ax.plot(C, fit.params["k_N"] * C ** fit.params["a"], color=col, lw=1.5,
+                label=f"approach 2: N_opt ~ C^{fit.params['a']:.2f}")
+        if fit.samples:
+            with np.errstate(over="ignore", invalid="ignore"):
+                band = np.asarray(fit.samples["k_N"])[:, None] * C[None, :] ** np.asarray(fit.samples["a"])[:, None]
+            lo, hi = np.nanpercentile(band, [2.5, 97.5], axis=0)
+            ax.fill_between(C, lo, hi, color=col, alpha=0.15, lw=0, label="95% band (replicates)")
+        ax.scatter(fit.data["budget_C"], fit.data["budget_N_opt"], marker="s", color=col, edgecolors="black",
+                   linewidths=0.5, zorder=3, label="fitted budgets' minima")
+        if np.isfinite(row.measured):
+            ax.scatter([row.budget], [row.measured], marker="*", s=160, zorder=4, edgecolors=col, linewidths=1.2,
+                       facecolors=col if row.covered else "white", label="held-out runs' minimum")
+        ax.scatter([row.budget] * len(row.sizes), row.sizes, marker="|", s=80, color="0.4", zorder=2,
+                   label="held-out sizes")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ticks = sorted({*map(float, fit.data["budget_C"]), float(row.budget)})
+        ax.set_xticks(ticks, [sci(c) for c in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("training compute C (FLOPs)")
+        ax.set_ylabel("compute-optimal model size N_opt")
+        ax.set_title(f"{row.variant or row.family}: held out at {row.budget:.2g}", color=col, fontsize=10)
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle("Approach 2's compute-optimal size, extrapolated to the held-out budget", fontsize=10)
     return fig

@@ -315,9 +315,9 @@ def _progress(enabled: bool, console=None):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
-                    MofNCompleteColumn(), TimeElapsedColumn(), console=console or Console(stderr=True),
-                    transient=True, disable=not enabled)
+    columns = (SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn())
+    return Progress(*columns, console=console or Console(stderr=True), transient=True, disable=not enabled)
 
 
 def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, bootstrap: int = 200, seed: int = 0,
@@ -331,8 +331,7 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, bootst
     "total" parameters as N; ``curve_loss``: "auto", "train" or "val", the loss curves for approach 1 and the
     loss-vs-FLOPs figure; ``fast``: coarse start grids (see :mod:`scaling.analysis.plan`); ``progress``: a rich progress
     bar on stderr; ``holdout``: True (the largest budget) or a FLOP budget whose runs are left out of every fit and
-    predicted by the laws fitted on the rest (a table, ``holdout.csv`` and a figure, scaling.analysis.holdout).
-    """
+    predicted by the laws fitted on the rest (tables, ``holdout.csv``, two figures: scaling.analysis.holdout)."""
     _check_options(bootstrap, seed, params, curve_loss)
     out = Path(out) if out is not None else Path(sweep_dir) / "analysis"
     n_col = PARAMS_CHOICES[params]
@@ -359,6 +358,9 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None, *, bootst
             pred = _holdout.predict_holdout(records, held, n_col)
             summary = _holdout.summarize_holdout(pred)
             optimum = _holdout.predict_optimum(records, held, n_col)
+            if len(optimum):
+                fig = _plots_predict.plot_optimum(records, optimum)
+                figures.extend(_plots.save_figure(fig, out, "holdout_optimum"))
             pred.to_csv(out / "holdout.csv", index=False)
             if len(pred):
                 figures.extend(_plots.save_figure(_plots_predict.plot_holdout(pred), out, "holdout_predictions"))
@@ -396,6 +398,7 @@ FIGURES = {
     "state_law_fit": "State-size law: the state term",
     "loss_vs_context": "Loss vs training context at fixed FLOPs",
     "holdout_predictions": "Held-out runs: predicted vs measured loss",
+    "holdout_optimum": "Held-out budget: approach 2's N_opt against the held-out runs' minimum",
 }
 
 

@@ -192,3 +192,4 @@ def test_approach_2s_optimum_is_checked_against_the_held_out_parabola(held):
         assert np.isclose(r.ratio, r.measured / r.predicted) and r.covered == (r.lo <= r.measured <= r.hi)
     assert "held-out vertex" in result.report.read_text()
     assert any("N_opt at" in row[1] for row in result.headline())
+    assert all((sweep / "analysis" / f"holdout_optimum.{ext}").exists() for ext in ("png", "svg"))
