@@ -52,6 +52,20 @@ class _AllocationFit(_Fit):
         """Compute-optimal training tokens at training FLOPs ``C`` (scalar or array)."""
         return _power_law_eval(self.params["k_D"], self.params["b"], C)
 
+    def N_opt_interval(self, C: Any) -> tuple[np.ndarray | float, np.ndarray | float]:
+        """(lo, hi): the 95% percentile band of the bootstrap replicates' k_N C^a at ``C`` (scalar or array); NaN
+        without replicates (or where none is finite)."""
+        c = np.atleast_1d(np.asarray(C, dtype=np.float64))
+        lo = hi = np.full(c.shape, np.nan)
+        if self.samples:
+            with np.errstate(over="ignore", invalid="ignore"):
+                n = np.asarray(self.samples["k_N"])[:, None] * c[None, :] ** np.asarray(self.samples["a"])[:, None]
+            n[~np.isfinite(n)] = np.nan
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a C where no replicate is finite: NaN there
+                lo, hi = np.nanpercentile(n, CI_PERCENTILES, axis=0)
+        return (float(lo[0]), float(hi[0])) if np.ndim(C) == 0 else (lo, hi)
+
 
 def _allocation_params(C: np.ndarray, N_opt: np.ndarray, D_opt: np.ndarray) -> tuple[dict[str, float], dict]:
     """Power laws N_opt = k_N C^a, D_opt = k_D C^b by least squares in log space."""

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from scaling.analysis import seeds as _seeds
-from scaling.analysis.fit_base import CI_PERCENTILES
 from scaling.analysis.load import SweepData
 from scaling.analysis.parabola import VERTEX_REACH, _parabola
 
@@ -104,15 +103,8 @@ def predict_optimum(records, held: pd.DataFrame, n_col: str) -> pd.DataFrame:
             x = np.log(cells.index.to_numpy(float))
             _, vx, _ = _parabola(x, cells.to_numpy(float))
             measured = math.exp(vx) if x.min() - VERTEX_REACH <= vx <= x.max() + VERTEX_REACH else float("nan")
-            fit = rec.fit
-            predicted = float(fit.params["k_N"] * budget ** fit.params["a"])
-            lo = hi = float("nan")
-            if fit.samples:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    n = np.asarray(fit.samples["k_N"]) * float(budget) ** np.asarray(fit.samples["a"])
-                n = n[np.isfinite(n)]
-                if len(n):
-                    lo, hi = (float(v) for v in np.percentile(n, CI_PERCENTILES))
+            predicted = rec.fit.N_opt(float(budget))
+            lo, hi = rec.fit.N_opt_interval(float(budget))
             rows.append({"family": g["family"].iloc[0], "variant": g["variant"].iloc[0], "budget": float(budget),
                          "predicted": predicted, "lo": lo, "hi": hi, "measured": measured,
                          "sizes": [float(v) for v in cells.index], "ratio": measured / predicted,
@@ -169,10 +161,9 @@ def variant_differences(spread: pd.DataFrame, level: float = 0.95) -> pd.DataFra
                 a, b = items[i], items[j]
                 d, se = b.mean - a.mean, math.hypot(a.se, b.se)
                 dof, q = _seeds.welch(a.se, a.seeds, b.se, b.seeds, level)
-                threshold = q * se
                 rows.append({"size": size, "budget": budget, "context": ctx, "a": a.variant, "b": b.variant,
-                             "diff": d, "se": se, "dof": dof, "threshold": threshold,
-                             "verdict": "real" if abs(d) > threshold else "within seed spread"})
+                             "diff": d, "se": se, "dof": dof, "threshold": q * se,
+                             "verdict": _seeds.verdict(d, se, dof, level)})
     return pd.DataFrame(rows, columns=cols)
 
 

@@ -72,13 +72,9 @@ def plot_optimum(records, optimum: pd.DataFrame) -> Figure:
     for ax, row in zip(axes.flat, rows, strict=False):
         fit, col = fits[row.variant or row.family], family_style(row.family)["color"]
         C = np.geomspace(float(np.min(fit.data["budget_C"])), row.budget, 50)
-        ax.plot(C, fit.params["k_N"] * C ** fit.params["a"], color=col, lw=1.5,
-                label=f"approach 2: N_opt ~ C^{fit.params['a']:.2f}")
+        ax.plot(C, fit.N_opt(C), color=col, lw=1.5, label=f"approach 2: N_opt ~ C^{fit.a:.2f}")
         if fit.samples:
-            with np.errstate(over="ignore", invalid="ignore"):
-                band = np.asarray(fit.samples["k_N"])[:, None] * C[None, :] ** np.asarray(fit.samples["a"])[:, None]
-            lo, hi = np.nanpercentile(band, [2.5, 97.5], axis=0)
-            ax.fill_between(C, lo, hi, color=col, alpha=0.15, lw=0, label="95% band (replicates)")
+            ax.fill_between(C, *fit.N_opt_interval(C), color=col, alpha=0.15, lw=0, label="95% band (replicates)")
         ax.scatter(fit.data["budget_C"], fit.data["budget_N_opt"], marker="s", color=col, edgecolors="black",
                    linewidths=0.5, zorder=3, label="fitted budgets' minima")
         if np.isfinite(row.measured):
